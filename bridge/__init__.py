@@ -1,0 +1,72 @@
+"""mailjet-segment-bridge: Mailjet email events to Segment, Segment identifies to Mailjet.
+
+``create_app()`` is the composition root: the only place where configuration, storage, validators,
+clients and the web layer are wired together. Importing the package does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+
+from flask import Flask
+
+from .config import Settings, load_settings
+from .credentials import callback_url, webhook_credentials
+from .forwarder import Forwarder, ForwarderPolicy
+from .segment_client import SegmentClient
+from .services import Services
+from .storage import open_store
+from .validation import EventValidator
+from .version import __version__
+
+__all__ = ["__version__", "create_app"]
+
+
+def _announce(line: str) -> None:
+    print(line, file=sys.stdout, flush=True)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    announce: Callable[[str], None] = _announce,
+) -> Flask:
+    """Build a bridge app. Settings come from ``environ`` (default: the process environment).
+
+    Raises ConfigError (one line per bad value) or StorageUnavailable before serving anything.
+    """
+    if settings is None:
+        settings = load_settings(os.environ if environ is None else environ)
+    store = open_store(settings.database_url)
+    store.migrate()
+    validator = EventValidator.from_directory(settings.schema_dir)
+    credentials = webhook_credentials(settings, store, time.time())
+    if credentials.origin == "generated":
+        announce(
+            "Webhook credentials were generated and stored. Paste this callback URL into Mailjet "
+            f"(shown once; `mailjet-bridge callback-url` prints it again): "
+            f"{callback_url(settings.public_url, credentials)}"
+        )
+
+    def make_forwarder() -> Forwarder:
+        return Forwarder(
+            store,
+            SegmentClient(settings.segment_api_url),
+            write_key=services.write_key,
+            event_names=services.event_names,
+            policy=ForwarderPolicy(lease_seconds=settings.lease_seconds),
+        )
+
+    services = Services(settings, store, validator, credentials, make_forwarder)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["bridge"] = services
+
+    from . import web
+
+    web.register(app)
+    return app

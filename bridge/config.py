@@ -1,0 +1,162 @@
+"""Configuration: read once from an environment mapping, validated, frozen (SPEC §1).
+
+Nothing here reads ``os.environ`` by itself: ``create_app()`` and the CLI pass the environment in,
+so tests and embedders decide what the bridge sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+from .mailjet_events import EVENT_NAME_PRESETS
+
+#: Segment HTTP API base URL per data-processing region (reference/segment.md §1.2).
+SEGMENT_REGIONS: dict[str, str] = {
+    "us": "https://api.segment.io",
+    "eu": "https://events.eu1.segmentapis.com",
+}
+#: List actions of Mailjet's managecontact / managemanycontacts (reference/mailjet.md §2.2).
+MAILJET_ACTIONS: tuple[str, ...] = ("addnoforce", "addforce", "unsub", "remove")
+DEFAULT_DATABASE_URL = "sqlite:///./var/bridge.db"
+DEFAULT_SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the bridge is configured with. Secrets are kept out of ``repr``."""
+
+    segment_write_key: str | None = field(default=None, repr=False)
+    segment_region: str = "us"
+    segment_api_url: str = SEGMENT_REGIONS["us"]
+    mailjet_api_key: str | None = None
+    mailjet_api_secret: str | None = field(default=None, repr=False)
+    mailjet_api_url: str = "https://api.mailjet.com"
+    mailjet_list_id: int = 1
+    mailjet_action: str = "addnoforce"
+    webhook_username: str | None = None
+    webhook_password: str | None = field(default=None, repr=False)
+    segment_shared_secret: str | None = field(default=None, repr=False)
+    database_url: str = DEFAULT_DATABASE_URL
+    admin_password: str | None = field(default=None, repr=False)
+    event_names: str = "mailjet"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str = "http://127.0.0.1:8000"
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    lease_seconds: float = 60.0
+    workers: int = 2
+    schema_dir: Path = DEFAULT_SCHEMA_DIR
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (tests and the CLI use this)."""
+        return replace(self, **changes)
+
+
+def _url_problem(name: str, value: str) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{name}={value!r} is not a valid URL: use http(s)://host[:port]"
+    return None
+
+
+class _Reader:
+    """Collects every problem instead of stopping at the first, so one start shows them all."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[str] = []
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        value = self.environ.get(name, "").strip()
+        return value or default
+
+    def choice(self, name: str, choices: tuple[str, ...] | list[str], default: str) -> str:
+        value = (self.text(name) or default).lower()
+        if value not in choices:
+            self.problems.append(f"{name}={value!r} is not valid: use one of {', '.join(choices)}")
+            return default
+        return value
+
+    def url(self, name: str, default: str | None) -> str | None:
+        value = self.text(name, default)
+        if value is None:
+            return None
+        problem = _url_problem(name, value)
+        if problem:
+            self.problems.append(problem)
+            return default
+        return value.rstrip("/")
+
+    def integer(self, name: str, default: int, minimum: int, maximum: int | None = None) -> int:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and {maximum}" if maximum is not None else ""
+            self.problems.append(
+                f"{name}={raw!r} is not valid: use a whole number "
+                + (f"between {minimum}{upper}" if maximum is not None else f"of at least {minimum}")
+            )
+            return default
+        return value
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Build validated settings from environment variables; raise ConfigError listing every problem."""
+    r = _Reader(environ)
+    region = r.choice("SEGMENT_REGION", tuple(SEGMENT_REGIONS), "us")
+    username = r.text("BRIDGE_WEBHOOK_USERNAME")
+    password = r.text("BRIDGE_WEBHOOK_PASSWORD")
+    if (username is None) != (password is None):
+        r.problems.append(
+            "BRIDGE_WEBHOOK_USERNAME and BRIDGE_WEBHOOK_PASSWORD must be set together "
+            "(or both left unset to have them generated)"
+        )
+        username = password = None
+    if username and ":" in username:
+        r.problems.append("BRIDGE_WEBHOOK_USERNAME must not contain ':' (Basic auth splits on it)")
+    database_url = r.text("BRIDGE_DATABASE_URL", DEFAULT_DATABASE_URL) or DEFAULT_DATABASE_URL
+    if not database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        r.problems.append(
+            f"BRIDGE_DATABASE_URL={database_url!r} is not valid: use sqlite:///path "
+            "or postgresql://user@host/db"
+        )
+    host = r.text("BRIDGE_HOST", "127.0.0.1") or "127.0.0.1"
+    port = r.integer("BRIDGE_PORT", 8000, 1, 65535)
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    settings = Settings(
+        segment_write_key=r.text("SEGMENT_WRITE_KEY"),
+        segment_region=region,
+        segment_api_url=r.url("SEGMENT_API_URL", SEGMENT_REGIONS[region]) or SEGMENT_REGIONS[region],
+        mailjet_api_key=r.text("MAILJET_API_KEY"),
+        mailjet_api_secret=r.text("MAILJET_API_SECRET"),
+        mailjet_api_url=r.url("MAILJET_API_URL", "https://api.mailjet.com") or "",
+        mailjet_list_id=r.integer("MAILJET_LIST_ID", 1, 1),
+        mailjet_action=r.choice("MAILJET_ACTION", MAILJET_ACTIONS, "addnoforce"),
+        webhook_username=username,
+        webhook_password=password,
+        segment_shared_secret=r.text("SEGMENT_SHARED_SECRET"),
+        database_url=database_url,
+        admin_password=r.text("BRIDGE_ADMIN_PASSWORD"),
+        event_names=r.choice("BRIDGE_EVENT_NAMES", tuple(EVENT_NAME_PRESETS), "mailjet"),
+        host=host,
+        port=port,
+        public_url=r.url("BRIDGE_PUBLIC_URL", f"http://{shown_host}:{port}") or "",
+        max_body_bytes=r.integer("BRIDGE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024),
+        lease_seconds=r.integer("BRIDGE_LEASE_SECONDS", 60, 1, 3600),
+        workers=r.integer("BRIDGE_WORKERS", 2, 1, 64),
+        schema_dir=Path(r.text("BRIDGE_SCHEMA_DIR") or DEFAULT_SCHEMA_DIR),
+    )
+    if r.problems:
+        raise ConfigError(r.problems)
+    return settings

@@ -1,0 +1,73 @@
+"""Vendor knowledge about Mailjet's Event API and Segment's email spec, kept as data.
+
+The mapping code in ``bridge.mapping`` reads only these tables, so a new Mailjet field or a new naming
+preset is a change here, not in the logic. Sources: ``reference/mailjet.md`` §1, ``reference/segment.md``
+§2-3 and SPEC §2.
+"""
+
+from __future__ import annotations
+
+#: The seven Event API types; each has ``schemas/mailjet/<type>.json``.
+EVENT_TYPES: tuple[str, ...] = ("sent", "open", "click", "bounce", "blocked", "spam", "unsub")
+
+#: Naming presets for the Segment ``event`` field (``BRIDGE_EVENT_NAMES``).
+#: ``mailjet`` follows Mailjet's own Segment source (plus blocked, which it does not send);
+#: ``segment-spec`` follows Segment's email spec, which differs only for unsubscribes.
+EVENT_NAME_PRESETS: dict[str, dict[str, str]] = {
+    "mailjet": {
+        "sent": "Email Delivered",
+        "open": "Email Opened",
+        "click": "Email Link Clicked",
+        "bounce": "Email Bounced",
+        "blocked": "Email Blocked",
+        "spam": "Email Marked as Spam",
+        "unsub": "Email Unsubscribed",
+    },
+    "segment-spec": {
+        "sent": "Email Delivered",
+        "open": "Email Opened",
+        "click": "Email Link Clicked",
+        "bounce": "Email Bounced",
+        "blocked": "Email Blocked",
+        "spam": "Email Marked as Spam",
+        "unsub": "Unsubscribed",
+    },
+    "raw": {name: name for name in EVENT_TYPES},
+}
+
+#: Mailjet field -> Segment property. Ids become strings (MessageID exceeds 2^53).
+#: Empty strings and zero ids are left out; booleans are always kept.
+PROPERTY_FIELDS: dict[str, str] = {
+    "MessageID": "email_id",
+    "Message_GUID": "message_guid",
+    "mj_campaign_id": "campaign_id",
+    "customcampaign": "campaign_name",
+    "mj_contact_id": "contact_id",
+    "CustomID": "custom_id",
+    "url": "link_url",
+    "mj_list_id": "list_id",
+    "smtp_reply": "smtp_reply",
+    "hard_bounce": "hard_bounce",
+    "blocked": "blocked",
+    "error": "error",
+    "error_related_to": "error_related_to",
+    "comment": "comment",
+    "source": "source",
+}
+
+#: Integer Mailjet ids, sent to Segment as strings.
+ID_FIELDS: frozenset[str] = frozenset({"MessageID", "mj_campaign_id", "mj_contact_id", "mj_list_id"})
+
+#: Fields with their own place in the Segment call, or repeated elsewhere: never copied into properties.
+#: ``ip``/``agent``/``geo`` go to ``context``; ``email`` to identity and ``context.traits``;
+#: ``time`` to ``timestamp``; ``mj_message_id`` repeats MessageID; ``event`` becomes ``mailjet_event``;
+#: ``Payload`` becomes ``payload`` (parsed when it is JSON).
+NOT_PROPERTIES: frozenset[str] = frozenset(
+    {"event", "time", "email", "ip", "agent", "geo", "mj_message_id", "Payload"}
+)
+
+#: The fields of the dedupe key, in order (SPEC §2). MessageID falls back to Message_GUID.
+DEDUPE_FIELDS: tuple[str, ...] = ("event", "MessageID", "email", "time", "url")
+
+#: Largest integer a JavaScript consumer can read exactly; larger unknown integers become strings.
+JS_SAFE_INTEGER: int = 2**53 - 1

@@ -1,0 +1,19 @@
+"""Storage backends behind one contract (``Store``); ``open_store`` picks one from a URL."""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .base import Store
+from .sqlite import SQLiteStore
+
+
+def open_store(url: str) -> Store:
+    """``sqlite:///relative/or/absolute/path`` (``sqlite:////abs`` also works)."""
+    if url.startswith("sqlite:///"):
+        return SQLiteStore(url[len("sqlite:///") :] or ":memory:")
+    if url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            ["BRIDGE_DATABASE_URL: the PostgreSQL backend is not part of this release yet; "
+             "use sqlite:///path"]
+        )
+    raise ConfigError([f"BRIDGE_DATABASE_URL={url!r} is not valid: use sqlite:///path"])

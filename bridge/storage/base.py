@@ -1,0 +1,144 @@
+"""The storage contract. SQLite implements it now; PostgreSQL implements the same one (issue #5).
+
+Every method is one transaction. Times are Unix seconds (float), passed in by the caller so that
+tests control the clock. The store knows nothing about Segment or Mailjet.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: Outbox kinds: what an item is and where it goes.
+SEGMENT_TRACK = "segment_track"
+
+#: Outbox states.
+PENDING, LEASED, DELIVERED, DEAD = "pending", "leased", "delivered", "dead"
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """An item to queue; ``dedupe_key`` is unique per kind, so a redelivery is recognised."""
+
+    kind: str
+    dedupe_key: str
+    event_type: str
+    payload: str
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    """An input that failed validation: its text and the errors, kept for admins."""
+
+    source: str
+    fingerprint: str
+    body: str
+    errors: str
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    accepted: int
+    duplicate: int
+    quarantined: int
+
+
+@dataclass(frozen=True)
+class ClaimedItem:
+    """A leased outbox row. The lease lapses at ``lease_expires_at`` and the row is claimable again."""
+
+    id: int
+    kind: str
+    dedupe_key: str
+    event_type: str
+    payload: str
+    attempts: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one item on one attempt, as kept for the debugger and dead-letter views."""
+
+    id: int
+    sent: str | None = None
+    status: int | None = None
+    response: str | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+
+
+class Store(ABC):
+    """Durable outbox, quarantine, identity table and stored settings behind one small interface."""
+
+    @abstractmethod
+    def migrate(self) -> None:
+        """Apply pending schema migrations (safe to call from many processes at once)."""
+
+    @abstractmethod
+    def accept(
+        self, items: Sequence[NewItem], quarantined: Sequence[QuarantineEntry], now: float
+    ) -> AcceptResult:
+        """Queue items and quarantine entries in one transaction; known dedupe keys are skipped.
+
+        Returns only after the commit; raises StorageUnavailable if nothing could be committed.
+        """
+
+    @abstractmethod
+    def claim(
+        self, kind: str, limit: int, owner: str, lease_seconds: float, now: float
+    ) -> list[ClaimedItem]:
+        """Lease up to ``limit`` due items, oldest first. Expired leases are taken over first."""
+
+    @abstractmethod
+    def mark_delivered(self, outcomes: Iterable[Outcome], now: float) -> None:
+        """Record successful deliveries (terminal)."""
+
+    @abstractmethod
+    def release(
+        self, ids: Sequence[int], owner: str, next_attempt_at: float, error: str | None,
+        *, count_attempt: bool = True, status: int | None = None,
+    ) -> None:
+        """Give leased items back for a later attempt; only the lease owner's rows are touched."""
+
+    @abstractmethod
+    def mark_dead(self, outcomes: Iterable[Outcome], owner: str, now: float) -> None:
+        """Move items to dead letters with their reason (``Outcome.error``)."""
+
+    @abstractmethod
+    def user_ids_for(self, emails: Iterable[str]) -> dict[str, str]:
+        """Known userIds by normalised email."""
+
+    @abstractmethod
+    def remember_identity(self, user_id: str, email: str, now: float) -> None:
+        """Record a userId <-> email pair (from an identify call)."""
+
+    @abstractmethod
+    def get_setting(self, key: str) -> str | None:
+        """A stored setting or runtime record, or None."""
+
+    @abstractmethod
+    def put_setting(self, key: str, value: str, now: float, *, only_if_absent: bool = False) -> bool:
+        """Store a setting; with ``only_if_absent`` an existing value wins. True if written."""
+
+    @abstractmethod
+    def stats(self, now: float) -> dict[str, Any]:
+        """Counts by state, quarantine size and the age of the oldest pending item."""
+
+    @abstractmethod
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Newest dead letters first."""
+
+    @abstractmethod
+    def quarantine_entries(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Newest quarantine entries first."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise StorageUnavailable unless the store answers."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close connections held by this object."""

@@ -1,0 +1,290 @@
+"""SQLite implementation of the storage contract, for one machine.
+
+WAL journal (readers never block the writer), ``synchronous=FULL`` (a committed row survives power
+loss, not just a crash), ``busy_timeout`` installed before any other pragma (else a fresh connection
+can fail with "database is locked" under load), ``BEGIN IMMEDIATE`` for every write transaction, and
+one connection per thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import StorageUnavailable
+from .base import (
+    DEAD,
+    DELIVERED,
+    LEASED,
+    PENDING,
+    AcceptResult,
+    ClaimedItem,
+    NewItem,
+    Outcome,
+    QuarantineEntry,
+    Store,
+)
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration file into statements (sqlite3.complete_statement knows where they end)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            if current.strip():
+                statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())
+    return statements
+
+
+def migration_files(dialect: str) -> list[tuple[int, str]]:
+    """Versioned migration scripts shipped as package data: ``NNNN_name.sql``, in order."""
+    folder = resources.files("bridge.storage") / "migrations" / dialect
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+        self.path = str(path)
+        self.synchronous = synchronous
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+
+    # -- connections and transactions -------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                    check_same_thread=False,
+                )
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            except sqlite3.Error as exc:
+                raise StorageUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"storage busy or unavailable: {exc}") from exc
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StorageUnavailable(f"storage write failed: {exc}") from exc
+            raise
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            return self._conn().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"storage read failed: {exc}") from exc
+
+    # -- contract ---------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        conn = self._conn()
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"cannot use SQLite database {self.path}: {exc}") from exc
+        with self._write() as c:
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version "
+                "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+            applied = {row[0] for row in c.execute("SELECT version FROM schema_version")}
+            for version, script in migration_files("sqlite"):
+                if version in applied:
+                    continue
+                for statement in _split_sql(script):
+                    c.execute(statement)
+                c.execute(
+                    "INSERT INTO schema_version (version, applied_at) "
+                    "VALUES (?, CAST(strftime('%s', 'now') AS REAL))",
+                    (version,),
+                )
+
+    def accept(
+        self, items: Sequence[NewItem], quarantined: Sequence[QuarantineEntry], now: float
+    ) -> AcceptResult:
+        with self._write() as c:
+            before = c.total_changes
+            c.executemany(
+                "INSERT INTO outbox (kind, dedupe_key, event_type, payload, next_attempt_at, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, dedupe_key) DO NOTHING",
+                [(i.kind, i.dedupe_key, i.event_type, i.payload, now, now) for i in items],
+            )
+            accepted = c.total_changes - before
+            c.executemany(
+                "INSERT INTO quarantine (source, fingerprint, body, errors, received_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO NOTHING",
+                [(q.source, q.fingerprint, q.body, q.errors, now) for q in quarantined],
+            )
+        return AcceptResult(accepted, len(items) - accepted, len(quarantined))
+
+    def claim(
+        self, kind: str, limit: int, owner: str, lease_seconds: float, now: float
+    ) -> list[ClaimedItem]:
+        with self._write() as c:
+            c.execute(
+                "UPDATE outbox SET state = ?, lease_owner = NULL, lease_expires_at = NULL "
+                "WHERE state = ? AND lease_expires_at <= ?",
+                (PENDING, LEASED, now),
+            )
+            rows = c.execute(
+                "UPDATE outbox SET state = ?, lease_owner = ?, lease_expires_at = ? "
+                "WHERE id IN (SELECT id FROM outbox WHERE kind = ? AND state = ? "
+                "AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?) "
+                "RETURNING id, kind, dedupe_key, event_type, payload, attempts, created_at",
+                (LEASED, owner, now + lease_seconds, kind, PENDING, now, limit),
+            ).fetchall()
+        return sorted((ClaimedItem(*row) for row in rows), key=lambda item: item.id)
+
+    def mark_delivered(self, outcomes: Iterable[Outcome], now: float) -> None:
+        with self._write() as c:
+            c.executemany(
+                "UPDATE outbox SET state = ?, finished_at = ?, sent = ?, last_status = ?, "
+                "last_response = ?, latency_ms = ?, last_error = NULL, lease_owner = NULL, "
+                "lease_expires_at = NULL, attempts = attempts + 1 WHERE id = ?",
+                [
+                    (DELIVERED, now, o.sent, o.status, o.response, o.latency_ms, o.id)
+                    for o in outcomes
+                ],
+            )
+
+    def release(
+        self, ids: Sequence[int], owner: str, next_attempt_at: float, error: str | None,
+        *, count_attempt: bool = True, status: int | None = None,
+    ) -> None:
+        with self._write() as c:
+            c.executemany(
+                "UPDATE outbox SET state = ?, next_attempt_at = ?, last_error = ?, "
+                "last_status = ?, attempts = attempts + ?, lease_owner = NULL, "
+                "lease_expires_at = NULL WHERE id = ? AND state = ? AND lease_owner = ?",
+                [
+                    (PENDING, next_attempt_at, error, status, int(count_attempt), i, LEASED, owner)
+                    for i in ids
+                ],
+            )
+
+    def mark_dead(self, outcomes: Iterable[Outcome], owner: str, now: float) -> None:
+        with self._write() as c:
+            c.executemany(
+                "UPDATE outbox SET state = ?, finished_at = ?, sent = ?, last_status = ?, "
+                "last_response = ?, latency_ms = ?, last_error = ?, attempts = attempts + 1, "
+                "lease_owner = NULL, lease_expires_at = NULL "
+                "WHERE id = ? AND state = ? AND lease_owner = ?",
+                [
+                    (DEAD, now, o.sent, o.status, o.response, o.latency_ms, o.error, o.id,
+                     LEASED, owner)
+                    for o in outcomes
+                ],
+            )
+
+    def user_ids_for(self, emails: Iterable[str]) -> dict[str, str]:
+        wanted = sorted(set(emails))
+        found: dict[str, str] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._read(
+                f"SELECT email, user_id FROM identities WHERE email IN ({marks})", chunk
+            ):
+                found[row[0]] = row[1]
+        return found
+
+    def remember_identity(self, user_id: str, email: str, now: float) -> None:
+        with self._write() as c:
+            c.execute(
+                "INSERT INTO identities (email, user_id, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (email) DO UPDATE SET user_id = excluded.user_id, "
+                "updated_at = excluded.updated_at",
+                (email, user_id, now),
+            )
+
+    def get_setting(self, key: str) -> str | None:
+        rows = self._read("SELECT value FROM settings WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def put_setting(self, key: str, value: str, now: float, *, only_if_absent: bool = False) -> bool:
+        conflict = "DO NOTHING" if only_if_absent else (
+            "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+        )
+        with self._write() as c:
+            cur = c.execute(
+                f"INSERT INTO settings (key, value, updated_at) VALUES (?, ?, ?) "
+                f"ON CONFLICT (key) {conflict}",
+                (key, value, now),
+            )
+            return cur.rowcount > 0
+
+    def stats(self, now: float) -> dict[str, Any]:
+        counts = {state: 0 for state in (PENDING, LEASED, DELIVERED, DEAD)}
+        for state, count in self._read("SELECT state, COUNT(*) FROM outbox GROUP BY state"):
+            counts[state] = count
+        oldest = self._read(
+            "SELECT MIN(created_at) FROM outbox WHERE state IN (?, ?)", (PENDING, LEASED)
+        )[0][0]
+        quarantined = self._read("SELECT COUNT(*) FROM quarantine")[0][0]
+        return {
+            **counts,
+            "quarantined": quarantined,
+            "oldest_pending_age_seconds": round(now - oldest, 3) if oldest is not None else None,
+        }
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._read(
+            "SELECT id, kind, event_type, payload, last_error, last_status, last_response, "
+            "attempts, finished_at FROM outbox WHERE state = ? ORDER BY finished_at DESC, id DESC "
+            "LIMIT ?",
+            (DEAD, limit),
+        )
+        return [dict(row) for row in rows]
+
+    def quarantine_entries(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._read(
+            "SELECT id, source, body, errors, received_at FROM quarantine ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [dict(row) for row in rows]
+
+    def ping(self) -> None:
+        self._read("SELECT 1")
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()

@@ -1,0 +1,74 @@
+"""Validation of Mailjet events against the JSON Schemas in ``schemas/mailjet/``.
+
+Schemas are standard Draft 2020-12 files. ``jsonschema`` checks each schema against the meta-schema
+once at start-up; events are validated with ``jsonschema-rs`` validators built once, since that is
+about 100x cheaper per event here (docs/benchmarks.md) and the accept path runs it for every event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import jsonschema_rs
+
+from .errors import ConfigError
+
+
+def _json_path(parts: list[Any]) -> str:
+    """``["a", 0]`` as ``$.a[0]``, the form admins see in quarantine entries."""
+    path = "$"
+    for part in parts:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+class EventValidator:
+    """One compiled validator per Mailjet event type, chosen by the event's ``event`` field."""
+
+    def __init__(self, schemas: Mapping[str, Mapping[str, Any]]) -> None:
+        self._validators = {
+            name: jsonschema_rs.Draft202012Validator(dict(schema)) for name, schema in schemas.items()
+        }
+        self.event_types: tuple[str, ...] = tuple(sorted(schemas))
+
+    @classmethod
+    def from_directory(cls, root: Path) -> EventValidator:
+        """Load and meta-check ``<root>/mailjet/*.json``; a broken schema stops start-up."""
+        folder = Path(root) / "mailjet"
+        schemas: dict[str, dict[str, Any]] = {}
+        for path in sorted(folder.glob("*.json")):
+            try:
+                schema = json.loads(path.read_text(encoding="utf-8"))
+                jsonschema.Draft202012Validator.check_schema(schema)
+            except (ValueError, jsonschema.SchemaError) as exc:
+                raise ConfigError([f"schema {path}: {exc}"]) from exc
+            schemas[path.stem] = schema
+        if not schemas:
+            raise ConfigError([f"no Mailjet event schemas found in {folder}"])
+        return cls(schemas)
+
+    def errors(self, event: Any) -> list[dict[str, str]]:
+        """Validation errors for one event as ``{path, message}``; empty when it is valid."""
+        if not isinstance(event, dict):
+            return [{"path": "$", "message": "an event must be a JSON object"}]
+        kind = event.get("event")
+        validator = self._validators.get(kind) if isinstance(kind, str) else None
+        if validator is None:
+            if "event" not in event:
+                message = "'event' is a required property"
+            else:
+                message = (
+                    f"unknown event type {json.dumps(kind)}; expected one of "
+                    + ", ".join(self.event_types)
+                )
+            return [{"path": "$.event", "message": message}]
+        if validator.is_valid(event):
+            return []
+        return [
+            {"path": _json_path(list(err.instance_path)), "message": err.message}
+            for err in validator.iter_errors(event)
+        ]

@@ -1,0 +1,19 @@
+"""HTTP entry points. Views reach their collaborators through ``current_app.extensions['bridge']``."""
+
+from __future__ import annotations
+
+from flask import Flask, current_app
+
+from ..services import Services
+
+
+def services() -> Services:
+    return current_app.extensions["bridge"]
+
+
+def register(app: Flask) -> None:
+    from . import errors, health, mailjet_webhook
+
+    errors.register(app)
+    app.register_blueprint(mailjet_webhook.bp)
+    app.register_blueprint(health.bp)

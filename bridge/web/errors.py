@@ -1,0 +1,37 @@
+"""Every error is a JSON body with a clear message; nothing answers with an HTML page or a traceback."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+def json_error(status: int, error: str, message: str, **headers: str) -> tuple[Response, int]:
+    response = jsonify({"error": error, "message": message})
+    response.headers.update(headers)
+    return response, status
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        status = exc.code or 500
+        message = exc.description or exc.name
+        if status == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            message = f"the body is over the {limit:,}-byte limit (BRIDGE_MAX_BODY_BYTES)"
+        error = (exc.name or "error").lower().replace(" ", "_")
+        response, code = json_error(status, error, message)
+        for name, value in exc.get_headers():
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
+        return response, code
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        log.exception("unexpected error while handling a request")
+        return json_error(500, "internal_error", "the bridge hit an unexpected error; see its log")

@@ -1,0 +1,51 @@
+"""``POST /webhooks/mailjet``: Mailjet's Event API callback (SPEC §2).
+
+Answers 200 only after the events are committed; nothing here waits on the network.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Response, jsonify, request
+
+from ..errors import StorageUnavailable
+from ..intake import BodyError, parse_body, sort_events
+from . import services
+from .errors import json_error
+
+bp = Blueprint("mailjet_webhook", __name__)
+
+#: How long Mailjet should wait before retrying when storage is down (it retries every 30 s anyway).
+STORAGE_RETRY_AFTER = "30"
+
+
+@bp.post("/webhooks/mailjet")
+def receive() -> tuple[Response, int]:
+    svc = services()
+    auth = request.authorization
+    if auth is None or auth.type != "basic" or not svc.credentials.matches(
+        auth.username, auth.password
+    ):
+        return json_error(
+            401, "unauthorized",
+            "missing or wrong credentials: use the callback URL with user:password@ "
+            "(mailjet-bridge callback-url prints it)",
+            **{"WWW-Authenticate": 'Basic realm="mailjet-segment-bridge"'},
+        )
+    try:
+        events = parse_body(request.get_data(cache=False))
+    except BodyError as exc:
+        return json_error(400, "bad_request", str(exc))
+    intake = sort_events(events, svc.validator)
+    try:
+        result = svc.store.accept(intake.items, intake.quarantined, time.time())
+    except StorageUnavailable:
+        return json_error(
+            503, "storage_unavailable",
+            "the events could not be stored; nothing was accepted, please retry",
+            **{"Retry-After": STORAGE_RETRY_AFTER},
+        )
+    return jsonify(
+        accepted=result.accepted, duplicate=result.duplicate, quarantined=result.quarantined
+    ), 200

@@ -1,0 +1,8 @@
+"""Production entry point: ``gunicorn 'wsgi:app'``. Serves the web app only; it starts no thread.
+
+Run the forwarder beside it with ``mailjet-bridge worker``.
+"""
+
+from bridge import create_app
+
+app = create_app()
