@@ -196,11 +196,12 @@ class Forwarder:
             self._set_status("retrying", f"{error}; next attempt in {delay:.1f} s")
             tried_counts = True
         self._hold_until = now + delay
+        # A refused key leaves the rows due: a corrected key delivers them at once.
+        due = now if verdict is Verdict.AUTH else now + delay
         tried = [p.item.id for p in batch]
-        self.store.release(tried, self.owner, now + delay, error,
-                           count_attempt=tried_counts, status=result.status)
+        self.store.release(tried, self.owner, due, error, count_attempt=tried_counts, status=result.status)
         if untried:
-            self.store.release(untried, self.owner, now + delay, None, count_attempt=False)
+            self.store.release(untried, self.owner, due, None, count_attempt=False)
 
     @staticmethod
     def _outcome(p: _Prepared, result: SendResult, error: str | None = None) -> Outcome:

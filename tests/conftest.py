@@ -1,0 +1,78 @@
+"""Shared fixtures: a scrubbed environment, a fake Segment server, and apps on temporary SQLite files."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge import create_app
+from bridge.config import Settings, load_settings
+from tests.fakes.segment import FakeSegment
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PREFIXES = ("SEGMENT_", "MAILJET_", "BRIDGE_")
+
+
+@pytest.fixture(autouse=True)
+def _scrub_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's shell must not leak configuration into the tests."""
+    for name in list(os.environ):
+        if name.startswith(PREFIXES):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def mailjet_events() -> dict[str, dict[str, Any]]:
+    """One sample of each of the seven event types, as in Mailjet's Event API guide."""
+    return json.loads((FIXTURES / "mailjet" / "events.json").read_text())
+
+
+@pytest.fixture
+def fake_segment() -> Iterator[FakeSegment]:
+    server = FakeSegment().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def env(tmp_path: Path, fake_segment: FakeSegment) -> dict[str, str]:
+    return {
+        "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'bridge.db'}",
+        "SEGMENT_WRITE_KEY": "good-key",
+        "SEGMENT_API_URL": fake_segment.url,
+        "BRIDGE_WEBHOOK_USERNAME": "mailjet",
+        "BRIDGE_WEBHOOK_PASSWORD": "s3cret-pass",
+    }
+
+
+@pytest.fixture
+def settings(env: dict[str, str]) -> Settings:
+    return load_settings(env)
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Any]:
+    app = create_app(settings, announce=lambda line: None)
+    yield app
+    app.extensions["bridge"].store.close()
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+def basic(username: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@pytest.fixture
+def auth() -> dict[str, str]:
+    return basic("mailjet", "s3cret-pass")

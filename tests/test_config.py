@@ -1,0 +1,67 @@
+"""Configuration: SPEC §1 defaults, and one clear line per bad value."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.config import load_settings
+from bridge.errors import ConfigError
+
+
+def test_defaults() -> None:
+    s = load_settings({})
+    assert s.segment_write_key is None
+    assert s.segment_region == "us" and s.segment_api_url == "https://api.segment.io"
+    assert s.mailjet_api_url == "https://api.mailjet.com"
+    assert s.mailjet_list_id == 1 and s.mailjet_action == "addnoforce"
+    assert s.database_url == "sqlite:///./var/bridge.db"
+    assert s.event_names == "mailjet"
+    assert (s.host, s.port) == ("127.0.0.1", 8000)
+    assert s.public_url == "http://127.0.0.1:8000"
+    assert s.max_body_bytes == 5 * 1024 * 1024
+
+
+def test_eu_region_picks_the_eu_endpoint_and_api_url_overrides() -> None:
+    assert load_settings({"SEGMENT_REGION": "EU"}).segment_api_url == "https://events.eu1.segmentapis.com"
+    custom = load_settings({"SEGMENT_REGION": "eu", "SEGMENT_API_URL": "http://127.0.0.1:9/"})
+    assert custom.segment_api_url == "http://127.0.0.1:9"
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    s = load_settings({"SEGMENT_WRITE_KEY": "wk-123", "MAILJET_API_SECRET": "mj-456",
+                       "BRIDGE_WEBHOOK_USERNAME": "u", "BRIDGE_WEBHOOK_PASSWORD": "pw-789",
+                       "BRIDGE_ADMIN_PASSWORD": "adm-000", "SEGMENT_SHARED_SECRET": "ss-111"})
+    text = repr(s)
+    for secret in ("wk-123", "mj-456", "pw-789", "adm-000", "ss-111"):
+        assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("SEGMENT_REGION", "mars", "SEGMENT_REGION='mars' is not valid: use one of us, eu"),
+        ("SEGMENT_API_URL", "ftp://x", "SEGMENT_API_URL='ftp://x' is not a valid URL"),
+        ("MAILJET_API_URL", "not a url", "MAILJET_API_URL='not a url' is not a valid URL"),
+        ("MAILJET_ACTION", "subscribe", "MAILJET_ACTION='subscribe' is not valid: use one of "
+         "addnoforce, addforce, unsub, remove"),
+        ("MAILJET_LIST_ID", "abc", "MAILJET_LIST_ID='abc' is not valid"),
+        ("MAILJET_LIST_ID", "0", "MAILJET_LIST_ID='0' is not valid"),
+        ("BRIDGE_EVENT_NAMES", "fancy", "BRIDGE_EVENT_NAMES='fancy' is not valid: use one of "
+         "mailjet, segment-spec, raw"),
+        ("BRIDGE_DATABASE_URL", "mysql://x", "BRIDGE_DATABASE_URL='mysql://x' is not valid"),
+        ("BRIDGE_PORT", "99999", "BRIDGE_PORT='99999' is not valid"),
+        ("BRIDGE_WEBHOOK_USERNAME", "only-user", "must be set together"),
+    ],
+)
+def test_bad_value_gives_one_line_naming_the_variable(name: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({name: value})
+    assert len(caught.value.problems) == 1
+    assert expected in caught.value.problems[0]
+    assert caught.value.problems[0].startswith(name.split("=")[0][:6])
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"SEGMENT_REGION": "mars", "MAILJET_ACTION": "x", "BRIDGE_PORT": "-1"})
+    assert len(caught.value.problems) == 3

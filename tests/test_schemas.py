@@ -1,0 +1,98 @@
+"""The JSON Schemas in schemas/: standard Draft 2020-12, exact Mailjet types, and used as written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from bridge.config import DEFAULT_SCHEMA_DIR
+from bridge.errors import ConfigError
+from bridge.mailjet_events import EVENT_TYPES
+from bridge.validation import EventValidator
+
+#: The type table of reference/mailjet.md §1.3.
+INTEGERS = {"time", "MessageID", "mj_campaign_id", "mj_contact_id", "mj_list_id"}
+BOOLEANS = {"blocked", "hard_bounce"}
+STRINGS = {"Message_GUID", "email", "customcampaign", "CustomID", "Payload", "mj_message_id",
+           "smtp_reply", "ip", "geo", "agent", "url", "error_related_to", "error", "comment", "source"}
+PER_TYPE = {
+    "sent": {"mj_message_id", "smtp_reply"},
+    "open": {"ip", "geo", "agent"},
+    "click": {"ip", "geo", "agent", "url"},
+    "bounce": {"blocked", "hard_bounce", "error_related_to", "error", "comment"},
+    "blocked": {"error_related_to", "error"},
+    "spam": {"source"},
+    "unsub": {"mj_list_id", "ip", "geo", "agent"},
+}
+COMMON = {"event", "time", "MessageID", "Message_GUID", "email", "mj_campaign_id", "mj_contact_id",
+          "customcampaign", "CustomID", "Payload"}
+
+
+def load(name: str) -> dict[str, Any]:
+    return json.loads((DEFAULT_SCHEMA_DIR / "mailjet" / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize("name", EVENT_TYPES)
+def test_schema_is_draft_2020_12_with_exact_types(name: str) -> None:
+    schema = load(name)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["required"] == ["event", "time"]
+    assert schema.get("additionalProperties", True) is True
+    props = schema["properties"]
+    assert set(props) == COMMON | PER_TYPE[name]
+    assert props["event"] == {"const": name, "description": "Event type."}
+    for field, spec in props.items():
+        if field == "event":
+            continue
+        expected = ("integer" if field in INTEGERS else "boolean" if field in BOOLEANS else "string")
+        assert spec["type"] == expected, field
+
+
+def test_one_schema_per_event_type() -> None:
+    files = {p.stem for p in (DEFAULT_SCHEMA_DIR / "mailjet").glob("*.json")}
+    assert files == set(EVENT_TYPES)
+
+
+@pytest.mark.parametrize("name", EVENT_TYPES)
+def test_fast_validator_agrees_with_jsonschema(name: str, mailjet_events: dict[str, Any]) -> None:
+    """jsonschema-rs (hot path) and jsonschema (the reference implementation) agree on samples."""
+    validator = EventValidator.from_directory(DEFAULT_SCHEMA_DIR)
+    reference = jsonschema.Draft202012Validator(load(name))
+    good = mailjet_events[name]
+    samples = [
+        good,
+        {**good, "MessageID": "19421777835146490"},
+        {**good, "time": "1433333949"},
+        {**good, "time": -5},
+        {**good, "email": None},
+        {**good, "new_field_from_mailjet": {"nested": [1, 2]}},
+        {k: v for k, v in good.items() if k not in ("CustomID", "Payload", "email")},
+        {k: v for k, v in good.items() if k != "time"},
+    ]
+    for sample in samples:
+        assert (validator.errors(sample) == []) == reference.is_valid(sample), sample
+
+
+def test_errors_name_the_path_and_problem(mailjet_events: dict[str, Any]) -> None:
+    validator = EventValidator.from_directory(DEFAULT_SCHEMA_DIR)
+    errors = validator.errors({**mailjet_events["bounce"], "hard_bounce": "yes", "mj_contact_id": "4"})
+    assert {e["path"] for e in errors} == {"$.hard_bounce", "$.mj_contact_id"}
+    assert validator.errors([1]) == [{"path": "$", "message": "an event must be a JSON object"}]
+    assert "unknown event type" in validator.errors({"event": "typofix", "time": 1})[0]["message"]
+    assert validator.errors({"time": 1})[0]["message"] == "'event' is a required property"
+    assert validator.errors({"event": 5, "time": 1})[0]["path"] == "$.event"
+
+
+def test_broken_schema_stops_start_up(tmp_path: Path) -> None:
+    folder = tmp_path / "mailjet"
+    folder.mkdir()
+    (folder / "sent.json").write_text('{"type": "objekt"}')
+    with pytest.raises(ConfigError, match="sent.json"):
+        EventValidator.from_directory(tmp_path)
+    with pytest.raises(ConfigError, match="no Mailjet event schemas"):
+        EventValidator.from_directory(tmp_path / "missing")

@@ -1,0 +1,159 @@
+"""The storage contract. Written once against ``Store``; each backend runs the same tests."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge.errors import StorageUnavailable
+from bridge.storage import open_store
+from bridge.storage.base import SEGMENT_TRACK, NewItem, Outcome, QuarantineEntry, Store
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture(params=["sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    s.migrate()
+    yield s
+    s.close()
+
+
+def items(*keys: str) -> list[NewItem]:
+    return [NewItem(SEGMENT_TRACK, key, "sent", f'{{"k":"{key}"}}') for key in keys]
+
+
+def test_migrate_is_idempotent(store: Store) -> None:
+    store.migrate()
+    store.migrate()
+    assert store.stats(T0)["pending"] == 0
+
+
+def test_accept_dedupes_and_counts(store: Store) -> None:
+    first = store.accept(items("a", "b"), [], T0)
+    assert (first.accepted, first.duplicate) == (2, 0)
+    again = store.accept(items("b", "c", "c"), [], T0)
+    assert (again.accepted, again.duplicate) == (1, 2)
+    assert store.stats(T0)["pending"] == 3
+
+
+def test_quarantine_is_stored_with_errors_once(store: Store) -> None:
+    entry = QuarantineEntry("mailjet", "fp1", '{"event":"x"}', '[{"path":"$.event"}]')
+    result = store.accept(items("a"), [entry, entry], T0)
+    assert (result.accepted, result.quarantined) == (1, 2)
+    store.accept([], [entry], T0)
+    entries = store.quarantine_entries()
+    assert len(entries) == 1 and entries[0]["body"] == '{"event":"x"}'
+    assert entries[0]["errors"] == '[{"path":"$.event"}]'
+
+
+def test_claim_leases_oldest_first_and_not_twice(store: Store) -> None:
+    store.accept(items("a", "b", "c"), [], T0)
+    first = store.claim(SEGMENT_TRACK, 2, "w1", 60, T0)
+    assert [i.dedupe_key for i in first] == ["a", "b"]
+    second = store.claim(SEGMENT_TRACK, 10, "w2", 60, T0)
+    assert [i.dedupe_key for i in second] == ["c"]
+    assert store.claim(SEGMENT_TRACK, 10, "w3", 60, T0 + 59) == []
+    assert store.stats(T0)["leased"] == 3
+
+
+def test_expired_lease_is_taken_over(store: Store) -> None:
+    """A process that dies holding a lease loses nothing: the rows come back after the lease."""
+    store.accept(items("a"), [], T0)
+    (claimed,) = store.claim(SEGMENT_TRACK, 10, "crashed", 30, T0)
+    retaken = store.claim(SEGMENT_TRACK, 10, "survivor", 30, T0 + 31)
+    assert [i.id for i in retaken] == [claimed.id]
+    # the old owner can no longer release or kill it
+    store.release([claimed.id], "crashed", T0, "late")
+    store.mark_dead([Outcome(claimed.id, error="late")], "crashed", T0)
+    assert store.stats(T0)["leased"] == 1
+
+
+def test_release_makes_rows_due_later_and_counts_attempts(store: Store) -> None:
+    store.accept(items("a"), [], T0)
+    (item,) = store.claim(SEGMENT_TRACK, 10, "w", 60, T0)
+    store.release([item.id], "w", T0 + 10, "HTTP 500", status=500)
+    assert store.claim(SEGMENT_TRACK, 10, "w", 60, T0 + 5) == []
+    (again,) = store.claim(SEGMENT_TRACK, 10, "w", 60, T0 + 10)
+    assert again.attempts == 1
+    store.release([again.id], "w", T0 + 20, None, count_attempt=False)
+    (third,) = store.claim(SEGMENT_TRACK, 10, "w", 60, T0 + 20)
+    assert third.attempts == 1
+
+
+def test_delivered_and_dead_are_terminal(store: Store) -> None:
+    store.accept(items("a", "b"), [], T0)
+    a, b = store.claim(SEGMENT_TRACK, 10, "w", 60, T0)
+    store.mark_delivered([Outcome(a.id, sent="{}", status=200, response="ok", latency_ms=3.0)], T0)
+    store.mark_dead([Outcome(b.id, sent="{}", status=400, error="rejected")], "w", T0)
+    assert store.claim(SEGMENT_TRACK, 10, "w", 60, T0 + 1000) == []
+    stats = store.stats(T0)
+    assert (stats["delivered"], stats["dead"], stats["pending"]) == (1, 1, 0)
+    (dead,) = store.dead_letters()
+    assert dead["last_error"] == "rejected" and dead["last_status"] == 400
+    assert dead["payload"] == '{"k":"b"}'
+
+
+def test_stats_report_oldest_pending_age(store: Store) -> None:
+    assert store.stats(T0)["oldest_pending_age_seconds"] is None
+    store.accept(items("a"), [], T0)
+    store.accept(items("b"), [], T0 + 5)
+    assert store.stats(T0 + 10)["oldest_pending_age_seconds"] == 10
+
+
+def test_identities_and_settings(store: Store) -> None:
+    store.remember_identity("u1", "a@x.com", T0)
+    store.remember_identity("u2", "a@x.com", T0 + 1)
+    store.remember_identity("u3", "b@x.com", T0)
+    assert store.user_ids_for(["a@x.com", "b@x.com", "c@x.com"]) == {"a@x.com": "u2", "b@x.com": "u3"}
+    assert store.get_setting("k") is None
+    assert store.put_setting("k", "v1", T0, only_if_absent=True) is True
+    assert store.put_setting("k", "v2", T0, only_if_absent=True) is False
+    assert store.get_setting("k") == "v1"
+    assert store.put_setting("k", "v3", T0) is True
+    assert store.get_setting("k") == "v3"
+
+
+def test_concurrent_claimers_never_share_a_row(store: Store) -> None:
+    store.accept(items(*[f"k{i}" for i in range(300)]), [], T0)
+    got: dict[str, list[int]] = {}
+
+    def claimer(name: str) -> None:
+        ids: list[int] = []
+        while batch := store.claim(SEGMENT_TRACK, 7, name, 60, T0):
+            ids.extend(i.id for i in batch)
+        got[name] = ids
+
+    threads = [threading.Thread(target=claimer, args=(f"w{n}",)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    all_ids = [i for ids in got.values() for i in ids]
+    assert len(all_ids) == 300 == len(set(all_ids))
+
+
+def test_locked_database_raises_storage_unavailable(tmp_path: Path) -> None:
+    """A writer that cannot get the lock fails cleanly (the webhook turns this into 503)."""
+    import sqlite3
+
+    from bridge.storage.sqlite import SQLiteStore
+
+    path = tmp_path / "locked.db"
+    s = SQLiteStore(path)
+    s.migrate()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    impatient = SQLiteStore(path)
+    impatient._conn().execute("PRAGMA busy_timeout = 50")
+    with pytest.raises(StorageUnavailable):
+        impatient.accept(items("a"), [], T0)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert impatient.accept(items("a"), [], T0).accepted == 1
+    impatient.close()
+    s.close()
