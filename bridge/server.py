@@ -6,6 +6,7 @@ plain gunicorn has none of this: there the forwarder runs as ``mailjet-bridge wo
 
 from __future__ import annotations
 
+import signal
 import threading
 from typing import Any
 
@@ -17,7 +18,14 @@ from .config import Settings
 FORWARDER_JOIN_SECONDS = 10.0
 
 
+def _graceful_ctrl_c(arbiter: Any) -> None:
+    """Ctrl-C stops like SIGTERM: requests in flight get their answer, then workers exit."""
+    arbiter.handle_int = arbiter.handle_term
+
+
 def _start_forwarder(worker: Any) -> None:
+    # The terminal sends Ctrl-C to the workers too; let them finish the request in hand.
+    signal.signal(signal.SIGINT, worker.handle_exit)
     services = worker.wsgi.extensions["bridge"]
     stop = threading.Event()
     forwarder = services.make_forwarder()
@@ -48,6 +56,7 @@ class BridgeServer(BaseApplication):
         self.cfg.set("workers", self.workers)
         self.cfg.set("worker_class", "sync")
         self.cfg.set("graceful_timeout", 10)
+        self.cfg.set("on_starting", _graceful_ctrl_c)
         self.cfg.set("post_worker_init", _start_forwarder)
         self.cfg.set("worker_exit", _stop_forwarder)
         self.cfg.set("proc_name", "mailjet-bridge")

@@ -92,7 +92,7 @@ def test_broken_schema_stops_start_up(tmp_path: Path) -> None:
     folder = tmp_path / "mailjet"
     folder.mkdir()
     (folder / "sent.json").write_text('{"type": "objekt"}')
-    with pytest.raises(ConfigError, match="sent.json"):
+    with pytest.raises(ConfigError, match=r"sent\.json"):
         EventValidator.from_directory(tmp_path)
     with pytest.raises(ConfigError, match="no Mailjet event schemas"):
         EventValidator.from_directory(tmp_path / "missing")
