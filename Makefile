@@ -25,7 +25,7 @@ test: lint
 
 bench: install
 	$(BIN)/python bench/accept.py
-	$(BIN)/python bench/validate.py
+	$(BIN)/python bench/components.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -159,8 +159,8 @@ class SQLiteStore(Store):
         with self._write() as c:
             c.execute(
                 "UPDATE outbox SET state = ?, lease_owner = NULL, lease_expires_at = NULL "
-                "WHERE state = ? AND lease_expires_at <= ?",
-                (PENDING, LEASED, now),
+                "WHERE kind = ? AND state = ? AND lease_expires_at <= ?",
+                (PENDING, kind, LEASED, now),
             )
             rows = c.execute(
                 "UPDATE outbox SET state = ?, lease_owner = ?, lease_expires_at = ? "

@@ -21,7 +21,6 @@ CREATE TABLE outbox (
     UNIQUE (kind, dedupe_key)
 );
 CREATE INDEX outbox_due ON outbox (kind, state, next_attempt_at);
-CREATE INDEX outbox_lease ON outbox (state, lease_expires_at);
 
 -- Events that failed validation, kept with their errors for admins (never forwarded as they are).
 CREATE TABLE quarantine (

@@ -1,0 +1,11 @@
+"""The yardstick: a Flask endpoint that reads the body and answers 200, under the same gunicorn."""
+
+from flask import Flask, request
+
+app = Flask(__name__)
+
+
+@app.post("/webhooks/mailjet")
+def receive() -> tuple[str, int]:
+    request.get_data()
+    return '{"accepted": 0}', 200
