@@ -3,7 +3,8 @@ local n = tonumber(os.getenv("EVENTS") or "1")
 local auth = os.getenv("AUTH")
 local counter = 0
 local thread_seed = math.random(1, 1000000)
-local template = '{"event":"open","time":1433103519,"MessageID":%d,' ..
+-- time advances as in real traffic (Mailjet groups the events of the last second)
+local template = '{"event":"open","time":%d,"MessageID":%d,' ..
   '"Message_GUID":"1ab23cd4-e567-8901-2345-6789f0gh1i2j","email":"user%d@example.com",' ..
   '"mj_campaign_id":7173,"mj_contact_id":320,"customcampaign":"","CustomID":"helloworld",' ..
   '"Payload":"","ip":"127.0.0.1","geo":"US",' ..
@@ -13,7 +14,8 @@ request = function()
   local parts = {}
   for i = 1, n do
     counter = counter + 1
-    parts[i] = string.format(template, thread_seed * 100000000 + counter, counter % 5000)
+    parts[i] = string.format(template, 1700000000 + math.floor(counter / 200),
+                             thread_seed * 100000000 + counter, counter % 5000)
   end
   local body = parts[1]
   if n > 1 then body = "[" .. table.concat(parts, ",") .. "]" end

@@ -41,7 +41,7 @@ def create_app(
     """
     if settings is None:
         settings = load_settings(os.environ if environ is None else environ)
-    store = open_store(settings.database_url)
+    store = open_store(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
     store.migrate()
     validator = EventValidator.from_directory(settings.schema_dir)
     credentials = webhook_credentials(settings, store, time.time())

@@ -50,6 +50,8 @@ class Settings:
     public_url: str = "http://127.0.0.1:8000"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     lease_seconds: float = 60.0
+    #: ``full``: a 200 survives power loss. ``normal``: survives a crash of the bridge, and is faster.
+    sqlite_synchronous: str = "full"
     workers: int = 2
     schema_dir: Path = DEFAULT_SCHEMA_DIR
 
@@ -154,6 +156,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         public_url=r.url("BRIDGE_PUBLIC_URL", f"http://{shown_host}:{port}") or "",
         max_body_bytes=r.integer("BRIDGE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024),
         lease_seconds=r.integer("BRIDGE_LEASE_SECONDS", 60, 1, 3600),
+        sqlite_synchronous=r.choice("BRIDGE_SQLITE_SYNCHRONOUS", ("full", "normal"), "full"),
         workers=r.integer("BRIDGE_WORKERS", 2, 1, 64),
         schema_dir=Path(r.text("BRIDGE_SCHEMA_DIR") or DEFAULT_SCHEMA_DIR),
     )

@@ -22,6 +22,7 @@ from .mailjet_events import (
 from .version import __version__
 
 LIBRARY = {"name": "mailjet-segment-bridge", "version": __version__}
+_KEY_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
 MESSAGE_ID_PREFIX = "mailjet-"
 
 
@@ -46,7 +47,7 @@ def dedupe_key(event: Mapping[str, Any]) -> str:
             parts.append(normalize_email(event.get("email")))
         else:
             parts.append(event.get(field))
-    canonical = json.dumps(parts, ensure_ascii=False, separators=(",", ":"), default=str)
+    canonical = _KEY_ENCODER.encode(parts)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

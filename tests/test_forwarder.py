@@ -17,7 +17,7 @@ import pytest
 
 from bridge.config import DEFAULT_SCHEMA_DIR
 from bridge.forwarder import STATUS_KEY, Forwarder, ForwarderPolicy
-from bridge.intake import sort_events
+from bridge.intake import parse_body, sort_events
 from bridge.mailjet_events import EVENT_NAME_PRESETS
 from bridge.mapping import dedupe_key, message_id
 from bridge.segment_client import SegmentClient
@@ -72,7 +72,7 @@ class Rig:
         )
 
     def accept(self, events: list[dict[str, Any]]) -> None:
-        intake = sort_events(events, VALIDATOR)
+        intake = sort_events(parse_body(json.dumps(events).encode()), VALIDATOR)
         assert not intake.quarantined
         self.store.accept(intake.items, [], self.clock())
 
@@ -279,7 +279,7 @@ def test_run_forever_stops_when_asked(store: Store, fake_segment: FakeSegment) -
     forwarder = Forwarder(store, SegmentClient(fake_segment.url), write_key=lambda: "good-key",
                           event_names=lambda: EVENT_NAME_PRESETS["mailjet"],
                           policy=ForwarderPolicy(idle_seconds=0.05))
-    intake = sort_events(numbered(3), VALIDATOR)
+    intake = sort_events(parse_body(json.dumps(numbered(3)).encode()), VALIDATOR)
     store.accept(intake.items, [], 0)
     stop = threading.Event()
     thread = threading.Thread(target=forwarder.run_forever, args=(stop,))

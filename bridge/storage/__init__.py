@@ -7,10 +7,10 @@ from .base import Store
 from .sqlite import SQLiteStore
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, sqlite_synchronous: str = "full") -> Store:
     """``sqlite:///relative/or/absolute/path`` (``sqlite:////abs`` also works)."""
     if url.startswith("sqlite:///"):
-        return SQLiteStore(url[len("sqlite:///") :] or ":memory:")
+        return SQLiteStore(url[len("sqlite:///") :] or ":memory:", synchronous=sqlite_synchronous.upper())
     if url.startswith(("postgresql://", "postgres://")):
         raise ConfigError(
             ["BRIDGE_DATABASE_URL: the PostgreSQL backend is not part of this release yet; "

@@ -20,12 +20,14 @@ PENDING, LEASED, DELIVERED, DEAD = "pending", "leased", "delivered", "dead"
 
 @dataclass(frozen=True)
 class NewItem:
-    """An item to queue; ``dedupe_key`` is unique per kind, so a redelivery is recognised."""
+    """An item to queue. ``(kind, event_time, dedupe_key)`` is unique, so a redelivery is recognised;
+    ``event_time`` must be part of what the key hashes."""
 
     kind: str
     dedupe_key: str
     event_type: str
     payload: str
+    event_time: int = 0
 
 
 @dataclass(frozen=True)
