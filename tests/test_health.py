@@ -1,0 +1,44 @@
+"""``GET /healthz``: 200 with detail when the bridge can accept, 503 with the reason when it cannot."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from bridge import create_app
+from bridge.config import Settings, load_settings
+
+
+def test_healthy_bridge_reports_queue_and_delivery_state(client: Any) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    body = response.json
+    assert body["status"] == "ok" and body["storage"] == "ok"
+    assert body["segment"]["state"] == "starting"
+    assert set(body["queue"]) >= {"pending", "leased", "delivered", "dead", "quarantined",
+                                  "oldest_pending_age_seconds"}
+
+
+def test_missing_write_key_is_reported_but_events_are_still_accepted(env: dict[str, str]) -> None:
+    del env["SEGMENT_WRITE_KEY"]
+    app = create_app(load_settings(env), announce=lambda _: None)
+    body = app.test_client().get("/healthz").json
+    assert body["status"] == "degraded"
+    assert body["segment"]["state"] == "no_write_key"
+    app.extensions["bridge"].store.close()
+
+
+def test_unavailable_storage_gives_503_with_the_reason(settings: Settings, tmp_path: Path) -> None:
+    app = create_app(settings, announce=lambda _: None)
+    store = app.extensions["bridge"].store
+    store.close()
+    db = Path(settings.database_url.removeprefix("sqlite:///"))
+    for leftover in db.parent.glob(db.name + "*"):
+        leftover.unlink()
+    db.mkdir()  # the database path is now a directory: nothing can be opened
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 503
+    assert response.json["storage"] == "unavailable"
+    assert response.json["reason"].startswith("cannot open SQLite database"), response.json
+    shutil.rmtree(db)
