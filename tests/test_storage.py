@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,3 +158,31 @@ def test_locked_database_raises_storage_unavailable(tmp_path: Path) -> None:
     assert impatient.accept(items("a"), [], T0).accepted == 1
     impatient.close()
     s.close()
+
+
+
+def test_migration_waits_for_a_writer_instead_of_failing(tmp_path: Path) -> None:
+    """Workers booting together: one is mid-migration when the next starts; the next must wait."""
+    from bridge.storage.sqlite import SQLiteStore
+
+    path = tmp_path / "fresh.db"
+    first, second = SQLiteStore(path), SQLiteStore(path)
+    outcome: list[str] = []
+
+    def migrate_second() -> None:
+        try:
+            second.migrate()
+            outcome.append("ok")
+        except StorageUnavailable as exc:
+            outcome.append(str(exc))
+
+    with first._write() as conn:  # the first worker, inside its migration transaction
+        conn.execute("CREATE TABLE early (x)")
+        thread = threading.Thread(target=migrate_second)
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive()  # waiting, not failed
+    thread.join(10)
+    assert outcome == ["ok"]
+    first.close()
+    second.close()

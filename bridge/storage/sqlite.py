@@ -126,28 +126,39 @@ class SQLiteStore(Store):
                 pause = min(pause * 2, LOCK_POLL_MAX_SECONDS)
 
     @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the write lock (shared by every process and thread using this database file)."""
+        fd = self._lock_fd()
+        if fd is None:
+            yield
+            return
+        self._take_write_lock(fd)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"storage busy or unavailable: {exc}") from exc
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StorageUnavailable(f"storage write failed: {exc}") from exc
+            raise
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
-        fd = self._lock_fd()
-        if fd is not None:
-            self._take_write_lock(fd)
-        try:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StorageUnavailable(f"storage busy or unavailable: {exc}") from exc
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise StorageUnavailable(f"storage write failed: {exc}") from exc
-                raise
-        finally:
-            if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+        with self._exclusive(), self._transaction(conn):
+            yield conn
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         try:
@@ -159,26 +170,30 @@ class SQLiteStore(Store):
 
     def migrate(self) -> None:
         conn = self._conn()
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-        except sqlite3.Error as exc:
-            raise StorageUnavailable(f"cannot use SQLite database {self.path}: {exc}") from exc
-        with self._write() as c:
-            c.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version "
-                "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
-            )
-            applied = {row[0] for row in c.execute("SELECT version FROM schema_version")}
-            for version, script in migration_files("sqlite"):
-                if version in applied:
-                    continue
-                for statement in _split_sql(script):
-                    c.execute(statement)
+        # Under the write lock: processes starting together must not race to switch the journal
+        # mode ("database is locked") or to apply the same migration.
+        with self._exclusive():
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.Error as exc:
+                raise StorageUnavailable(f"cannot use SQLite database {self.path}: {exc}") from exc
+            with self._transaction(conn) as c:
                 c.execute(
-                    "INSERT INTO schema_version (version, applied_at) "
-                    "VALUES (?, CAST(strftime('%s', 'now') AS REAL))",
-                    (version,),
+                    "CREATE TABLE IF NOT EXISTS schema_version "
+                    "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
                 )
+                applied = {row[0] for row in c.execute("SELECT version FROM schema_version")}
+                for version, script in migration_files("sqlite"):
+                    if version in applied:
+                        continue
+                    for statement in _split_sql(script):
+                        c.execute(statement)
+                    c.execute(
+                        "INSERT INTO schema_version (version, applied_at) "
+                        "VALUES (?, CAST(strftime('%s', 'now') AS REAL))",
+                        (version,),
+                    )
 
     def accept(
         self, items: Sequence[NewItem], quarantined: Sequence[QuarantineEntry], now: float
