@@ -288,3 +288,27 @@ def test_run_forever_stops_when_asked(store: Store, fake_segment: FakeSegment) -
     stop.set()
     thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+def test_unicode_and_big_ids_arrive_intact(rig: Rig) -> None:
+    event = {"event": "click", "time": 1_700_000_000, "MessageID": 2**53 + 1, "email": "Zoë@Exämple.com",
+             "url": "https://exämple.com/straße?q=ü&e=🎉", "agent": "Agent/1.0 (日本語)"}
+    rig.accept([event])
+    rig.run()
+    (call,) = rig.fake.accepted
+    assert call["properties"]["email_id"] == "9007199254740993"
+    assert call["properties"]["link_url"] == "https://exämple.com/straße?q=ü&e=🎉"
+    assert call["context"]["userAgent"] == "Agent/1.0 (日本語)"
+    assert call["anonymousId"] == "zoë@exämple.com"
+
+
+def test_write_key_never_reaches_the_log(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    rig.key = "secret-write-key-123"
+    rig.accept(numbered(1))
+    with caplog.at_level("DEBUG"):
+        rig.run()
+        rig.key = "good-key"
+        rig.run()
+    assert caplog.records
+    assert "secret-write-key-123" not in caplog.text
+    assert "secret-write-key-123" not in json.dumps(rig.status())
