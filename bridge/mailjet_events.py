@@ -13,25 +13,18 @@ EVENT_TYPES: tuple[str, ...] = ("sent", "open", "click", "bounce", "blocked", "s
 #: Naming presets for the Segment ``event`` field (``BRIDGE_EVENT_NAMES``).
 #: ``mailjet`` follows Mailjet's own Segment source (plus blocked, which it does not send);
 #: ``segment-spec`` follows Segment's email spec, which differs only for unsubscribes.
+_MAILJET_NAMES = {
+    "sent": "Email Delivered",
+    "open": "Email Opened",
+    "click": "Email Link Clicked",
+    "bounce": "Email Bounced",
+    "blocked": "Email Blocked",
+    "spam": "Email Marked as Spam",
+    "unsub": "Email Unsubscribed",
+}
 EVENT_NAME_PRESETS: dict[str, dict[str, str]] = {
-    "mailjet": {
-        "sent": "Email Delivered",
-        "open": "Email Opened",
-        "click": "Email Link Clicked",
-        "bounce": "Email Bounced",
-        "blocked": "Email Blocked",
-        "spam": "Email Marked as Spam",
-        "unsub": "Email Unsubscribed",
-    },
-    "segment-spec": {
-        "sent": "Email Delivered",
-        "open": "Email Opened",
-        "click": "Email Link Clicked",
-        "bounce": "Email Bounced",
-        "blocked": "Email Blocked",
-        "spam": "Email Marked as Spam",
-        "unsub": "Unsubscribed",
-    },
+    "mailjet": _MAILJET_NAMES,
+    "segment-spec": {**_MAILJET_NAMES, "unsub": "Unsubscribed"},
     "raw": {name: name for name in EVENT_TYPES},
 }
 
