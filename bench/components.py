@@ -15,7 +15,8 @@ from pathlib import Path
 import jsonschema
 
 from bridge.config import DEFAULT_SCHEMA_DIR
-from bridge.intake import parse_body, sort_events
+from bridge.jsonbody import parse_body
+from bridge.mailjet_intake import sort_events
 from bridge.mapping import dedupe_key
 from bridge.storage.sqlite import SQLiteStore
 from bridge.validation import EventValidator

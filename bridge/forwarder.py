@@ -14,30 +14,29 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .batching import MAX_EVENT_BYTES, halves, pack
 from .errors import StorageUnavailable
 from .mapping import normalize_email, track_call
-from .retry import Verdict, backoff_delay, classify
+from .pacing import Pacer, PacingPolicy, status_key
+from .retry import Verdict, classify
 from .segment_client import SegmentClient, SendResult
 from .storage.base import SEGMENT_TRACK, ClaimedItem, Outcome, Store
 
 log = logging.getLogger(__name__)
 
-STATUS_KEY = "status.segment"
+UPSTREAM = "segment"
+STATUS_KEY = status_key(UPSTREAM)
 
 
 @dataclass(frozen=True)
 class ForwarderPolicy:
     claim_limit: int = 1000
     lease_seconds: float = 60.0
-    backoff_base: float = 1.0
-    backoff_cap: float = 300.0
-    #: How often a refused write key is tried again (a changed key is tried at once).
-    auth_retry_seconds: float = 60.0
     idle_seconds: float = 0.5
+    pacing: PacingPolicy = field(default_factory=PacingPolicy)
 
 
 @dataclass
@@ -72,24 +71,8 @@ class Forwarder:
         self.event_names = event_names
         self.policy = policy or ForwarderPolicy()
         self.clock = clock
-        self.rng = rng or random.Random()
         self.owner = owner or f"fwd-{uuid.uuid4().hex[:12]}"
-        self._failures = 0
-        self._hold_until = 0.0
-        self._refused_key: str | None = None
-        self._status: tuple[str, str] | None = None
-
-    # -- status -------------------------------------------------------------------------------------
-
-    def _set_status(self, state: str, detail: str) -> None:
-        """Persist the delivery state (for /healthz and admins in other processes) when it changes."""
-        if self._status == (state, detail):
-            return
-        self._status = (state, detail)
-        record = json.dumps({"state": state, "detail": detail, "since": self.clock()})
-        self.store.put_setting(STATUS_KEY, record, self.clock())
-        level = logging.INFO if state == "ok" else logging.WARNING
-        log.log(level, "segment delivery %s: %s", state, detail)
+        self.pacer = Pacer(store, UPSTREAM, self.policy.pacing, clock, rng or random.Random())
 
     # -- one cycle ----------------------------------------------------------------------------------
 
@@ -98,11 +81,9 @@ class Forwarder:
         now = self.clock()
         key = self.write_key()
         if not key:
-            self._set_status("no_write_key", "no Segment write key is set; events wait in the queue")
+            self.pacer.set_status("no_write_key", "no Segment write key is set; events wait in the queue")
             return 0
-        if self._refused_key is not None and key != self._refused_key:
-            self._refused_key, self._hold_until = None, 0.0  # a new key: try it at once
-        if now < self._hold_until:
+        if not self.pacer.ready(key):
             return 0
         items = self.store.claim(
             SEGMENT_TRACK, self.policy.claim_limit, self.owner, self.policy.lease_seconds, now
@@ -153,8 +134,7 @@ class Forwarder:
             now = self.clock()
             if verdict is Verdict.DELIVERED:
                 self.store.mark_delivered([self._outcome(p, result) for p in batch], now)
-                self._failures = 0
-                self._set_status("ok", f"last batch of {len(batch)} delivered")
+                self.pacer.succeeded(f"last batch of {len(batch)} delivered")
                 settled += len(batch)
             elif verdict is Verdict.REJECTED and len(batch) > 1:
                 first, second = halves(batch)
@@ -173,33 +153,21 @@ class Forwarder:
         rest: deque[list[_Prepared]], now: float,
     ) -> None:
         """Stop this cycle: give the tried batch and the untried rest back, then wait."""
-        untried = [p.item.id for b in rest for p in b]
         if verdict is Verdict.AUTH:
-            self._refused_key = key
-            delay = self.policy.auth_retry_seconds
-            self._set_status(
-                "auth_failed",
+            self.pacer.refused(
+                key,
                 f"Segment refused the write key ({result.status}); delivery is paused and events "
                 "wait in the queue until a valid key is set",
             )
-            error = f"write key refused ({result.status})"
-            tried_counts = False
+            # The rows stay due: a corrected key delivers them at once. No attempt is counted.
+            due, error, counted = now, f"write key refused ({result.status})", False
         else:
-            self._failures += 1
-            delay = backoff_delay(
-                self._failures, self.policy.backoff_base, self.policy.backoff_cap, self.rng
-            )
-            if result.retry_after is not None:
-                delay = max(delay, result.retry_after)
             what = f"HTTP {result.status}" if result.status is not None else result.body
             error = f"Segment unavailable: {what}"
-            self._set_status("retrying", f"{error}; next attempt in {delay:.1f} s")
-            tried_counts = True
-        self._hold_until = now + delay
-        # A refused key leaves the rows due: a corrected key delivers them at once.
-        due = now if verdict is Verdict.AUTH else now + delay
+            due, counted = now + self.pacer.failed(error, result.retry_after), True
         tried = [p.item.id for p in batch]
-        self.store.release(tried, self.owner, due, error, count_attempt=tried_counts, status=result.status)
+        self.store.release(tried, self.owner, due, error, count_attempt=counted, status=result.status)
+        untried = [p.item.id for b in rest for p in b]
         if untried:
             self.store.release(untried, self.owner, due, None, count_attempt=False)
 

@@ -17,9 +17,11 @@ import pytest
 
 from bridge.config import DEFAULT_SCHEMA_DIR
 from bridge.forwarder import STATUS_KEY, Forwarder, ForwarderPolicy
-from bridge.intake import parse_body, sort_events
+from bridge.jsonbody import parse_body
 from bridge.mailjet_events import EVENT_NAME_PRESETS
+from bridge.mailjet_intake import sort_events
 from bridge.mapping import dedupe_key, message_id
+from bridge.pacing import PacingPolicy
 from bridge.segment_client import SegmentClient
 from bridge.storage import open_store
 from bridge.storage.base import SEGMENT_TRACK, Store
@@ -66,7 +68,8 @@ class Rig:
             SegmentClient(url or fake.url, timeout=(1.0, read_timeout), clock=clock),
             write_key=lambda: self.key,
             event_names=lambda: EVENT_NAME_PRESETS["mailjet"],
-            policy=ForwarderPolicy(backoff_base=2.0, backoff_cap=60.0, auth_retry_seconds=30.0),
+            policy=ForwarderPolicy(pacing=PacingPolicy(backoff_base=2.0, backoff_cap=60.0,
+                                                       auth_retry_seconds=30.0)),
             clock=clock,
             rng=random.Random(7),
         )
@@ -121,7 +124,7 @@ def test_5xx_is_retried_with_growing_backoff_and_fresh_sent_at(rig: Rig) -> None
     waits = []
     for _ in range(3):
         assert rig.run() == 0
-        next_at = rig.forwarder._hold_until
+        next_at = rig.forwarder.pacer.hold_until
         waits.append(next_at - rig.clock())
         assert rig.run() == 0  # held: no request while waiting
         rig.clock.advance(waits[-1])
@@ -141,7 +144,7 @@ def test_backoff_is_capped(rig: Rig) -> None:
     for _ in range(10):
         rig.fake.then(Scripted(500))
         rig.run()
-        wait = rig.forwarder._hold_until - rig.clock()
+        wait = rig.forwarder.pacer.hold_until - rig.clock()
         rig.clock.advance(wait)
     assert wait <= 60.0
     assert rig.status()["state"] == "retrying"
@@ -227,7 +230,7 @@ def test_timeout_then_late_200_resends_with_the_same_message_id(
     assert rig.run() == 0
     assert "no answer within" in rig.status()["detail"]
     rig.fake.wait_for(lambda f: len(f.accepted) == 1, timeout=5)
-    rig.clock.advance(rig.forwarder._hold_until - clock())
+    rig.clock.advance(rig.forwarder.pacer.hold_until - clock())
     assert rig.run() == 1
     ids = rig.fake.message_ids()
     assert len(ids) == 2 and len(set(ids)) == 1  # a duplicate Segment will drop by messageId

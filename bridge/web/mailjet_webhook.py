@@ -10,7 +10,8 @@ import time
 from flask import Blueprint, Response, jsonify, request
 
 from ..errors import StorageUnavailable
-from ..intake import BodyError, parse_body, sort_events
+from ..jsonbody import BodyError, parse_body
+from ..mailjet_intake import sort_events
 from . import services
 from .errors import json_error
 

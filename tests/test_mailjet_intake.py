@@ -7,7 +7,8 @@ import json
 import pytest
 
 from bridge.config import DEFAULT_SCHEMA_DIR
-from bridge.intake import BodyError, parse_body, sort_events, split_json
+from bridge.jsonbody import BodyError, parse_body, split_json
+from bridge.mailjet_intake import sort_events
 from bridge.validation import EventValidator
 
 

@@ -1,22 +1,14 @@
-"""Turning a Mailjet webhook body into queue items and quarantine entries. No I/O, no Flask.
+"""JSON bodies parsed so that each top-level value keeps its exact source text. No I/O.
 
-Each event stands alone: an invalid one is quarantined with its errors and never stops the valid
-ones beside it from being queued.
+The exact text is what gets stored ("the payload as received") and what Segment signs for the first
+element of a batch (``X-Signature``), so re-serialising would lose both.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-from dataclasses import dataclass, field
 from typing import Any
-
-from .mapping import dedupe_key
-from .storage.base import SEGMENT_TRACK, NewItem, QuarantineEntry
-from .validation import EventValidator
-
-MAILJET_SOURCE = "mailjet"
 
 
 class BodyError(ValueError):
@@ -69,7 +61,11 @@ def split_json(text: str) -> tuple[list[tuple[Any, str]], bool]:
 
 
 def parse_body(raw: bytes) -> list[tuple[Any, str]]:
-    """A Version 1 body (one bare object) or a Version 2 body (an array) as (event, text) pairs."""
+    """One bare object or an array of values, as ``(value, exact text)`` pairs.
+
+    Mailjet sends a bare object (Version 1) or an array (Version 2, grouped); Segment's Webhooks
+    (Actions) destination sends one event or, when batching, an array.
+    """
     try:
         values, is_array = split_json(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:
@@ -77,29 +73,3 @@ def parse_body(raw: bytes) -> list[tuple[Any, str]]:
     if not is_array and not isinstance(values[0][0], dict):
         raise BodyError("the body must be a JSON object (one event) or an array of events")
     return values
-
-
-@dataclass
-class Intake:
-    items: list[NewItem] = field(default_factory=list)
-    quarantined: list[QuarantineEntry] = field(default_factory=list)
-
-
-def sort_events(events: list[tuple[Any, str]], validator: EventValidator) -> Intake:
-    """Validate each event on its own; valid ones become queue items, invalid ones quarantine.
-
-    Each is stored as the exact text Mailjet sent.
-    """
-    intake = Intake()
-    for event, text in events:
-        errors = validator.errors(event)
-        if errors:
-            fingerprint = hashlib.sha256(text.encode()).hexdigest()
-            intake.quarantined.append(
-                QuarantineEntry(MAILJET_SOURCE, fingerprint, text, json.dumps(errors))
-            )
-        else:
-            intake.items.append(
-                NewItem(SEGMENT_TRACK, dedupe_key(event), event["event"], text, int(event["time"]))
-            )
-    return intake
