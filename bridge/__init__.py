@@ -6,6 +6,7 @@ clients and the web layer are wired together. Importing the package does nothing
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -14,8 +15,10 @@ from collections.abc import Callable, Mapping
 from flask import Flask
 
 from .config import Settings, load_settings
+from .contact_sync import ContactSync
 from .credentials import callback_url, webhook_credentials
 from .forwarder import Forwarder, ForwarderPolicy
+from .mailjet_client import MailjetClient
 from .segment_client import SegmentClient
 from .services import Services
 from .storage import open_store
@@ -23,6 +26,8 @@ from .validation import EventValidator
 from .version import __version__
 
 __all__ = ["__version__", "create_app"]
+
+log = logging.getLogger(__name__)
 
 
 def _announce(line: str) -> None:
@@ -43,7 +48,8 @@ def create_app(
         settings = load_settings(os.environ if environ is None else environ)
     store = open_store(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
     store.migrate()
-    validator = EventValidator.from_directory(settings.schema_dir)
+    mailjet_validator = EventValidator.mailjet(settings.schema_dir)
+    segment_validator = EventValidator.segment(settings.schema_dir)
     credentials = webhook_credentials(settings, store, time.time())
     if credentials.origin == "generated":
         announce(
@@ -51,6 +57,9 @@ def create_app(
             f"(shown once; `mailjet-bridge callback-url` prints it again): "
             f"{callback_url(settings.public_url, credentials)}"
         )
+    if not settings.segment_shared_secret:
+        log.warning("SEGMENT_SHARED_SECRET is not set: /webhooks/segment accepts unsigned requests")
+    services = Services(settings, store, mailjet_validator, segment_validator, credentials)
 
     def make_forwarder() -> Forwarder:
         return Forwarder(
@@ -61,7 +70,15 @@ def create_app(
             policy=ForwarderPolicy(lease_seconds=settings.lease_seconds),
         )
 
-    services = Services(settings, store, validator, credentials, make_forwarder)
+    def make_contact_sync() -> ContactSync:
+        return ContactSync(
+            store,
+            MailjetClient(settings.mailjet_api_url),
+            credentials=services.mailjet_credentials,
+            target=services.mailjet_target,
+        )
+
+    services.loop_factories = [make_forwarder, make_contact_sync]
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["bridge"] = services

@@ -59,8 +59,10 @@ def serve(workers: int | None) -> None:
     BridgeServer(settings, workers or settings.workers).run()
 
 
-@main.command(help="Run the forwarder alone, beside `gunicorn wsgi:app` web processes.")
+@main.command(help="Run the delivery loops alone, beside `gunicorn wsgi:app` web processes.")
 def worker() -> None:
+    from .services import start_loops
+
     services = _app(_settings()).extensions["bridge"]
     stop = threading.Event()
 
@@ -69,5 +71,8 @@ def worker() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    services.make_forwarder().run_forever(stop)
+    threads = start_loops(services.make_loops(), stop)
+    stop.wait()
+    for thread in threads:
+        thread.join(10)
     services.store.close()

@@ -1,7 +1,7 @@
-"""``mailjet-bridge serve``: gunicorn serving the app, with a forwarder thread in every worker.
+"""``mailjet-bridge serve``: gunicorn serving the app, with the delivery loops in every worker.
 
-Each worker process is web + forwarder; leases keep the forwarders' work apart. ``wsgi:app`` under a
-plain gunicorn has none of this: there the forwarder runs as ``mailjet-bridge worker``.
+Each worker process is web + forwarder + contact sync; leases keep the loops' work apart. ``wsgi:app``
+under a plain gunicorn has none of this: there the loops run as ``mailjet-bridge worker``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from gunicorn.app.base import BaseApplication
 
 from . import create_app
 from .config import Settings
+from .services import start_loops
 
-FORWARDER_JOIN_SECONDS = 10.0
+LOOP_JOIN_SECONDS = 10.0
 
 
 def _graceful_ctrl_c(arbiter: Any) -> None:
@@ -23,24 +24,20 @@ def _graceful_ctrl_c(arbiter: Any) -> None:
     arbiter.handle_int = arbiter.handle_term
 
 
-def _start_forwarder(worker: Any) -> None:
+def _start_loops(worker: Any) -> None:
     # The terminal sends Ctrl-C to the workers too; let them finish the request in hand.
     signal.signal(signal.SIGINT, worker.handle_exit)
     services = worker.wsgi.extensions["bridge"]
     stop = threading.Event()
-    forwarder = services.make_forwarder()
-    thread = threading.Thread(
-        target=forwarder.run_forever, args=(stop,), name="forwarder", daemon=True
-    )
-    thread.start()
-    worker.bridge_forwarder = (stop, thread)
+    worker.bridge_loops = (stop, start_loops(services.make_loops(), stop))
 
 
-def _stop_forwarder(server: Any, worker: Any) -> None:
-    stop, thread = getattr(worker, "bridge_forwarder", (None, None))
+def _stop_loops(server: Any, worker: Any) -> None:
+    stop, threads = getattr(worker, "bridge_loops", (None, []))
     if stop is not None:
         stop.set()
-        thread.join(FORWARDER_JOIN_SECONDS)
+        for thread in threads:
+            thread.join(LOOP_JOIN_SECONDS)
 
 
 class BridgeServer(BaseApplication):
@@ -57,8 +54,8 @@ class BridgeServer(BaseApplication):
         self.cfg.set("worker_class", "sync")
         self.cfg.set("graceful_timeout", 10)
         self.cfg.set("on_starting", _graceful_ctrl_c)
-        self.cfg.set("post_worker_init", _start_forwarder)
-        self.cfg.set("worker_exit", _stop_forwarder)
+        self.cfg.set("post_worker_init", _start_loops)
+        self.cfg.set("worker_exit", _stop_loops)
         self.cfg.set("proc_name", "mailjet-bridge")
 
     def load(self) -> Any:

@@ -2,30 +2,71 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .config import Settings
 from .credentials import WebhookCredentials
-from .forwarder import Forwarder
 from .mailjet_events import EVENT_NAME_PRESETS
 from .storage.base import Store
 from .validation import EventValidator
+
+
+class Loop(Protocol):
+    """A delivery loop (the Segment forwarder, the Mailjet contact sync)."""
+
+    def run_once(self) -> int: ...
+
+    def run_forever(self, stop: threading.Event) -> None: ...
 
 
 @dataclass
 class Services:
     settings: Settings
     store: Store
-    validator: EventValidator
+    mailjet_validator: EventValidator
+    segment_validator: EventValidator
     credentials: WebhookCredentials
-    make_forwarder: Callable[[], Forwarder] = field(repr=False)
+    #: Builders of the delivery loops, each with its own HTTP session, for one thread each.
+    loop_factories: list[Callable[[], Loop]] = field(default_factory=list, repr=False)
+
+    def make_loops(self) -> list[Loop]:
+        return [factory() for factory in self.loop_factories]
+
+    def _stored(self, key: str) -> str | None:
+        return self.store.get_setting(key)
 
     def write_key(self) -> str | None:
         """Stored setting first (set by an admin), else the environment; read at each delivery."""
-        return self.store.get_setting("segment.write_key") or self.settings.segment_write_key
+        return self._stored("segment.write_key") or self.settings.segment_write_key
 
     def event_names(self) -> Mapping[str, str]:
         """Naming preset, stored setting first; an unknown stored name falls back to the configured one."""
-        preset = self.store.get_setting("events.names")
+        preset = self._stored("events.names")
         return EVENT_NAME_PRESETS.get(preset or "", EVENT_NAME_PRESETS[self.settings.event_names])
+
+    def mailjet_credentials(self) -> tuple[str, str] | None:
+        """The Mailjet API key pair, stored settings first; None until both halves are known."""
+        key = self._stored("mailjet.api_key") or self.settings.mailjet_api_key
+        secret = self._stored("mailjet.api_secret") or self.settings.mailjet_api_secret
+        return (key, secret) if key and secret else None
+
+    def mailjet_target(self) -> tuple[int, str]:
+        """The contact list and list action identifies are applied with."""
+        list_id = self._stored("mailjet.list_id")
+        action = self._stored("mailjet.action")
+        return (int(list_id) if list_id and list_id.isdigit() else self.settings.mailjet_list_id,
+                action or self.settings.mailjet_action)
+
+
+def start_loops(loops: list[Loop], stop: threading.Event) -> list[threading.Thread]:
+    """Run each delivery loop in a daemon thread until ``stop`` is set."""
+    threads = [
+        threading.Thread(target=loop.run_forever, args=(stop,), name=type(loop).__name__, daemon=True)
+        for loop in loops
+    ]
+    for thread in threads:
+        thread.start()
+    return threads

@@ -27,20 +27,24 @@ def _json_path(parts: list[Any]) -> str:
 
 
 class EventValidator:
-    """One compiled validator per Mailjet event type, chosen by the event's ``event`` field."""
+    """One compiled validator per event type, chosen by the event's type field."""
 
-    def __init__(self, schemas: Mapping[str, Mapping[str, Any]]) -> None:
+    def __init__(
+        self, schemas: Mapping[str, Mapping[str, Any]], *, type_field: str = "event",
+        unknown_types_valid: bool = False,
+    ) -> None:
         self._validators = {
             name: jsonschema_rs.Draft202012Validator(dict(schema)) for name, schema in schemas.items()
         }
         self.event_types: tuple[str, ...] = tuple(sorted(schemas))
+        self.type_field = type_field
+        self.unknown_types_valid = unknown_types_valid
 
     @classmethod
-    def from_directory(cls, root: Path) -> EventValidator:
-        """Load and meta-check ``<root>/mailjet/*.json``; a broken schema stops start-up."""
-        folder = Path(root) / "mailjet"
+    def from_directory(cls, folder: Path, **options: Any) -> EventValidator:
+        """Load and meta-check ``<folder>/*.json`` (one per type); a broken schema stops start-up."""
         schemas: dict[str, dict[str, Any]] = {}
-        for path in sorted(folder.glob("*.json")):
+        for path in sorted(Path(folder).glob("*.json")):
             try:
                 schema = json.loads(path.read_text(encoding="utf-8"))
                 jsonschema.Draft202012Validator.check_schema(schema)
@@ -48,24 +52,38 @@ class EventValidator:
                 raise ConfigError([f"schema {path}: {exc}"]) from exc
             schemas[path.stem] = schema
         if not schemas:
-            raise ConfigError([f"no Mailjet event schemas found in {folder}"])
-        return cls(schemas)
+            raise ConfigError([f"no event schemas found in {folder}"])
+        return cls(schemas, **options)
+
+    @classmethod
+    def mailjet(cls, root: Path) -> EventValidator:
+        """Mailjet Event API events: ``schemas/mailjet/<event>.json``; an unknown ``event`` is invalid."""
+        return cls.from_directory(Path(root) / "mailjet", type_field="event")
+
+    @classmethod
+    def segment(cls, root: Path) -> EventValidator:
+        """Segment events: ``schemas/segment/<type>.json``; other types need only a ``type``."""
+        return cls.from_directory(Path(root) / "segment", type_field="type", unknown_types_valid=True)
 
     def errors(self, event: Any) -> list[dict[str, str]]:
         """Validation errors for one event as ``{path, message}``; empty when it is valid."""
         if not isinstance(event, dict):
             return [{"path": "$", "message": "an event must be a JSON object"}]
-        kind = event.get("event")
+        kind = event.get(self.type_field)
         validator = self._validators.get(kind) if isinstance(kind, str) else None
         if validator is None:
-            if "event" not in event:
-                message = "'event' is a required property"
+            if isinstance(kind, str) and self.unknown_types_valid:
+                return []
+            if self.type_field not in event:
+                message = f"'{self.type_field}' is a required property"
+            elif not isinstance(kind, str) and self.unknown_types_valid:
+                message = f"'{self.type_field}' must be a string"
             else:
                 message = (
                     f"unknown event type {json.dumps(kind)}; expected one of "
                     + ", ".join(self.event_types)
                 )
-            return [{"path": "$.event", "message": message}]
+            return [{"path": f"$.{self.type_field}", "message": message}]
         if validator.is_valid(event):
             return []
         return [

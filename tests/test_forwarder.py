@@ -29,7 +29,7 @@ from bridge.validation import EventValidator
 from tests.fakes.segment import FakeSegment, Scripted
 
 T0 = 1_800_000_000.0
-VALIDATOR = EventValidator.from_directory(DEFAULT_SCHEMA_DIR)
+VALIDATOR = EventValidator.mailjet(DEFAULT_SCHEMA_DIR)
 
 
 class Clock:

@@ -45,7 +45,7 @@ def test_non_utf8_body_is_a_body_error() -> None:
 
 
 def test_sort_keeps_valid_and_quarantines_invalid_with_raw_text() -> None:
-    validator = EventValidator.from_directory(DEFAULT_SCHEMA_DIR)
+    validator = EventValidator.mailjet(DEFAULT_SCHEMA_DIR)
     body = b'[{"event":"sent","time":5,"MessageID":1},{"event":"sent","time":"5"},3]'
     intake = sort_events(parse_body(body), validator)
     assert [(i.event_type, i.payload, i.event_time) for i in intake.items] == [

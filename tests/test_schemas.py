@@ -61,7 +61,7 @@ def test_one_schema_per_event_type() -> None:
 @pytest.mark.parametrize("name", EVENT_TYPES)
 def test_fast_validator_agrees_with_jsonschema(name: str, mailjet_events: dict[str, Any]) -> None:
     """jsonschema-rs (hot path) and jsonschema (the reference implementation) agree on samples."""
-    validator = EventValidator.from_directory(DEFAULT_SCHEMA_DIR)
+    validator = EventValidator.mailjet(DEFAULT_SCHEMA_DIR)
     reference = jsonschema.Draft202012Validator(load(name))
     good = mailjet_events[name]
     samples = [
@@ -79,7 +79,7 @@ def test_fast_validator_agrees_with_jsonschema(name: str, mailjet_events: dict[s
 
 
 def test_errors_name_the_path_and_problem(mailjet_events: dict[str, Any]) -> None:
-    validator = EventValidator.from_directory(DEFAULT_SCHEMA_DIR)
+    validator = EventValidator.mailjet(DEFAULT_SCHEMA_DIR)
     errors = validator.errors({**mailjet_events["bounce"], "hard_bounce": "yes", "mj_contact_id": "4"})
     assert {e["path"] for e in errors} == {"$.hard_bounce", "$.mj_contact_id"}
     assert validator.errors([1]) == [{"path": "$", "message": "an event must be a JSON object"}]
@@ -93,6 +93,6 @@ def test_broken_schema_stops_start_up(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "sent.json").write_text('{"type": "objekt"}')
     with pytest.raises(ConfigError, match=r"sent\.json"):
-        EventValidator.from_directory(tmp_path)
-    with pytest.raises(ConfigError, match="no Mailjet event schemas"):
-        EventValidator.from_directory(tmp_path / "missing")
+        EventValidator.mailjet(tmp_path)
+    with pytest.raises(ConfigError, match="no event schemas"):
+        EventValidator.mailjet(tmp_path / "missing")

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 #: Outbox kinds: what an item is and where it goes.
-SEGMENT_TRACK = "segment_track"
+SEGMENT_TRACK = "segment_track"      # a Mailjet event, to Segment as a track call
+MAILJET_CONTACT = "mailjet_contact"  # a Segment identify, to Mailjet as a contact
+MAILJET_PROPERTY = "mailjet_property"  # dead letters only: one property Mailjet could not take
 
 #: Outbox states.
 PENDING, LEASED, DELIVERED, DEAD = "pending", "leased", "delivered", "dead"
@@ -38,6 +40,26 @@ class QuarantineEntry:
     fingerprint: str
     body: str
     errors: str
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A dead letter recorded directly (not an outbox item that failed), e.g. one rejected property."""
+
+    kind: str
+    dedupe_key: str
+    event_type: str
+    payload: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DueSummary:
+    """Items due now: how many, and when the oldest and newest of them were accepted."""
+
+    count: int
+    oldest_created_at: float | None
+    newest_created_at: float | None
 
 
 @dataclass(frozen=True)
@@ -81,12 +103,19 @@ class Store(ABC):
 
     @abstractmethod
     def accept(
-        self, items: Sequence[NewItem], quarantined: Sequence[QuarantineEntry], now: float
+        self, items: Sequence[NewItem], quarantined: Sequence[QuarantineEntry], now: float,
+        identities: Sequence[tuple[str, str]] = (),
     ) -> AcceptResult:
-        """Queue items and quarantine entries in one transaction; known dedupe keys are skipped.
+        """Queue items, quarantine entries and (userId, email) pairs in one transaction.
 
-        Returns only after the commit; raises StorageUnavailable if nothing could be committed.
+        Known dedupe keys are skipped. Pairs are recorded in order, so the last pair of a userId is
+        its current email. Returns only after the commit; raises StorageUnavailable if nothing could
+        be committed.
         """
+
+    @abstractmethod
+    def due_summary(self, kind: str, now: float) -> DueSummary:
+        """How many items of a kind are due, and how old they are (to decide on a batch)."""
 
     @abstractmethod
     def claim(
@@ -110,8 +139,16 @@ class Store(ABC):
         """Move items to dead letters with their reason (``Outcome.error``)."""
 
     @abstractmethod
+    def add_dead_letters(self, entries: Sequence[DeadLetter], now: float) -> None:
+        """Record dead letters directly; an entry whose dedupe key exists already is skipped."""
+
+    @abstractmethod
     def user_ids_for(self, emails: Iterable[str]) -> dict[str, str]:
         """Known userIds by normalised email."""
+
+    @abstractmethod
+    def emails_for(self, user_ids: Iterable[str]) -> dict[str, str]:
+        """The email last seen with each userId."""
 
     @abstractmethod
     def remember_identity(self, user_id: str, email: str, now: float) -> None:

@@ -27,6 +27,8 @@ from .base import (
     PENDING,
     AcceptResult,
     ClaimedItem,
+    DeadLetter,
+    DueSummary,
     NewItem,
     Outcome,
     QuarantineEntry,
@@ -196,9 +198,17 @@ class SQLiteStore(Store):
                     )
 
     def accept(
-        self, items: Sequence[NewItem], quarantined: Sequence[QuarantineEntry], now: float
+        self, items: Sequence[NewItem], quarantined: Sequence[QuarantineEntry], now: float,
+        identities: Sequence[tuple[str, str]] = (),
     ) -> AcceptResult:
         with self._write() as c:
+            if identities:
+                c.executemany(
+                    "INSERT INTO identities (email, user_id, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (email) DO UPDATE SET user_id = excluded.user_id, "
+                    "updated_at = excluded.updated_at",
+                    [(email, user_id, now + n * 1e-6) for n, (user_id, email) in enumerate(identities)],
+                )
             before = c.total_changes
             c.executemany(
                 "INSERT INTO outbox (kind, dedupe_key, event_time, event_type, payload, "
@@ -213,6 +223,14 @@ class SQLiteStore(Store):
                 [(q.source, q.fingerprint, q.body, q.errors, now) for q in quarantined],
             )
         return AcceptResult(accepted, len(items) - accepted, len(quarantined))
+
+    def due_summary(self, kind: str, now: float) -> DueSummary:
+        row = self._read(
+            "SELECT COUNT(*), MIN(created_at), MAX(created_at) FROM outbox "
+            "WHERE kind = ? AND state = ? AND next_attempt_at <= ?",
+            (kind, PENDING, now),
+        )[0]
+        return DueSummary(row[0], row[1], row[2])
 
     def claim(
         self, kind: str, limit: int, owner: str, lease_seconds: float, now: float
@@ -273,17 +291,34 @@ class SQLiteStore(Store):
                 ],
             )
 
-    def user_ids_for(self, emails: Iterable[str]) -> dict[str, str]:
-        wanted = sorted(set(emails))
+    def add_dead_letters(self, entries: Sequence[DeadLetter], now: float) -> None:
+        with self._write() as c:
+            c.executemany(
+                "INSERT INTO outbox (kind, dedupe_key, event_type, payload, state, next_attempt_at, "
+                "last_error, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (kind, event_time, dedupe_key) DO NOTHING",
+                [(e.kind, e.dedupe_key, e.event_type, e.payload, DEAD, now, e.reason, now, now)
+                 for e in entries],
+            )
+
+    def _lookup(self, sql: str, keys: Iterable[str]) -> dict[str, str]:
+        """Run ``sql`` (with one ``IN ({marks})``) over ``keys`` in chunks; later rows win."""
+        wanted = sorted(set(keys))
         found: dict[str, str] = {}
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self._read(
-                f"SELECT email, user_id FROM identities WHERE email IN ({marks})", chunk
-            ):
+            for row in self._read(sql.format(marks=",".join("?" * len(chunk))), chunk):
                 found[row[0]] = row[1]
         return found
+
+    def user_ids_for(self, emails: Iterable[str]) -> dict[str, str]:
+        return self._lookup("SELECT email, user_id FROM identities WHERE email IN ({marks})", emails)
+
+    def emails_for(self, user_ids: Iterable[str]) -> dict[str, str]:
+        return self._lookup(
+            "SELECT user_id, email FROM identities WHERE user_id IN ({marks}) ORDER BY updated_at",
+            user_ids,
+        )
 
     def remember_identity(self, user_id: str, email: str, now: float) -> None:
         with self._write() as c:

@@ -12,8 +12,9 @@ def services() -> Services:
 
 
 def register(app: Flask) -> None:
-    from . import errors, health, mailjet_webhook
+    from . import errors, health, mailjet_webhook, segment_webhook
 
     errors.register(app)
     app.register_blueprint(mailjet_webhook.bp)
+    app.register_blueprint(segment_webhook.bp)
     app.register_blueprint(health.bp)

@@ -38,7 +38,7 @@ def receive() -> tuple[Response, int]:
         events = parse_body(request.get_data(cache=False))
     except BodyError as exc:
         return json_error(400, "bad_request", str(exc))
-    intake = sort_events(events, svc.validator)
+    intake = sort_events(events, svc.mailjet_validator)
     try:
         result = svc.store.accept(intake.items, intake.quarantined, time.time())
     except StorageUnavailable:

@@ -1,0 +1,116 @@
+"""The few Mailjet API v3 calls the bridge makes, over plain ``requests`` (reference/mailjet.md §2, §4).
+
+No SDK: ``mailjet-rest`` retries POSTs on its own and changed its error behaviour in 1.8.0, and the
+retry policy must be ours. No retry logic here either: the contact sync decides what happens next.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from .segment_client import parse_retry_after
+from .version import __version__
+
+USER_AGENT = f"mailjet-segment-bridge/{__version__}"
+#: Largest page Mailjet serves; the default is 10, which hides definitions (reference §2.1).
+PAGE_LIMIT = 1000
+#: Job states that end a managemanycontacts job. Anything else is still running.
+JOB_DONE = "Completed"
+JOB_FAILED = frozenset({"Error", "Abort"})
+
+Auth = tuple[str, str]
+
+
+class MailjetError(Exception):
+    """A call that did not succeed. ``status`` is None when Mailjet did not answer at all."""
+
+    def __init__(self, status: int | None, message: str, info: Any = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(f"{status}: {message}" if status else message)
+        self.status = status
+        self.message = message
+        self.info = info
+        self.retry_after = retry_after
+
+
+class MailjetClient:
+    def __init__(
+        self, base_url: str, *, session: requests.Session | None = None,
+        timeout: tuple[float, float] = (5.0, 30.0),
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.session = session or requests.Session()
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, auth: Auth, *, body: Any = None,
+              params: dict[str, Any] | None = None) -> Any:
+        try:
+            response = self.session.request(
+                method, f"{self.base_url}{path}", json=body, params=params, auth=auth,
+                headers={"User-Agent": USER_AGENT}, timeout=self.timeout,
+            )
+        except requests.Timeout:
+            raise MailjetError(None, f"no answer within {self.timeout[1]:g} s") from None
+        except requests.RequestException as exc:
+            raise MailjetError(None, f"connection failed: {type(exc).__name__}") from None
+        try:
+            payload = response.json() if response.content else None
+        except ValueError:
+            payload = None
+        if response.status_code >= 400:
+            message = response.text[:500]
+            info = None
+            if isinstance(payload, dict):
+                message = str(payload.get("ErrorMessage") or message)
+                info = payload.get("ErrorInfo")
+            raise MailjetError(response.status_code, message, info,
+                               parse_retry_after(response.headers, time.time()))
+        return payload
+
+    def contact_metadata(self, auth: Auth) -> dict[str, str]:
+        """Every contact property definition, name (lower-case) -> datatype, all pages."""
+        found: dict[str, str] = {}
+        offset = 0
+        while True:
+            page = self._call("GET", "/v3/REST/contactmetadata", auth,
+                              params={"Limit": PAGE_LIMIT, "Offset": offset}) or {}
+            data = page.get("Data") or []
+            for entry in data:
+                found[str(entry.get("Name", "")).lower()] = str(entry.get("Datatype", "str"))
+            offset += len(data)
+            if len(data) < PAGE_LIMIT or offset >= int(page.get("Total") or 0):
+                return found
+
+    def create_metadata(self, name: str, datatype: str, auth: Auth) -> None:
+        self._call("POST", "/v3/REST/contactmetadata", auth,
+                   body={"Datatype": datatype, "Name": name, "NameSpace": "static"})
+
+    def manage_many_contacts(self, list_id: int, action: str, contacts: Sequence[dict[str, Any]],
+                             auth: Auth) -> int:
+        """Start an asynchronous upsert job; a 201 only means "job accepted", not "contacts applied"."""
+        answer = self._call("POST", f"/v3/REST/contactslist/{list_id}/managemanycontacts", auth,
+                            body={"Action": action, "Contacts": list(contacts)})
+        try:
+            return int(answer["Data"][0]["JobID"])
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise MailjetError(201, f"no JobID in Mailjet's answer: {str(answer)[:300]}") from None
+
+    def job(self, list_id: int, job_id: int, auth: Auth) -> dict[str, Any]:
+        answer = self._call("GET", f"/v3/REST/contactslist/{list_id}/managemanycontacts/{job_id}", auth)
+        try:
+            return dict(answer["Data"][0])
+        except (KeyError, IndexError, TypeError):
+            raise MailjetError(200, f"no job status in Mailjet's answer: {str(answer)[:300]}") from None
+
+    def job_errors(self, job_id: int, auth: Auth) -> Any:
+        """The job's error file. Its format is not documented; the caller reads it leniently."""
+        path = f"/v3/DATA/batchjob/{quote(str(job_id))}/JSONError/application:json/LAST"
+        return self._call("GET", path, auth)
+
+    def close(self) -> None:
+        self.session.close()

@@ -1,0 +1,55 @@
+"""``POST /webhooks/segment``: the target of Segment's Webhooks (Actions) destination (SPEC §3).
+
+Answers 200 only after the identifies are committed. Segment drops events answered 400/401/403 and
+retries 5xx for four hours, so storage trouble is a 503 and only bad input is a 4xx.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Response, jsonify, request
+
+from ..errors import StorageUnavailable
+from ..jsonbody import BodyError, parse_body
+from ..segment_intake import signature_matches, sort_segment_events
+from . import services
+from .errors import json_error
+from .mailjet_webhook import STORAGE_RETRY_AFTER
+
+bp = Blueprint("segment_webhook", __name__)
+
+
+@bp.post("/webhooks/segment")
+def receive() -> tuple[Response, int]:
+    svc = services()
+    raw = request.get_data(cache=False)
+    try:
+        events = parse_body(raw)
+    except BodyError as exc:
+        return json_error(400, "bad_request", str(exc))
+    secret = svc.settings.segment_shared_secret
+    if secret and events:
+        # Segment signs the exact body of a single event, and only the first element of a batch.
+        signed = events[0][1] if raw.lstrip()[:1] == b"[" else raw.decode("utf-8")
+        if not signature_matches(secret, signed, request.headers.get("X-Signature")):
+            return json_error(
+                401, "unauthorized",
+                "missing or wrong X-Signature: it must be the hex HMAC-SHA1 of the body (or of the "
+                "first event of a batch) with SEGMENT_SHARED_SECRET",
+            )
+    intake = sort_segment_events(events, svc.segment_validator)
+    try:
+        result = svc.store.accept(
+            intake.items, intake.quarantined, time.time(), identities=intake.identities
+        )
+    except StorageUnavailable:
+        return json_error(
+            503, "storage_unavailable",
+            "the events could not be stored; nothing was accepted, please retry",
+            **{"Retry-After": STORAGE_RETRY_AFTER},
+        )
+    return jsonify(
+        accepted=result.accepted, duplicate=result.duplicate, quarantined=result.quarantined,
+        ignored=intake.ignored, skipped=intake.skipped,
+    ), 200
