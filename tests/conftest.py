@@ -13,6 +13,7 @@ import pytest
 
 from bridge import create_app
 from bridge.config import Settings, load_settings
+from tests.fakes.mailjet import FakeMailjet
 from tests.fakes.segment import FakeSegment
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -36,6 +37,13 @@ def mailjet_events() -> dict[str, dict[str, Any]]:
 @pytest.fixture
 def fake_segment() -> Iterator[FakeSegment]:
     server = FakeSegment().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_mailjet() -> Iterator[FakeMailjet]:
+    server = FakeMailjet().start()
     yield server
     server.stop()
 

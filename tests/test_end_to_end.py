@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -24,6 +26,8 @@ from bridge.config import load_settings
 from bridge.mailjet_events import EVENT_NAME_PRESETS
 from bridge.mapping import dedupe_key, message_id
 from bridge.storage.base import SEGMENT_TRACK
+from bridge.storage.sqlite import SQLiteStore
+from tests.fakes.mailjet import FakeMailjet
 from tests.fakes.segment import FakeSegment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,40 +92,57 @@ def spawn(args: list[str], env: dict[str, str]) -> Process:
 
 
 @pytest.fixture
-def make_run(tmp_path: Path, fake_segment: FakeSegment) -> Iterator[tuple[str, Process]]:
-    """``make run`` as a user starts it, on a free port, with no webhook credentials configured."""
-    port = free_port()
-    process = spawn(["make", "--no-print-directory", "run"], {
-        "BRIDGE_PORT": str(port),
-        "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'bridge.db'}",
-        "SEGMENT_WRITE_KEY": "good-key",
-        "SEGMENT_API_URL": fake_segment.url,
-    })
-    base = f"http://127.0.0.1:{port}"
+def start_make_run(tmp_path: Path, fake_segment: FakeSegment) -> Iterator[Any]:
+    """Starts ``make run`` as a user would, on a free port, with no webhook credentials configured."""
+    started: list[Process] = []
 
-    def healthy() -> bool:
-        if process.proc.poll() is not None:
-            raise AssertionError(f"make run exited:\n{process.output()}")
-        try:
-            return requests.get(f"{base}/healthz", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
+    def start(extra_env: dict[str, str] | None = None) -> tuple[str, Process]:
+        port = free_port()
+        process = spawn(["make", "--no-print-directory", "run"], {
+            "BRIDGE_PORT": str(port),
+            "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'bridge.db'}",
+            "SEGMENT_WRITE_KEY": "good-key",
+            "SEGMENT_API_URL": fake_segment.url,
+            **(extra_env or {}),
+        })
+        started.append(process)
+        base = f"http://127.0.0.1:{port}"
 
-    poll(healthy, 60, "make run to answer /healthz")
-    yield base, process
-    code = process.stop()
-    assert code is not None
+        def healthy() -> bool:
+            if process.proc.poll() is not None:
+                raise AssertionError(f"make run exited:\n{process.output()}")
+            try:
+                return requests.get(f"{base}/healthz", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        poll(healthy, 60, "make run to answer /healthz")
+        return base, process
+
+    yield start
+    for process in started:
+        assert process.stop() is not None
+
+
+@pytest.fixture
+def make_run(start_make_run: Any) -> tuple[str, Process]:
+    return start_make_run()
+
+
+def callback_auth(process: Process) -> tuple[str, str]:
+    """The credentials in the callback URL that ``make run`` printed on first start."""
+    announced = [line for line in process.lines if "/webhooks/mailjet" in line and "@" in line]
+    assert len(announced) == 1, process.output()
+    callback = urlsplit(announced[0].rsplit(" ", 1)[-1])
+    assert callback.path == "/webhooks/mailjet"
+    return callback.username or "", callback.password or ""
 
 
 def test_make_run_delivers_a_grouped_body_of_all_seven_types(
         make_run: tuple[str, Process], fake_segment: FakeSegment,
         mailjet_events: dict[str, Any]) -> None:
     base, process = make_run
-    announced = [line for line in process.lines if "/webhooks/mailjet" in line and "@" in line]
-    assert len(announced) == 1, process.output()
-    callback = urlsplit(announced[0].rsplit(" ", 1)[-1])
-    auth = (callback.username or "", callback.password or "")
-    assert callback.path == "/webhooks/mailjet"
+    auth = callback_auth(process)
 
     invalid = [{**mailjet_events["open"], "time": "yesterday"}, {"event": "typofix", "time": 1}]
     body = [*mailjet_events.values(), *invalid]
@@ -200,3 +221,80 @@ def test_wsgi_app_starts_no_thread(tmp_path: Path, fake_segment: FakeSegment) ->
     process = spawn([sys.executable, "-c", code], env)
     assert process.wait(30) == 0, process.output()
     assert json.loads(process.lines[-1]) == [1, "Flask"]
+
+
+def test_identifies_become_contacts_and_identity_flows_back_inbound(
+        start_make_run: Any, fake_segment: FakeSegment, fake_mailjet: FakeMailjet, tmp_path: Path) -> None:
+    """SPEC §3 end to end, through ``make run``: signed identifies in, typed contacts in list 7,
+    dead letters for what cannot go, and a later Mailjet event carrying the learned userId."""
+    secret = "e2e-shared-secret"
+    fake_mailjet.lists[7] = {}
+    base, process = start_make_run({
+        "SEGMENT_SHARED_SECRET": secret, "MAILJET_API_KEY": "mj-key", "MAILJET_API_SECRET": "mj-secret",
+        "MAILJET_API_URL": fake_mailjet.url, "MAILJET_LIST_ID": "7",
+    })
+
+    def send(events: Any, signed: Any) -> dict[str, Any]:
+        body = json.dumps(events, separators=(",", ":"), ensure_ascii=False)
+        text = json.dumps(signed, separators=(",", ":"), ensure_ascii=False)
+        signature = hmac.new(secret.encode(), text.encode(), hashlib.sha1).hexdigest()
+        response = requests.post(f"{base}/webhooks/segment", data=body.encode(), timeout=10,
+                                 headers={"Content-Type": "application/json", "X-Signature": signature})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    single = {"type": "identify", "userId": "u-ada", "messageId": "m-1",
+              "traits": {"email": "Ada@Example.com", "firstName": "Ada", "lastName": "Lovelace"}}
+    assert send(single, single)["accepted"] == 1
+    batch = [
+        {"type": "identify", "userId": "u-ada", "messageId": "m-2",
+         "traits": {"email": "ada@example.com", "address": {"city": "London", "postalCode": "NW1"},
+                    "orderCount": 0, "isVip": False, "nickname": "", "ltv": 99.5,
+                    "signupDate": "2024-05-01T10:20:30Z", "tags": ["beta", "analyst"],
+                    "order_completed_last_30days": True}},
+        {"type": "identify", "userId": "u-bob", "messageId": "m-3",
+         "traits": {"email": "bob@example.com", "name": "Bob", "ltv": 5}},
+        {"type": "identify", "userId": "u-ada", "messageId": "m-4", "traits": {"plan": "pro"}},
+        {"type": "identify", "userId": "u-nobody", "messageId": "m-5", "traits": {"plan": "x"}},
+    ]
+    assert send(batch, batch[0])["accepted"] == 4
+
+    fake_mailjet.wait_for(lambda f: "plan" in f.contacts.get("ada@example.com", {}).get("Properties", {}))
+    ada = fake_mailjet.contacts["ada@example.com"]
+    assert ada["Name"] == "Ada Lovelace"
+    assert ada["Properties"] == {
+        "first_name": "Ada", "last_name": "Lovelace", "address_city": "London",
+        "address_postal_code": "NW1", "order_count": 0, "is_vip": False, "nickname": "", "ltv": 99.5,
+        "signup_date": "2024-05-01T10:20:30Z", "tags": '["beta","analyst"]',
+        "order_completed_last_30days": True, "plan": "pro",
+    }
+    assert fake_mailjet.contacts["bob@example.com"]["Properties"] == {"name": "Bob", "ltv": 5.0}
+    assert {name: d["Datatype"] for name, d in fake_mailjet.metadata.items()} == {
+        "first_name": "str", "last_name": "str", "address_city": "str", "address_postal_code": "str",
+        "order_count": "int", "is_vip": "bool", "nickname": "str", "ltv": "float",
+        "signup_date": "datetime", "tags": "str", "order_completed_last_30days": "bool",
+        "name": "str", "plan": "str",
+    }
+    assert fake_mailjet.lists[7] == {"ada@example.com": "subscribed", "bob@example.com": "subscribed"}
+    assert set(fake_mailjet.contacts) == {"ada@example.com", "bob@example.com"}  # nobody created
+
+    def settled() -> dict[str, Any] | None:
+        health = requests.get(f"{base}/healthz", timeout=2).json()
+        queue = health["queue"]
+        return health if (queue["delivered"], queue["dead"], queue["leased"]) == (4, 1, 0) else None
+
+    health = poll(settled, 15, "4 identifies delivered and 1 dead letter")
+    assert health["mailjet"]["state"] == "ok", (health, process.output())
+    store = SQLiteStore(tmp_path / "bridge.db")
+    (dead,) = store.dead_letters()
+    store.close()
+    assert dead["last_error"].startswith("no email") and "'u-nobody'" in dead["last_error"]
+
+    # a later Mailjet event for Ada reaches Segment with her userId
+    auth = callback_auth(process)
+    opened = {"event": "open", "time": 1_800_000_000, "MessageID": 123, "email": "ADA@example.com"}
+    assert requests.post(f"{base}/webhooks/mailjet", json=opened, auth=auth, timeout=10).status_code == 200
+    fake_segment.wait_for(lambda f: len(f.accepted) == 1)
+    (call,) = fake_segment.accepted
+    assert call["userId"] == "u-ada" and "anonymousId" not in call
+    assert call["context"]["traits"]["email"] == "ada@example.com"

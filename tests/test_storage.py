@@ -10,7 +10,17 @@ import pytest
 
 from bridge.errors import StorageUnavailable
 from bridge.storage import open_store
-from bridge.storage.base import SEGMENT_TRACK, NewItem, Outcome, QuarantineEntry, Store
+from bridge.storage.base import (
+    MAILJET_CONTACT,
+    MAILJET_PROPERTY,
+    SEGMENT_TRACK,
+    DeadLetter,
+    DueSummary,
+    NewItem,
+    Outcome,
+    QuarantineEntry,
+    Store,
+)
 
 T0 = 1_700_000_000.0
 
@@ -185,3 +195,30 @@ def test_migration_waits_for_a_writer_instead_of_failing(tmp_path: Path) -> None
     assert outcome == ["ok"]
     first.close()
     second.close()
+
+
+def test_identities_given_with_accept_keep_their_order(store: Store) -> None:
+    store.accept([], [], T0, identities=[("u1", "a@x.com"), ("u1", "b@x.com"), ("u2", "c@x.com")])
+    assert store.emails_for(["u1", "u2", "u3"]) == {"u1": "b@x.com", "u2": "c@x.com"}
+    store.accept([], [], T0 + 1, identities=[("u1", "a@x.com")])
+    assert store.emails_for(["u1"]) == {"u1": "a@x.com"}
+    assert store.user_ids_for(["a@x.com", "b@x.com"]) == {"a@x.com": "u1", "b@x.com": "u1"}
+
+
+def test_due_summary_counts_due_items_of_a_kind(store: Store) -> None:
+    assert store.due_summary(SEGMENT_TRACK, T0) == DueSummary(0, None, None)
+    store.accept(items("a"), [], T0)
+    store.accept(items("b", "c"), [], T0 + 5)
+    store.accept([NewItem(MAILJET_CONTACT, "x", "identify", "{}")], [], T0)
+    assert store.due_summary(SEGMENT_TRACK, T0 + 5) == DueSummary(3, T0, T0 + 5)
+    store.claim(SEGMENT_TRACK, 1, "w", 60, T0 + 5)
+    assert store.due_summary(SEGMENT_TRACK, T0 + 5).count == 2
+
+
+def test_direct_dead_letters_are_recorded_once(store: Store) -> None:
+    entry = DeadLetter(MAILJET_PROPERTY, "7:a@x.com:age", "property", '{"property":"age"}', "type conflict")
+    store.add_dead_letters([entry, entry], T0)
+    store.add_dead_letters([entry], T0 + 1)
+    (dead,) = store.dead_letters()
+    assert (dead["kind"], dead["last_error"]) == (MAILJET_PROPERTY, "type conflict")
+    assert store.stats(T0)["dead"] == 1

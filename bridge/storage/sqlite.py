@@ -361,7 +361,7 @@ class SQLiteStore(Store):
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._read(
-            "SELECT id, kind, event_type, payload, last_error, last_status, last_response, "
+            "SELECT id, kind, event_type, payload, sent, last_error, last_status, last_response, "
             "attempts, finished_at FROM outbox WHERE state = ? ORDER BY finished_at DESC, id DESC "
             "LIMIT ?",
             (DEAD, limit),

@@ -1,0 +1,343 @@
+"""The contact sync against a real fake-Mailjet HTTP server: every SPEC §3 rule, errors and bursts."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.config import DEFAULT_SCHEMA_DIR
+from bridge.contact_sync import ContactSync, ContactSyncPolicy
+from bridge.jsonbody import parse_body
+from bridge.mailjet_client import MailjetClient
+from bridge.pacing import PacingPolicy, status_key
+from bridge.segment_intake import sort_segment_events
+from bridge.storage import open_store
+from bridge.storage.base import MAILJET_CONTACT, Store
+from bridge.validation import EventValidator
+from tests.fakes.mailjet import FakeMailjet, Scripted
+
+T0 = 1_800_000_000.0
+VALIDATOR = EventValidator.segment(DEFAULT_SCHEMA_DIR)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = open_store(f"sqlite:///{tmp_path / 'sync.db'}")
+    s.migrate()
+    yield s
+    s.close()
+
+
+class Rig:
+    def __init__(self, store: Store, fake: FakeMailjet, **policy: Any) -> None:
+        self.store, self.fake, self.clock = store, fake, Clock()
+        self.auth: tuple[str, str] | None = ("mj-key", "mj-secret")
+        self.target = (1, "addnoforce")
+        options = {"quiet_seconds": 0.0, "poll_first_seconds": 0.5,
+                   "pacing": PacingPolicy(backoff_base=2.0, auth_retry_seconds=30.0), **policy}
+        self.sync = ContactSync(
+            store, MailjetClient(fake.url), credentials=lambda: self.auth, target=lambda: self.target,
+            policy=ContactSyncPolicy(**options), clock=self.clock, sleep=self.clock.advance,
+            rng=random.Random(3),
+        )
+
+    def accept(self, *events: dict[str, Any]) -> dict[str, int]:
+        intake = sort_segment_events(parse_body(json.dumps(list(events)).encode()), VALIDATOR)
+        result = self.store.accept(intake.items, intake.quarantined, self.clock(), intake.identities)
+        return {"accepted": result.accepted, "skipped": intake.skipped, "ignored": intake.ignored}
+
+    def run(self) -> int:
+        return self.sync.run_once()
+
+    def stats(self) -> dict[str, Any]:
+        return self.store.stats(self.clock())
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.store.get_setting(status_key("mailjet")) or "{}")
+
+    def dead(self) -> list[dict[str, Any]]:
+        return self.store.dead_letters()
+
+
+@pytest.fixture
+def rig(store: Store, fake_mailjet: FakeMailjet) -> Rig:
+    return Rig(store, fake_mailjet)
+
+
+def identify(email: str | None = None, user_id: str | None = None, **traits: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {"type": "identify", "traits": dict(traits)}
+    if email:
+        event["traits"]["email"] = email
+    if user_id:
+        event["userId"] = user_id
+    return event
+
+
+RICH_TRAITS = {
+    "firstName": "Ada", "lastName": "Lovelace", "Order Count": 0, "isVip": False, "nickname": "",
+    "ltv": 1234.5, "signupDate": "2024-05-01T10:20:30Z", "tags": ["analyst", "beta"],
+    "address": {"city": "London", "postalCode": "NW1"},
+    "order_completed_last_30days": True,
+}
+
+
+def test_identify_becomes_a_typed_contact_in_the_list(rig: Rig) -> None:
+    rig.accept(identify("Ada@Example.com ", "u-1", **RICH_TRAITS))
+    assert rig.run() == 1
+    contact = rig.fake.contacts["ada@example.com"]
+    assert contact["Name"] == "Ada Lovelace"
+    assert contact["Properties"] == {
+        "first_name": "Ada", "last_name": "Lovelace", "order_count": 0, "is_vip": False,
+        "nickname": "", "ltv": 1234.5, "signup_date": "2024-05-01T10:20:30Z",
+        "tags": '["analyst","beta"]', "address_city": "London", "address_postal_code": "NW1",
+        "order_completed_last_30days": True,
+    }
+    types = {name: d["Datatype"] for name, d in rig.fake.metadata.items()}
+    assert types == {
+        "first_name": "str", "last_name": "str", "order_count": "int", "is_vip": "bool",
+        "nickname": "str", "ltv": "float", "signup_date": "datetime", "tags": "str",
+        "address_city": "str", "address_postal_code": "str", "order_completed_last_30days": "bool",
+    }
+    assert rig.fake.lists[1] == {"ada@example.com": "subscribed"}
+    assert rig.stats()["delivered"] == 1
+    assert rig.status()["state"] == "ok"
+    assert rig.sync.jobs_started == 1
+
+
+def test_identifies_for_one_email_merge_in_arrival_order(rig: Rig) -> None:
+    rig.accept(identify("a@x.com", plan="free", seats=1, name="First"),
+               identify("b@x.com", plan="pro"),
+               identify("A@X.com", plan="team", seats=None))
+    assert rig.run() == 3
+    job = rig.fake.jobs[1]
+    assert [c["Email"] for c in job.contacts] == ["a@x.com", "b@x.com"]  # one entry per email
+    # the later null wins; seats was never defined in Mailjet, so there is nothing to clear
+    assert job.contacts[0]["Properties"] == {"name": "First", "plan": "team"}
+    assert rig.fake.contacts["a@x.com"]["Properties"] == {"name": "First", "plan": "team"}
+
+
+def test_null_clears_a_defined_property_and_is_skipped_when_undefined(rig: Rig) -> None:
+    rig.fake.define("plan", "str")
+    rig.fake.contacts["a@x.com"] = {"Name": "", "Properties": {"plan": "pro"}}
+    rig.accept(identify("a@x.com", plan=None, never_defined=None, address={"city": None}))
+    rig.run()
+    assert rig.fake.contacts["a@x.com"]["Properties"] == {}
+    assert "never_defined" not in rig.fake.metadata and "address_city" not in rig.fake.metadata
+    assert rig.fake.jobs[1].contacts[0]["Properties"] == {"plan": None}
+
+
+def test_values_are_converted_to_existing_definitions(rig: Rig) -> None:
+    for name, datatype in {"ltv": "float", "age": "int", "note": "str", "born": "datetime"}.items():
+        rig.fake.define(name, datatype)
+    rig.accept(identify("a@x.com", ltv=10, age="33", note=7, born="1990-05-17"))
+    rig.run()
+    assert rig.fake.contacts["a@x.com"]["Properties"] == {
+        "ltv": 10.0, "age": 33, "note": "7", "born": "1990-05-17T00:00:00Z"}
+    assert rig.dead() == []
+
+
+def test_type_conflict_dead_letters_the_property_and_writes_the_rest(rig: Rig) -> None:
+    rig.fake.define("age", "int")
+    rig.accept(identify("a@x.com", age="thirty", plan="pro"))
+    assert rig.run() == 1
+    assert rig.fake.contacts["a@x.com"]["Properties"] == {"plan": "pro"}
+    (dead,) = rig.dead()
+    assert dead["kind"] == "mailjet_property"
+    assert json.loads(dead["payload"]) == {"email": "a@x.com", "property": "age", "value": "thirty"}
+    assert "defined as int" in dead["last_error"]
+    assert rig.stats()["delivered"] == 1
+
+
+def test_identify_without_email_uses_the_email_known_for_its_user_id(rig: Rig) -> None:
+    rig.accept(identify("known@x.com", "u-7", plan="free"))
+    rig.run()
+    rig.accept(identify(None, "u-7", plan="pro"))
+    assert rig.run() == 1
+    assert rig.fake.contacts["known@x.com"]["Properties"]["plan"] == "pro"
+    assert len(rig.fake.contacts) == 1
+
+
+def test_identify_with_neither_email_nor_known_user_is_a_dead_letter(rig: Rig) -> None:
+    rig.accept(identify(None, "stranger", plan="pro"), identify(None, None, plan="x"))
+    assert rig.run() == 2
+    assert rig.fake.contacts == {} and rig.fake.jobs == {}
+    reasons = sorted(d["last_error"] for d in rig.dead())
+    assert reasons[0].startswith("no email") and "'stranger'" in reasons[1]
+
+
+def test_context_traits_email_is_used(rig: Rig) -> None:
+    rig.accept({"type": "identify", "userId": "u", "traits": {"plan": "x"},
+                "context": {"traits": {"email": "Ctx@X.com"}}})
+    rig.run()
+    assert "ctx@x.com" in rig.fake.contacts
+
+
+@pytest.mark.parametrize(("action", "membership"), [("addforce", "subscribed"), ("unsub", "unsub")])
+def test_list_and_action_come_from_the_target(rig: Rig, action: str, membership: str) -> None:
+    rig.fake.lists[42] = {}
+    rig.target = (42, action)
+    rig.accept(identify("a@x.com", plan="pro"))
+    rig.run()
+    assert rig.fake.lists[42] == {"a@x.com": membership}
+    assert rig.fake.jobs[1].action == action
+    assert rig.fake.contacts["a@x.com"]["Properties"] == {"plan": "pro"}  # sent with every action
+
+
+def test_definition_listing_is_cached_and_refreshed_on_a_miss(rig: Rig) -> None:
+    rig.accept(identify("a@x.com", plan="pro"))
+    rig.run()
+    listings = rig.fake.calls("GET", "contactmetadata")
+    rig.accept(identify("b@x.com", plan="team"))
+    rig.run()
+    assert rig.fake.calls("GET", "contactmetadata") == listings  # all known: no new listing
+    rig.fake.define("made_elsewhere", "int")
+    rig.accept(identify("c@x.com", made_elsewhere=3))
+    rig.run()
+    assert rig.fake.calls("GET", "contactmetadata") == listings + 1  # one refresh on the miss
+    assert rig.fake.calls("POST", "contactmetadata") == 1  # only "plan" was ever created
+    assert rig.fake.contacts["c@x.com"]["Properties"] == {"made_elsewhere": 3}
+
+
+def test_definitions_on_several_pages_are_all_read(rig: Rig) -> None:
+    for n in range(1005):
+        rig.fake.define(f"p{n}", "str")
+    rig.accept(identify("a@x.com", p1004="last page"))
+    rig.run()
+    assert rig.fake.calls("POST", "contactmetadata") == 0
+    assert rig.fake.contacts["a@x.com"]["Properties"] == {"p1004": "last page"}
+
+
+def test_definition_made_meanwhile_mj18_is_not_an_error(rig: Rig) -> None:
+    rig.fake.define("plan", "str")
+    empty = {"Count": 0, "Data": [], "Total": 0}
+    rig.fake.then(Scripted(200, path="contactmetadata", body=empty),
+                  Scripted(200, path="contactmetadata", body=empty))  # a stale listing, twice
+    rig.accept(identify("a@x.com", plan="pro"))
+    assert rig.run() == 1
+    assert rig.fake.contacts["a@x.com"]["Properties"] == {"plan": "pro"}
+    assert rig.dead() == []
+
+
+def test_per_contact_job_errors_become_dead_letters(rig: Rig) -> None:
+    rig.accept(identify("good@x.com", plan="pro"), identify("not-an-email", plan="pro"),
+               identify("also-good@x.com", plan="team"))
+    assert rig.run() == 3
+    assert set(rig.fake.contacts) == {"good@x.com", "also-good@x.com"}
+    (dead,) = rig.dead()
+    assert "Invalid email address" in dead["last_error"]
+    assert json.loads(dead["sent"])["Email"] == "not-an-email"
+    assert rig.stats()["delivered"] == 2
+
+
+def test_refused_api_keys_pause_and_drop_nothing(rig: Rig) -> None:
+    rig.auth = ("mj-key", "wrong")
+    rig.accept(identify("a@x.com", plan="pro"))
+    assert rig.run() == 0
+    assert rig.status()["state"] == "auth_failed"
+    assert "wrong" not in json.dumps(rig.status())
+    assert rig.run() == 0  # paused
+    rig.auth = ("mj-key", "mj-secret")
+    assert rig.run() == 1
+    assert rig.fake.contacts["a@x.com"]["Properties"] == {"plan": "pro"}
+
+
+def test_429_is_retried_after_retry_after(rig: Rig) -> None:
+    rig.accept(identify("a@x.com", plan="pro"))
+    rig.fake.then(Scripted(429, path="managemanycontacts", headers={"Retry-After": "20"}))
+    assert rig.run() == 0
+    assert rig.status()["state"] == "retrying"
+    rig.clock.advance(19)
+    assert rig.run() == 0
+    rig.clock.advance(1.5)
+    assert rig.run() == 1
+    assert len(rig.fake.jobs) == 1
+
+
+def test_5xx_while_polling_keeps_polling_the_same_job(store: Store, fake_mailjet: FakeMailjet) -> None:
+    fake_mailjet.polls_per_job = 2
+    rig = Rig(store, fake_mailjet)
+    rig.accept(identify("a@x.com", plan="pro"))
+    rig.fake.then(Scripted(500, path="managemanycontacts/1"))
+    assert rig.run() == 1
+    assert len(rig.fake.jobs) == 1  # not resubmitted
+    assert rig.fake.calls("GET", "managemanycontacts/1") == 4
+    assert rig.fake.contacts["a@x.com"]["Properties"] == {"plan": "pro"}
+
+
+def test_missing_api_keys_mean_identifies_wait(rig: Rig) -> None:
+    rig.auth = None
+    rig.accept(identify("a@x.com", plan="pro"))
+    assert rig.run() == 0
+    assert rig.status()["state"] == "no_api_keys"
+    assert rig.stats()["pending"] == 1
+
+
+def test_a_partial_job_waits_for_the_burst_to_settle(store: Store, fake_mailjet: FakeMailjet) -> None:
+    rig = Rig(store, fake_mailjet, quiet_seconds=1.0, max_wait_seconds=5.0)
+    rig.accept(identify("a@x.com", plan="pro"))
+    assert rig.run() == 0
+    rig.clock.advance(0.5)
+    rig.accept(identify("b@x.com", plan="pro"))
+    rig.clock.advance(0.6)
+    assert rig.run() == 0  # the newest is only 0.6 s old
+    rig.clock.advance(0.5)
+    assert rig.run() == 2
+    assert len(rig.fake.jobs) == 1
+
+
+def test_engage_burst_of_20000_identifies_makes_at_most_5_jobs(
+        store: Store, fake_mailjet: FakeMailjet) -> None:
+    """Engage sends an identify per audience member on creation; it arrives in batches of 1,000."""
+    sync = ContactSync(store, MailjetClient(fake_mailjet.url),
+                       credentials=lambda: ("mj-key", "mj-secret"), target=lambda: (1, "addnoforce"),
+                       policy=ContactSyncPolicy(poll_first_seconds=0.05, idle_seconds=0.05))
+    stop = threading.Event()
+    thread = threading.Thread(target=sync.run_forever, args=(stop,))
+    thread.start()
+    started = time.monotonic()
+    try:
+        for batch in range(20):
+            events = [{"type": "identify", "userId": f"u{batch}-{n}",
+                       "traits": {"email": f"member{batch * 1000 + n}@example.com",
+                                  "order_completed_last_30days": True},
+                       "context": {"personas": {"computation_class": "audience"}}}
+                      for n in range(1000)]
+            intake = sort_segment_events(parse_body(json.dumps(events).encode()), VALIDATOR)
+            store.accept(intake.items, [], time.time(), intake.identities)
+        deadline = time.monotonic() + 120
+        while store.stats(time.time())["delivered"] < 20_000 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(30)
+    elapsed = time.monotonic() - started
+    assert store.stats(time.time())["delivered"] == 20_000
+    assert len(fake_mailjet.jobs) <= 5
+    assert all(len(job.contacts) <= 5000 for job in fake_mailjet.jobs.values())
+    assert len(fake_mailjet.contacts) == 20_000
+    assert sum(1 for m in fake_mailjet.lists[1].values() if m == "subscribed") == 20_000
+    print(f"\n20,000 identifies: {len(fake_mailjet.jobs)} jobs, {elapsed:.1f} s")
+
+
+def test_claims_only_contact_items(rig: Rig) -> None:
+    rig.accept(identify("a@x.com", plan="pro"))
+    assert rig.store.claim("segment_track", 10, "x", 60, rig.clock()) == []
+    assert len(rig.store.claim(MAILJET_CONTACT, 10, "x", 60, rig.clock())) == 1

@@ -1,0 +1,130 @@
+"""``POST /webhooks/segment``: X-Signature, body shapes, what is queued, skipped, learned and refused."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import pytest
+
+from bridge import create_app
+from bridge.config import load_settings
+from bridge.storage.base import MAILJET_CONTACT
+
+URL = "/webhooks/segment"
+SECRET = "shh-segment-secret"
+
+
+def stringify(value: Any) -> str:
+    """What JavaScript's JSON.stringify produces: compact, unicode as is."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def sign(text: str, secret: str = SECRET) -> str:
+    return hmac.new(secret.encode(), text.encode(), hashlib.sha1).hexdigest()
+
+
+@pytest.fixture
+def signed_app(env: dict[str, str]) -> Any:
+    app = create_app(load_settings({**env, "SEGMENT_SHARED_SECRET": SECRET}), announce=lambda _: None)
+    yield app
+    app.extensions["bridge"].store.close()
+
+
+def post(client: Any, text: str, signature: str | None = None) -> Any:
+    headers = {"Content-Type": "application/json", "User-Agent": "Segment (Actions)"}
+    if signature is not None:
+        headers["X-Signature"] = signature
+    return client.post(URL, data=text.encode(), headers=headers)
+
+
+IDENTIFY = {"type": "identify", "userId": "u-1", "messageId": "m-1",
+            "traits": {"email": "Zoë@Example.com", "firstName": "Zoë", "vip": True}}
+
+
+def test_signed_single_identify_is_accepted(signed_app: Any) -> None:
+    body = stringify(IDENTIFY)
+    response = post(signed_app.test_client(), body, sign(body))
+    assert response.status_code == 200
+    assert response.json == {"accepted": 1, "duplicate": 0, "quarantined": 0, "ignored": 0,
+                             "skipped": 0}
+
+
+def test_batch_is_verified_on_its_first_element(signed_app: Any) -> None:
+    events = [IDENTIFY, {**IDENTIFY, "messageId": "m-2", "userId": "u-2",
+                         "traits": {"email": "b@x.com", "score": 1.0}}]
+    body = stringify(events)
+    response = post(signed_app.test_client(), body, sign(stringify(events[0])))
+    assert response.json["accepted"] == 2
+    # signing the whole array is not what Segment does, and is refused
+    again = post(signed_app.test_client(), stringify([{**IDENTIFY, "messageId": "m-3"}]), sign(body))
+    assert again.status_code == 401
+
+
+def test_signature_uses_the_exact_raw_text(signed_app: Any) -> None:
+    """1.0 stays 1.0 and key order stays as sent: re-serialising would break the signature."""
+    text = '{"type":"identify","traits":{"email":"a@x.com","ltv":1.0,"b":1,"a":2},"messageId":"m-9"}'
+    assert post(signed_app.test_client(), text, sign(text)).status_code == 200
+    batch = "[" + text + "," + stringify(IDENTIFY) + "]"
+    assert post(signed_app.test_client(), batch, sign(text)).status_code == 200
+
+
+@pytest.mark.parametrize("signature", [None, "", "deadbeef", sign(stringify(IDENTIFY), "other-secret")])
+def test_missing_or_wrong_signature_is_401(signed_app: Any, signature: str | None) -> None:
+    response = post(signed_app.test_client(), stringify(IDENTIFY), signature)
+    assert response.status_code == 401
+    assert "X-Signature" in response.json["message"]
+    assert signed_app.extensions["bridge"].store.stats(0)["pending"] == 0
+
+
+def test_without_a_secret_no_signature_is_needed(client: Any) -> None:
+    assert post(client, stringify(IDENTIFY)).json["accepted"] == 1
+
+
+def test_empty_array_stores_nothing(signed_app: Any) -> None:
+    response = post(signed_app.test_client(), "[]")
+    assert response.status_code == 200
+    assert response.json["accepted"] == 0
+
+
+def test_only_identify_is_queued_other_types_are_counted(client: Any) -> None:
+    events = [IDENTIFY, {"type": "track", "event": "Order Completed", "userId": "u-1"},
+              {"type": "page", "userId": "u-1"}, {"type": "group", "groupId": "g"}]
+    response = post(client, stringify(events))
+    assert response.json == {"accepted": 1, "duplicate": 0, "quarantined": 0, "ignored": 3,
+                             "skipped": 0}
+
+
+def test_mailjet_false_sends_nothing_but_learns_the_pair(client: Any) -> None:
+    event = {**IDENTIFY, "integrations": {"All": True, "Mailjet": False}}
+    response = post(client, stringify(event))
+    assert response.json["skipped"] == 1 and response.json["accepted"] == 0
+    store = client.application.extensions["bridge"].store
+    assert store.user_ids_for(["zoë@example.com"]) == {"zoë@example.com": "u-1"}
+    assert store.due_summary(MAILJET_CONTACT, 10**10).count == 0
+
+
+def test_loop_guard_skips_what_this_bridge_sent(client: Any) -> None:
+    event = {**IDENTIFY, "context": {"library": {"name": "mailjet-segment-bridge", "version": "0.1.0"}}}
+    assert post(client, stringify(event)).json["skipped"] == 1
+
+
+def test_segment_retry_is_a_duplicate(client: Any) -> None:
+    post(client, stringify(IDENTIFY))
+    assert post(client, stringify(IDENTIFY)).json["duplicate"] == 1
+
+
+def test_bad_events_are_quarantined_good_ones_kept(client: Any) -> None:
+    events = [IDENTIFY, {"type": "identify", "traits": "not an object"}, {"no": "type"}, 7]
+    response = post(client, stringify(events))
+    assert response.json["accepted"] == 1 and response.json["quarantined"] == 3
+    entries = client.application.extensions["bridge"].store.quarantine_entries()
+    assert {e["source"] for e in entries} == {"segment"}
+
+
+@pytest.mark.parametrize("raw", ["not json", '"text"', "null"])
+def test_unusable_body_is_400(client: Any, raw: str) -> None:
+    response = post(client, raw)
+    assert response.status_code == 400 and response.json["error"] == "bad_request"
