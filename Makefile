@@ -26,6 +26,7 @@ test: lint
 bench: install
 	$(BIN)/python bench/accept.py
 	$(BIN)/python bench/components.py
+	$(BIN)/python bench/identify_burst.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
