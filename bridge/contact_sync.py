@@ -9,7 +9,6 @@ or (as a separate dead letter) one property whose type conflicts with its defini
 from __future__ import annotations
 
 import json
-import logging
 import random
 import threading
 import time
@@ -19,15 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import StorageUnavailable
 from .mailjet_client import JOB_DONE, JOB_FAILED, Auth, MailjetClient, MailjetError
-from .pacing import Pacer, PacingPolicy
+from .pacing import Pacer, PacingPolicy, run_until_stopped
 from .retry import Verdict, classify
 from .segment_intake import identify_email
 from .storage.base import MAILJET_CONTACT, MAILJET_PROPERTY, ClaimedItem, DeadLetter, Outcome, Store
 from .traits import ContactUpdate, PropertyPlan, Rejected, contact_update, plan_properties
-
-log = logging.getLogger(__name__)
 
 UPSTREAM = "mailjet"
 
@@ -338,23 +334,9 @@ class ContactSync:
         self.store.release(ids, self.owner, now + delay, f"Mailjet unavailable: {what}"[:500],
                            status=exc.status)
 
-    # -- the loop -----------------------------------------------------------------------------------
-
     def run_forever(self, stop: threading.Event) -> None:
-        """Sync until ``stop`` is set. Storage hiccups are logged and retried, never fatal."""
-        log.info("contact sync %s started", self.owner)
-        while not stop.is_set():
-            try:
-                settled = self.run_once()
-            except StorageUnavailable as exc:
-                log.warning("contact sync: storage unavailable: %s", exc)
-                settled = 0
-            except Exception:
-                log.exception("contact sync: unexpected error; continuing")
-                settled = 0
-            if settled == 0:
-                stop.wait(self.policy.idle_seconds)
-        log.info("contact sync %s stopped", self.owner)
+        """Sync until ``stop`` is set."""
+        run_until_stopped(f"contact sync {self.owner}", self.run_once, stop, self.policy.idle_seconds)
 
 
 def _email_in(entry: Any, emails: set[str]) -> str | None:

@@ -7,7 +7,6 @@ one event (a dead letter, kept with Segment's answer). Everything else is releas
 from __future__ import annotations
 
 import json
-import logging
 import random
 import threading
 import time
@@ -18,14 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .batching import MAX_EVENT_BYTES, halves, pack
-from .errors import StorageUnavailable
 from .mapping import normalize_email, track_call
-from .pacing import Pacer, PacingPolicy, status_key
+from .pacing import Pacer, PacingPolicy, run_until_stopped, status_key
 from .retry import Verdict, classify
 from .segment_client import SegmentClient, SendResult
 from .storage.base import SEGMENT_TRACK, ClaimedItem, Outcome, Store
-
-log = logging.getLogger(__name__)
 
 UPSTREAM = "segment"
 STATUS_KEY = status_key(UPSTREAM)
@@ -178,20 +174,6 @@ class Forwarder:
             latency_ms=result.latency_ms, error=error,
         )
 
-    # -- the loop -----------------------------------------------------------------------------------
-
     def run_forever(self, stop: threading.Event) -> None:
-        """Deliver until ``stop`` is set. Storage hiccups are logged and retried, never fatal."""
-        log.info("forwarder %s started", self.owner)
-        while not stop.is_set():
-            try:
-                settled = self.run_once()
-            except StorageUnavailable as exc:
-                log.warning("forwarder: storage unavailable: %s", exc)
-                settled = 0
-            except Exception:
-                log.exception("forwarder: unexpected error; continuing")
-                settled = 0
-            if settled == 0:
-                stop.wait(self.policy.idle_seconds)
-        log.info("forwarder %s stopped", self.owner)
+        """Deliver until ``stop`` is set."""
+        run_until_stopped(f"forwarder {self.owner}", self.run_once, stop, self.policy.idle_seconds)

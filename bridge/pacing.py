@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .errors import StorageUnavailable
 from .retry import backoff_delay
 from .storage.base import Store
 
@@ -82,3 +84,26 @@ class Pacer:
         self._refused = credential
         self.hold_until = self.clock() + self.policy.auth_retry_seconds
         self.set_status("auth_failed", detail)
+
+
+def run_until_stopped(
+    name: str, run_once: Callable[[], int], stop: threading.Event, idle_seconds: float
+) -> None:
+    """Call ``run_once`` until ``stop`` is set, resting when a round settled nothing.
+
+    Storage hiccups and unexpected errors are logged and retried, never fatal: the items stay in
+    the store and the next round takes them up.
+    """
+    log.info("%s started", name)
+    while not stop.is_set():
+        try:
+            settled = run_once()
+        except StorageUnavailable as exc:
+            log.warning("%s: storage unavailable: %s", name, exc)
+            settled = 0
+        except Exception:
+            log.exception("%s: unexpected error; continuing", name)
+            settled = 0
+        if settled == 0:
+            stop.wait(idle_seconds)
+    log.info("%s stopped", name)

@@ -13,10 +13,13 @@ import pytest
 
 from bridge import create_app
 from bridge.config import Settings, load_settings
+from bridge.storage import open_store
+from bridge.storage.base import Store
 from tests.fakes.mailjet import FakeMailjet
 from tests.fakes.segment import FakeSegment
 
 FIXTURES = Path(__file__).parent / "fixtures"
+T0 = 1_800_000_000.0
 PREFIXES = ("SEGMENT_", "MAILJET_", "BRIDGE_")
 
 
@@ -26,6 +29,33 @@ def _scrub_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(PREFIXES):
             monkeypatch.delenv(name)
+
+
+class Clock:
+    """A clock tests move by hand, so backoff and Retry-After are checked without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A migrated SQLite store on a temporary file."""
+    s = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    s.migrate()
+    yield s
+    s.close()
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ import json
 import random
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,32 +16,12 @@ from bridge.jsonbody import parse_body
 from bridge.mailjet_client import MailjetClient
 from bridge.pacing import PacingPolicy, status_key
 from bridge.segment_intake import sort_segment_events
-from bridge.storage import open_store
 from bridge.storage.base import MAILJET_CONTACT, Store
 from bridge.validation import EventValidator
+from tests.conftest import Clock
 from tests.fakes.mailjet import FakeMailjet, Scripted
 
-T0 = 1_800_000_000.0
 VALIDATOR = EventValidator.segment(DEFAULT_SCHEMA_DIR)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = open_store(f"sqlite:///{tmp_path / 'sync.db'}")
-    s.migrate()
-    yield s
-    s.close()
 
 
 class Rig:

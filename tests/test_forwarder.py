@@ -9,8 +9,6 @@ import json
 import random
 import socket
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,37 +21,12 @@ from bridge.mailjet_intake import sort_events
 from bridge.mapping import dedupe_key, message_id
 from bridge.pacing import PacingPolicy
 from bridge.segment_client import SegmentClient
-from bridge.storage import open_store
 from bridge.storage.base import SEGMENT_TRACK, Store
 from bridge.validation import EventValidator
+from tests.conftest import T0, Clock
 from tests.fakes.segment import FakeSegment, Scripted
 
-T0 = 1_800_000_000.0
 VALIDATOR = EventValidator.mailjet(DEFAULT_SCHEMA_DIR)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = open_store(f"sqlite:///{tmp_path / 'fwd.db'}")
-    s.migrate()
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 class Rig:

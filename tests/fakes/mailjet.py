@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import re
-import threading
-import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
+
+from tests.fakes.base import FakeServer
 
 DATATYPES = {"str", "int", "float", "bool", "datetime"}
 ACTIONS = {"addforce", "addnoforce", "remove", "unsub"}
@@ -80,8 +77,11 @@ def _matches(datatype: str, value: Any) -> bool:
     return False
 
 
-class FakeMailjet:
+class FakeMailjet(FakeServer):
+    name = "fake Mailjet"
+
     def __init__(self, key: str = "mj-key", secret: str = "mj-secret", polls_per_job: int = 1) -> None:
+        super().__init__()
         self.credentials = {(key, secret)}
         self.polls_per_job = polls_per_job
         self.metadata: dict[str, dict[str, Any]] = {}  # name -> {"ID", "Name", "Datatype", "NameSpace"}
@@ -90,26 +90,6 @@ class FakeMailjet:
         self.jobs: dict[int, Job] = {}
         self.requests: list[tuple[str, str]] = []
         self.script: deque[Scripted] = deque()
-        self.lock = threading.Lock()
-        self._server: Any = None
-
-    # -- lifecycle --------------------------------------------------------------------------------
-
-    def start(self) -> FakeMailjet:
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self._server = make_server("127.0.0.1", 0, self._app, threaded=True)
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
-                         daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
 
     # -- helpers for tests ------------------------------------------------------------------------
 
@@ -125,14 +105,8 @@ class FakeMailjet:
         with self.lock:
             return sum(1 for m, p in self.requests if m == method and fragment in p)
 
-    def wait_for(self, predicate: Callable[[FakeMailjet], bool], timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if predicate(self):
-                    return
-            time.sleep(0.02)
-        raise AssertionError(f"fake Mailjet: condition not met in {timeout} s; jobs: {len(self.jobs)}")
+    def describe(self) -> str:
+        return f"{len(self.requests)} requests, {len(self.jobs)} jobs"
 
     # -- the API ----------------------------------------------------------------------------------
 

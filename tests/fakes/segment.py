@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
-import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
+
+from tests.fakes.base import FakeServer
 
 MAX_REQUEST_BYTES = 500 * 1024
 MAX_CALL_BYTES = 32 * 1024
@@ -54,8 +52,11 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
     return Response(json.dumps(body), status=status, headers=headers or {}, mimetype="application/json")
 
 
-class FakeSegment:
+class FakeSegment(FakeServer):
+    name = "fake Segment"
+
     def __init__(self, write_keys: set[str] | None = None) -> None:
+        super().__init__()
         self.write_keys = set(write_keys or {"good-key"})
         self.script: deque[Scripted] = deque()
         self.requests: list[Received] = []
@@ -63,29 +64,6 @@ class FakeSegment:
         self.dropped_over_limit: list[dict[str, Any]] = []
         #: A batch holding a call with one of these messageIds is refused with 400.
         self.reject_message_ids: set[str] = set()
-        self.lock = threading.Lock()
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
-
-    # -- server lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> FakeSegment:
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self._server = make_server("127.0.0.1", 0, self._app, threaded=True)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
 
     # -- test helpers -----------------------------------------------------------------------------
 
@@ -97,17 +75,8 @@ class FakeSegment:
         with self.lock:
             return [call["messageId"] for call in self.accepted]
 
-    def wait_for(self, predicate: Callable[[FakeSegment], bool], timeout: float = 15.0) -> None:
-        """Poll until ``predicate(self)`` holds; fail with what was seen after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self):
-                return
-            time.sleep(0.02)
-        raise AssertionError(
-            f"fake Segment: condition not met in {timeout} s; {len(self.requests)} requests, "
-            f"{len(self.accepted)} calls accepted"
-        )
+    def describe(self) -> str:
+        return f"{len(self.requests)} requests, {len(self.accepted)} calls accepted"
 
     # -- the API ----------------------------------------------------------------------------------
 
