@@ -64,7 +64,7 @@ def create_app(
     def make_forwarder() -> Forwarder:
         return Forwarder(
             store,
-            SegmentClient(settings.segment_api_url),
+            SegmentClient(services.segment_api_url),
             write_key=services.write_key,
             event_names=services.event_names,
             policy=ForwarderPolicy(lease_seconds=settings.lease_seconds),
@@ -73,7 +73,7 @@ def create_app(
     def make_contact_sync() -> ContactSync:
         return ContactSync(
             store,
-            MailjetClient(settings.mailjet_api_url),
+            MailjetClient(services.mailjet_api_url),
             credentials=services.mailjet_credentials,
             target=services.mailjet_target,
         )

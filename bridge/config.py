@@ -163,3 +163,51 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     if r.problems:
         raise ConfigError(r.problems)
     return settings
+
+
+@dataclass(frozen=True)
+class StoredSetting:
+    """A setting an admin can store (``config set``, the admin page). Stored values win over the
+    environment from the next delivery on."""
+
+    env: str
+    field: str
+    secret: bool = False
+
+
+STORED_SETTINGS: dict[str, StoredSetting] = {
+    "segment.write_key": StoredSetting("SEGMENT_WRITE_KEY", "segment_write_key", secret=True),
+    "segment.region": StoredSetting("SEGMENT_REGION", "segment_region"),
+    "segment.api_url": StoredSetting("SEGMENT_API_URL", "segment_api_url"),
+    "mailjet.api_key": StoredSetting("MAILJET_API_KEY", "mailjet_api_key", secret=True),
+    "mailjet.api_secret": StoredSetting("MAILJET_API_SECRET", "mailjet_api_secret", secret=True),
+    "mailjet.api_url": StoredSetting("MAILJET_API_URL", "mailjet_api_url"),
+    "mailjet.list_id": StoredSetting("MAILJET_LIST_ID", "mailjet_list_id"),
+    "mailjet.action": StoredSetting("MAILJET_ACTION", "mailjet_action"),
+    "events.names": StoredSetting("BRIDGE_EVENT_NAMES", "event_names"),
+}
+
+
+def check_stored_setting(key: str, value: str) -> str:
+    """Validate a value for ``key`` with the environment's rules; returns it normalised.
+
+    Raises ConfigError with one line naming the key and what it accepts.
+    """
+    spec = STORED_SETTINGS.get(key)
+    if spec is None:
+        raise ConfigError([f"unknown setting {key!r}: use one of {', '.join(STORED_SETTINGS)}"])
+    value = value.strip()
+    if not value:
+        raise ConfigError([f"{key}: a value is required"])
+    try:
+        parsed = load_settings({spec.env: value})
+    except ConfigError as exc:
+        raise ConfigError([p.replace(spec.env, key, 1) for p in exc.problems]) from None
+    return str(getattr(parsed, spec.field))
+
+
+def mask(value: str | None) -> str:
+    """A secret as admins may see it: only its last four characters, and only if it is long."""
+    if not value:
+        return ""
+    return "••••" + (value[-4:] if len(value) >= 12 else "")

@@ -7,7 +7,7 @@ retry policy must be ours. No retry logic here either: the contact sync decides 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -40,10 +40,11 @@ class MailjetError(Exception):
 
 class MailjetClient:
     def __init__(
-        self, base_url: str, *, session: requests.Session | None = None,
+        self, base_url: str | Callable[[], str], *, session: requests.Session | None = None,
         timeout: tuple[float, float] = (5.0, 30.0),
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        #: Read at each call, so a URL changed by an admin applies to the next call.
+        self.base_url = base_url if callable(base_url) else (lambda: base_url)
         self.session = session or requests.Session()
         self.timeout = timeout
 
@@ -51,7 +52,7 @@ class MailjetClient:
               params: dict[str, Any] | None = None) -> Any:
         try:
             response = self.session.request(
-                method, f"{self.base_url}{path}", json=body, params=params, auth=auth,
+                method, self.base_url().rstrip("/") + path, json=body, params=params, auth=auth,
                 headers={"User-Agent": USER_AGENT}, timeout=self.timeout,
             )
         except requests.Timeout:

@@ -58,13 +58,14 @@ class SegmentClient:
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Callable[[], str],
         *,
         session: requests.Session | None = None,
         timeout: tuple[float, float] = (5.0, 15.0),
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.url = base_url.rstrip("/") + "/v1/batch"
+        #: Read at each call, so a region or URL changed by an admin applies to the next batch.
+        self.base_url = base_url if callable(base_url) else (lambda: base_url)
         self.session = session or requests.Session()
         self.timeout = timeout
         self.clock = clock
@@ -79,7 +80,8 @@ class SegmentClient:
         }
         started = time.monotonic()
         try:
-            response = self.session.post(self.url, data=body, headers=headers, timeout=self.timeout)
+            url = self.base_url().rstrip("/") + "/v1/batch"
+            response = self.session.post(url, data=body, headers=headers, timeout=self.timeout)
         except requests.Timeout:
             return SendResult(None, f"no answer within {self.timeout[1]:g} s", None, _ms(started))
         except requests.RequestException as exc:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .config import Settings
+from .config import SEGMENT_REGIONS, STORED_SETTINGS, Settings
 from .credentials import WebhookCredentials
 from .mailjet_events import EVENT_NAME_PRESETS
 from .storage.base import Store
@@ -41,6 +41,32 @@ class Services:
     def write_key(self) -> str | None:
         """Stored setting first (set by an admin), else the environment; read at each delivery."""
         return self._stored("segment.write_key") or self.settings.segment_write_key
+
+    def segment_api_url(self) -> str:
+        """Stored URL, else the stored region's URL, else the configured one."""
+        url = self._stored("segment.api_url")
+        if url:
+            return url
+        region = self._stored("segment.region")
+        return SEGMENT_REGIONS.get(region or "", self.settings.segment_api_url)
+
+    def mailjet_api_url(self) -> str:
+        return self._stored("mailjet.api_url") or self.settings.mailjet_api_url
+
+    def effective(self) -> dict[str, tuple[str | None, str]]:
+        """Every storable setting: (value, where it comes from: stored, environment or default)."""
+        shown: dict[str, tuple[str | None, str]] = {}
+        defaults = Settings()
+        for key, spec in STORED_SETTINGS.items():
+            stored = self._stored(key)
+            configured = getattr(self.settings, spec.field)
+            if stored is not None:
+                shown[key] = (stored, "stored")
+            elif configured != getattr(defaults, spec.field):
+                shown[key] = (None if configured is None else str(configured), "environment")
+            else:
+                shown[key] = (None if configured is None else str(configured), "default")
+        return shown
 
     def event_names(self) -> Mapping[str, str]:
         """Naming preset, stored setting first; an unknown stored name falls back to the configured one."""

@@ -7,7 +7,7 @@ tests control the clock. The store knows nothing about Segment or Mailjet.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,6 +173,49 @@ class Store(ABC):
     @abstractmethod
     def quarantine_entries(self, limit: int = 100) -> list[dict[str, Any]]:
         """Newest quarantine entries first."""
+
+    @abstractmethod
+    def item(self, item_id: int) -> dict[str, Any] | None:
+        """One outbox row, with everything kept about it."""
+
+    @abstractmethod
+    def recent(self, limit: int = 50, *, kind: str | None = None, event_type: str | None = None,
+               state: str | None = None) -> list[dict[str, Any]]:
+        """Newest outbox rows first, optionally filtered (the live debugger)."""
+
+    @abstractmethod
+    def dead_ids(self, after_id: int = 0, limit: int = 1000) -> list[int]:
+        """Ids of dead letters in ascending order, for paging through all of them."""
+
+    @abstractmethod
+    def requeue(self, ids: Sequence[int], now: float,
+                rewrite: Mapping[int, tuple[str, str]] | None = None) -> int:
+        """Dead letters back to pending, due now, attempts reset; ``rewrite`` gives some a new
+        (kind, payload). Returns how many were requeued (ids that are not dead are left alone)."""
+
+    @abstractmethod
+    def quarantine_entry(self, entry_id: int) -> dict[str, Any] | None:
+        """One quarantine entry."""
+
+    @abstractmethod
+    def remove_quarantine(self, ids: Sequence[int]) -> None:
+        """Drop quarantine entries (after a successful replay)."""
+
+    @abstractmethod
+    def timeline(self, since: float, bucket_seconds: int = 60) -> list[tuple[float, str, int]]:
+        """Items accepted since ``since``: (bucket start, event type, count)."""
+
+    @abstractmethod
+    def latencies(self, since: float, limit: int = 20_000) -> list[float]:
+        """Delivery latencies (ms) of items delivered since ``since``."""
+
+    @abstractmethod
+    def login_failures(self, client: str, since: float, now: float, *, record: bool = False) -> int:
+        """Failed admin logins of a client since ``since``; with ``record``, count one more first."""
+
+    @abstractmethod
+    def clear_login_failures(self, client: str) -> None:
+        """Forget a client's failures after a successful login."""
 
     @abstractmethod
     def ping(self) -> None:

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -24,6 +24,7 @@ from .base import (
     DEAD,
     DELIVERED,
     LEASED,
+    MAILJET_PROPERTY,
     PENDING,
     AcceptResult,
     ClaimedItem,
@@ -374,6 +375,86 @@ class SQLiteStore(Store):
             (limit,),
         )
         return [dict(row) for row in rows]
+
+    _ITEM_COLUMNS = (
+        "id, kind, event_type, state, payload, sent, attempts, last_error, last_status, "
+        "last_response, latency_ms, created_at, finished_at"
+    )
+
+    def item(self, item_id: int) -> dict[str, Any] | None:
+        rows = self._read(f"SELECT {self._ITEM_COLUMNS} FROM outbox WHERE id = ?", (item_id,))
+        return dict(rows[0]) if rows else None
+
+    def recent(self, limit: int = 50, *, kind: str | None = None, event_type: str | None = None,
+               state: str | None = None) -> list[dict[str, Any]]:
+        where, params = [], []
+        for column, value in (("kind", kind), ("event_type", event_type), ("state", state)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = self._read(f"SELECT {self._ITEM_COLUMNS} FROM outbox {clause}ORDER BY id DESC LIMIT ?",
+                          (*params, limit))
+        return [dict(row) for row in rows]
+
+    def dead_ids(self, after_id: int = 0, limit: int = 1000) -> list[int]:
+        rows = self._read("SELECT id FROM outbox WHERE state = ? AND id > ? ORDER BY id LIMIT ?",
+                          (DEAD, after_id, limit))
+        return [row[0] for row in rows]
+
+    def requeue(self, ids: Sequence[int], now: float,
+                rewrite: Mapping[int, tuple[str, str]] | None = None) -> int:
+        rewrite = rewrite or {}
+        with self._write() as c:
+            before = c.total_changes
+            c.executemany(
+                "UPDATE outbox SET state = ?, next_attempt_at = ?, attempts = 0, last_error = NULL, "
+                "finished_at = NULL, lease_owner = NULL, lease_expires_at = NULL "
+                "WHERE id = ? AND state = ?",
+                [(PENDING, now, i, DEAD) for i in ids],
+            )
+            requeued = c.total_changes - before
+            c.executemany("UPDATE outbox SET kind = ?, payload = ? WHERE id = ?",
+                          [(kind, payload, i) for i, (kind, payload) in rewrite.items()])
+        return requeued
+
+    def quarantine_entry(self, entry_id: int) -> dict[str, Any] | None:
+        rows = self._read("SELECT id, source, body, errors, received_at FROM quarantine WHERE id = ?",
+                          (entry_id,))
+        return dict(rows[0]) if rows else None
+
+    def remove_quarantine(self, ids: Sequence[int]) -> None:
+        with self._write() as c:
+            c.executemany("DELETE FROM quarantine WHERE id = ?", [(i,) for i in ids])
+
+    def timeline(self, since: float, bucket_seconds: int = 60) -> list[tuple[float, str, int]]:
+        rows = self._read(
+            "SELECT CAST(created_at / ? AS INTEGER) * ?, COALESCE(event_type, ''), COUNT(*) "
+            "FROM outbox WHERE created_at >= ? AND kind != ? GROUP BY 1, 2 ORDER BY 1",
+            (bucket_seconds, bucket_seconds, since, MAILJET_PROPERTY),
+        )
+        return [(float(r[0]), r[1], r[2]) for r in rows]
+
+    def latencies(self, since: float, limit: int = 20_000) -> list[float]:
+        rows = self._read(
+            "SELECT latency_ms FROM outbox WHERE state = ? AND finished_at >= ? "
+            "AND latency_ms IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
+            (DELIVERED, since, limit),
+        )
+        return [row[0] for row in rows]
+
+    def login_failures(self, client: str, since: float, now: float, *, record: bool = False) -> int:
+        if record:
+            with self._write() as c:
+                c.execute("INSERT INTO login_failures (client, at) VALUES (?, ?)", (client, now))
+                c.execute("DELETE FROM login_failures WHERE at < ?", (since,))
+        rows = self._read("SELECT COUNT(*) FROM login_failures WHERE client = ? AND at >= ?",
+                          (client, since))
+        return rows[0][0]
+
+    def clear_login_failures(self, client: str) -> None:
+        with self._write() as c:
+            c.execute("DELETE FROM login_failures WHERE client = ?", (client,))
 
     def ping(self) -> None:
         self._read("SELECT 1")
