@@ -14,11 +14,13 @@ from collections.abc import Callable, Mapping
 
 from flask import Flask
 
+from . import logs
 from .config import Settings, load_settings
 from .contact_sync import ContactSync
 from .credentials import callback_url, webhook_credentials
 from .forwarder import Forwarder, ForwarderPolicy
 from .mailjet_client import MailjetClient
+from .metrics import Metrics
 from .segment_client import SegmentClient
 from .services import Services
 from .storage import open_store
@@ -59,7 +61,8 @@ def create_app(
         )
     if not settings.segment_shared_secret:
         log.warning("SEGMENT_SHARED_SECRET is not set: /webhooks/segment accepts unsigned requests")
-    services = Services(settings, store, mailjet_validator, segment_validator, credentials)
+    services = Services(settings, store, mailjet_validator, segment_validator, credentials, Metrics())
+    logs.guard_secrets(services.secret_values)
 
     def make_forwarder() -> Forwarder:
         return Forwarder(
@@ -68,6 +71,7 @@ def create_app(
             write_key=services.write_key,
             event_names=services.event_names,
             policy=ForwarderPolicy(lease_seconds=settings.lease_seconds),
+            metrics=services.metrics,
         )
 
     def make_contact_sync() -> ContactSync:
@@ -76,6 +80,7 @@ def create_app(
             MailjetClient(services.mailjet_api_url),
             credentials=services.mailjet_credentials,
             target=services.mailjet_target,
+            metrics=services.metrics,
         )
 
     services.loop_factories = [make_forwarder, make_contact_sync]

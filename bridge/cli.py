@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
+from pathlib import Path
 from typing import Any
 
 import click
 
+from . import logs
 from .config import Settings, load_settings
 from .errors import ConfigError, StorageUnavailable
+from .metrics import MULTIPROCESS_ENV
 
 
 def _settings() -> Settings:
@@ -42,9 +47,7 @@ def _app(settings: Settings) -> Any:
 @click.group(help="Mailjet email events to Segment, and Segment identifies to Mailjet.")
 @click.version_option(package_name="mailjet-segment-bridge")
 def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(logging.INFO)
 
 
 @main.command(help="Serve the webhooks and forward events (gunicorn, what `make run` runs).")
@@ -53,6 +56,13 @@ def serve(workers: int | None) -> None:
     from .server import BridgeServer
 
     settings = _settings()
+    # Workers count metrics in files of a shared folder (prometheus-client multiprocess mode); it
+    # must be set before the first import of prometheus-client and start empty.
+    metrics_dir = os.environ.get(MULTIPROCESS_ENV)
+    if not metrics_dir:
+        metrics_dir = os.environ[MULTIPROCESS_ENV] = tempfile.mkdtemp(prefix="mailjet-bridge-metrics-")
+    for leftover in Path(metrics_dir).glob("*.db"):
+        leftover.unlink()
     app = _app(settings)  # migrate and announce credentials once, before any worker starts
     app.extensions["bridge"].store.close()
     click.echo(f"mailjet-segment-bridge serving on http://{settings.host}:{settings.port}")
@@ -76,3 +86,207 @@ def worker() -> None:
     for thread in threads:
         thread.join(10)
     services.store.close()
+
+
+def _services() -> Any:
+    return _app(_settings()).extensions["bridge"]
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+# -- configuration ----------------------------------------------------------------------------------
+
+
+@main.group(help="Show or change the stored settings (they win over the environment).")
+def config() -> None:
+    pass
+
+
+@config.command("show", help="Show every setting, where it comes from, with secrets masked.")
+def config_show() -> None:
+    from .config import STORED_SETTINGS, mask
+
+    for key, (value, origin) in _services().effective().items():
+        shown = mask(value) if STORED_SETTINGS[key].secret else (value or "")
+        click.echo(f"{key:<20} {shown or '(not set)':<40} {origin}")
+
+
+@config.command("set", help="Store a setting; it applies from the next delivery on, no restart.")
+@click.argument("key")
+@click.argument("value")
+def config_set(key: str, value: str) -> None:
+    import time
+
+    from .config import STORED_SETTINGS, check_stored_setting, mask
+
+    services = _services()
+    try:
+        normalised = check_stored_setting(key, value)
+    except ConfigError as exc:
+        raise click.UsageError(exc.problems[0]) from None
+    services.store.put_setting(key, normalised, time.time())
+    shown = mask(normalised) if STORED_SETTINGS[key].secret else normalised
+    click.echo(f"{key} = {shown} (stored; used from the next delivery on)")
+
+
+# -- checks and one-offs ----------------------------------------------------------------------------
+
+
+@main.command(help="Test the Segment write key and the Mailjet key pair; non-zero exit if one fails.")
+@click.option("--segment-only", is_flag=True, help="Check Segment only.")
+@click.option("--mailjet-only", is_flag=True, help="Check Mailjet only.")
+def check(segment_only: bool, mailjet_only: bool) -> None:
+    from . import operations
+
+    services = _services()
+    checks = []
+    if not mailjet_only:
+        checks.append(operations.check_segment(services))
+    if not segment_only:
+        checks.append(operations.check_mailjet(services))
+    for ok, sentence in checks:
+        click.echo(("ok   " if ok else "FAIL ") + sentence, err=not ok)
+    if not all(ok for ok, _ in checks):
+        sys.exit(1)
+
+
+@main.command("callback-url", help="Print the Mailjet callback URL, with its credentials.")
+def callback_url_command() -> None:
+    from .operations import own_callback_url
+
+    click.echo(own_callback_url(_services()))
+
+
+@main.command(help="Show queue counts and the Segment and Mailjet delivery states.")
+def stats() -> None:
+    import time
+
+    from .operations import delivery_states
+
+    services = _services()
+    _echo_json({"queue": services.store.stats(time.time()), **delivery_states(services)})
+
+
+@main.command("send-test-event", help="Queue a Mailjet 'sent' event for test@example.com.")
+def send_test_event() -> None:
+    from .operations import send_test_event as send
+
+    click.echo(f"queued a test 'sent' event ({send(_services())}); it reaches Segment as "
+               "'Email Delivered' within seconds while the bridge runs")
+
+
+# -- Mailjet ----------------------------------------------------------------------------------------
+
+
+@main.group(help="Mailjet account tasks.")
+def mailjet() -> None:
+    pass
+
+
+@mailjet.command("register-callbacks", help="Register all seven event types (grouped) with Mailjet.")
+@click.option("--url", required=True, help="Callback URL, with user:password@ (see callback-url).")
+@click.option("--backup-url", help="Backup URL, used while Mailjet suspends the primary.")
+def register_callbacks(url: str, backup_url: str | None) -> None:
+    from .mailjet_client import MailjetError
+    from .operations import register_callbacks as register
+
+    try:
+        lines = register(_services(), url, backup_url)
+    except MailjetError as exc:
+        click.echo(f"Mailjet refused: {exc}", err=True)
+        sys.exit(1)
+    for line in lines:
+        click.echo(line)
+
+
+# -- dead letters and quarantine --------------------------------------------------------------------
+
+
+@main.group("dead-letters", help="List, show and replay dead letters.")
+def dead_letters() -> None:
+    pass
+
+
+@dead_letters.command("list", help="One line per dead letter: id, direction, reason, what it concerns.")
+@click.option("--limit", default=100, show_default=True, help="How many, newest first.")
+def dead_letters_list(limit: int) -> None:
+    from .operations import describe
+
+    rows = _services().store.dead_letters(limit)
+    if not rows:
+        click.echo("no dead letters")
+    for row in rows:
+        d = describe(row)
+        click.echo(f"{d['id']:>8}  {d['direction']:<18}  {d['concerns']:<40}  {d['reason']}")
+
+
+@dead_letters.command("show", help="Everything kept about one dead letter.")
+@click.argument("item_id", type=int)
+def dead_letters_show(item_id: int) -> None:
+    row = _services().store.item(item_id)
+    if row is None or row["state"] != "dead":
+        raise click.UsageError(f"{item_id} is not a dead letter")
+    _echo_json(row)
+
+
+@dead_letters.command("replay", help="Queue dead letters again: the given ids, or --all.")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "everything", is_flag=True, help="Replay every dead letter.")
+def dead_letters_replay(ids: tuple[int, ...], everything: bool) -> None:
+    from .operations import ReplayReport, all_dead_ids, replay_dead_letters
+
+    if bool(ids) == everything:
+        raise click.UsageError("give dead-letter ids, or --all")
+    services = _services()
+    report = ReplayReport()
+    wanted = list(all_dead_ids(services)) if everything else list(ids)
+    with click.progressbar(wanted, label="replaying", file=sys.stderr,
+                           hidden=len(wanted) < 100) as bar:
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            part = replay_dead_letters(services, chunk)
+            report.requeued += part.requeued
+            report.skipped += part.skipped
+            bar.update(len(chunk))
+    for item_id, why in report.skipped:
+        click.echo(f"{item_id}: skipped: {why}", err=True)
+    click.echo(f"{len(report.requeued)} dead letter(s) queued again")
+
+
+@main.group(help="List and show events that failed validation.")
+def quarantine() -> None:
+    pass
+
+
+@quarantine.command("list", help="One line per quarantined event: id, source, first error.")
+@click.option("--limit", default=100, show_default=True, help="How many, newest first.")
+def quarantine_list(limit: int) -> None:
+    entries = _services().store.quarantine_entries(limit)
+    if not entries:
+        click.echo("the quarantine is empty")
+    for entry in entries:
+        first = (json.loads(entry["errors"]) or [{}])[0]
+        click.echo(f"{entry['id']:>8}  {entry['source']:<8}  {first.get('path', '')}: "
+                   f"{first.get('message', '')}")
+
+
+@quarantine.command("show", help="One quarantined event with all its validation errors.")
+@click.argument("entry_id", type=int)
+def quarantine_show(entry_id: int) -> None:
+    entry = _services().store.quarantine_entry(entry_id)
+    if entry is None:
+        raise click.UsageError(f"no quarantine entry {entry_id}")
+    _echo_json({**entry, "errors": json.loads(entry["errors"])})
+
+
+@quarantine.command("replay", help="Validate quarantined events again; valid ones are queued.")
+@click.argument("ids", nargs=-1, type=int, required=True)
+def quarantine_replay(ids: tuple[int, ...]) -> None:
+    from .operations import replay_quarantine
+
+    report = replay_quarantine(_services(), ids)
+    for entry_id, why in report.skipped:
+        click.echo(f"{entry_id}: {why}", err=True)
+    click.echo(f"{len(report.requeued)} event(s) queued")

@@ -9,6 +9,7 @@ or (as a separate dead letter) one property whose type conflicts with its defini
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 import time
@@ -19,11 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .mailjet_client import JOB_DONE, JOB_FAILED, Auth, MailjetClient, MailjetError
+from .metrics import Metrics
 from .pacing import Pacer, PacingPolicy, run_until_stopped
 from .retry import Verdict, classify
 from .segment_intake import identify_email
 from .storage.base import MAILJET_CONTACT, MAILJET_PROPERTY, ClaimedItem, DeadLetter, Outcome, Store
 from .traits import ContactUpdate, PropertyPlan, Rejected, contact_update, plan_properties
+
+log = logging.getLogger(__name__)
 
 UPSTREAM = "mailjet"
 
@@ -77,8 +81,10 @@ class ContactSync:
         sleep: Callable[[float], Any] = time.sleep,
         rng: random.Random | None = None,
         owner: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.client = client
         self.credentials = credentials
         self.target = target
@@ -123,6 +129,7 @@ class ContactSync:
         contacts, dead = self._contacts(items)
         if dead:
             self.store.mark_dead(dead, self.owner, self.clock())
+            self._report("dead", len(dead), error=dead[0].error)
         if not contacts:
             return len(dead)
         plan = self._plan(contacts, items, auth)
@@ -232,6 +239,7 @@ class ContactSync:
     def _finish_job(self, list_id: int, job_id: int, group: list[_Contact], plan: PropertyPlan,
                     auth: Auth, untried: list[list[_Contact]]) -> int:
         """Poll the job to its end; per-contact errors become dead letters, the rest delivered."""
+        started = self.clock()
         status = self._poll(list_id, job_id, auth, group, untried)
         failures: dict[str, str] = {}
         unattributed: list[str] = []
@@ -249,6 +257,8 @@ class ContactSync:
             delivered.extend(Outcome(i.id, sent=sent, status=201, response=answer) for i in contact.items)
         if delivered:
             self.store.mark_delivered(delivered, now)
+        self._report("delivered", len(delivered), job_id=job_id, job_status=status.get("Status"),
+                     contacts=len(group), seconds=round(self.clock() - started, 3))
         for contact in dead:
             self._dead([contact], plan, f"Mailjet job {job_id}: {failures[contact.update.email]}")
         if unattributed:
@@ -310,6 +320,13 @@ class ContactSync:
             unattributed.append(str(status.get("Error")))
         return failures, unattributed
 
+    def _report(self, outcome: str, count: int, **fields: Any) -> None:
+        """One log line per job or failure, and the counters."""
+        if self.metrics and count:
+            self.metrics.outcome(UPSTREAM, outcome, ["identify"] * count)
+        log.log(logging.INFO if outcome == "delivered" else logging.WARNING, "mailjet %s", outcome,
+                extra={"upstream": UPSTREAM, "outcome": outcome, "identifies": count, **fields})
+
     # -- settling -----------------------------------------------------------------------------------
 
     def _dead(self, group: list[_Contact], plan: PropertyPlan, reason: str) -> None:
@@ -318,6 +335,7 @@ class ContactSync:
             sent = json.dumps(contact.entry(plan.send.get(contact.update.email, {})), ensure_ascii=False)
             outcomes.extend(Outcome(i.id, sent=sent, error=reason) for i in contact.items)
         self.store.mark_dead(outcomes, self.owner, self.clock())
+        self._report("dead", len(outcomes), error=reason)
 
     def _give_back(self, exc: MailjetError, auth: Auth, items: list[ClaimedItem]) -> None:
         """Release items after a transient failure or refused credentials, and pace the next try."""
@@ -330,6 +348,7 @@ class ContactSync:
                                count_attempt=False, status=exc.status)
             return
         what = f"HTTP {exc.status}: {exc.message}" if exc.status else exc.message
+        self._report("retried", len(ids), status=exc.status, error=what[:300])
         delay = self.pacer.failed(f"Mailjet unavailable: {what}"[:300], exc.retry_after)
         self.store.release(ids, self.owner, now + delay, f"Mailjet unavailable: {what}"[:500],
                            status=exc.status)

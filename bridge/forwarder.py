@@ -7,6 +7,7 @@ one event (a dead letter, kept with Segment's answer). Everything else is releas
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 import time
@@ -18,10 +19,13 @@ from typing import Any
 
 from .batching import MAX_EVENT_BYTES, halves, pack
 from .mapping import normalize_email, track_call
+from .metrics import Metrics
 from .pacing import Pacer, PacingPolicy, run_until_stopped, status_key
 from .retry import Verdict, classify
 from .segment_client import SegmentClient, SendResult
 from .storage.base import SEGMENT_TRACK, ClaimedItem, Outcome, Store
+
+log = logging.getLogger(__name__)
 
 UPSTREAM = "segment"
 STATUS_KEY = status_key(UPSTREAM)
@@ -60,8 +64,10 @@ class Forwarder:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         owner: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.client = client
         self.write_key = write_key
         self.event_names = event_names
@@ -89,6 +95,8 @@ class Forwarder:
         prepared, dead = self._prepare(items)
         if dead:
             self.store.mark_dead(dead, self.owner, now)
+            types = {item.id: item.event_type for item in items}
+            self._report("dead", [types[o.id] for o in dead], error=dead[0].error)
         return len(dead) + self._deliver(key, deque(pack(prepared, lambda p: len(p.encoded))))
 
     def _prepare(self, items: list[ClaimedItem]) -> tuple[list[_Prepared], list[Outcome]]:
@@ -128,19 +136,25 @@ class Forwarder:
             result = self.client.post_batch(key, [p.encoded for p in batch])
             verdict = classify(result.status)
             now = self.clock()
+            if self.metrics:
+                self.metrics.observe_latency(UPSTREAM, result.latency_ms)
             if verdict is Verdict.DELIVERED:
                 self.store.mark_delivered([self._outcome(p, result) for p in batch], now)
                 self.pacer.succeeded(f"last batch of {len(batch)} delivered")
+                self._report("delivered", [p.item.event_type for p in batch], result)
                 settled += len(batch)
             elif verdict is Verdict.REJECTED and len(batch) > 1:
                 first, second = halves(batch)
                 batches.extendleft([second, first])
+                self._report("split", [], result)
             elif verdict is Verdict.REJECTED:
                 reason = f"Segment rejected the event ({result.status}): {result.body[:300]}"
                 self.store.mark_dead([self._outcome(batch[0], result, reason)], self.owner, now)
+                self._report("dead", [batch[0].item.event_type], result, error=reason)
                 settled += 1
             else:
                 self._hold(key, verdict, result, batch, batches, now)
+                self._report("retried", [p.item.event_type for p in batch], result)
                 break
         return settled
 
@@ -166,6 +180,19 @@ class Forwarder:
         untried = [p.item.id for b in rest for p in b]
         if untried:
             self.store.release(untried, self.owner, due, None, count_attempt=False)
+
+    def _report(self, outcome: str, types: list[str], result: SendResult | None = None,
+                error: str | None = None) -> None:
+        """One log line per batch, and the counters."""
+        if self.metrics and outcome != "split":
+            self.metrics.outcome(UPSTREAM, outcome, types)
+        fields: dict[str, Any] = {"upstream": UPSTREAM, "outcome": outcome, "events": len(types)}
+        if result is not None:
+            fields.update(status=result.status, latency_ms=result.latency_ms)
+        if error:
+            fields["error"] = error
+        log.log(logging.INFO if outcome in ("delivered", "split") else logging.WARNING,
+                "segment batch %s", outcome, extra=fields)
 
     @staticmethod
     def _outcome(p: _Prepared, result: SendResult, error: str | None = None) -> Outcome:

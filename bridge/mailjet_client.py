@@ -113,5 +113,20 @@ class MailjetClient:
         path = f"/v3/DATA/batchjob/{quote(str(job_id))}/JSONError/application:json/LAST"
         return self._call("GET", path, auth)
 
+    def check(self, auth: Auth) -> None:
+        """A harmless authenticated read; raises MailjetError if the key pair is refused."""
+        self._call("GET", "/v3/REST/contactmetadata", auth, params={"Limit": 1})
+
+    def event_callbacks(self, auth: Auth) -> list[dict[str, Any]]:
+        """Every Event API callback of the account (``Limit`` set: the default page of 10 hides some)."""
+        answer = self._call("GET", "/v3/REST/eventcallbackurl", auth, params={"Limit": PAGE_LIMIT}) or {}
+        return list(answer.get("Data") or [])
+
+    def create_event_callback(self, callback: dict[str, Any], auth: Auth) -> None:
+        self._call("POST", "/v3/REST/eventcallbackurl", auth, body=callback)
+
+    def update_event_callback(self, callback_id: int, changes: dict[str, Any], auth: Auth) -> None:
+        self._call("PUT", f"/v3/REST/eventcallbackurl/{callback_id}", auth, body=changes)
+
     def close(self) -> None:
         self.session.close()

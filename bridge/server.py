@@ -14,9 +14,20 @@ from gunicorn.app.base import BaseApplication
 
 from . import create_app
 from .config import Settings
+from .metrics import mark_process_dead
 from .services import start_loops
 
 LOOP_JOIN_SECONDS = 10.0
+#: gunicorn's own lines as JSON too, on the same stderr handler as the bridge's.
+LOGGING: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "bridge.logs.JsonFormatter"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
+                            "stream": "ext://sys.stderr"}},
+    "root": {"handlers": ["stderr"], "level": "INFO"},
+    "loggers": {"gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False}},
+}
 
 
 def _graceful_ctrl_c(arbiter: Any) -> None:
@@ -40,6 +51,10 @@ def _stop_loops(server: Any, worker: Any) -> None:
             thread.join(LOOP_JOIN_SECONDS)
 
 
+def _forget_worker(server: Any, worker: Any) -> None:
+    mark_process_dead(worker.pid)
+
+
 class BridgeServer(BaseApplication):
     """gunicorn, configured from Settings rather than its own command line."""
 
@@ -56,7 +71,9 @@ class BridgeServer(BaseApplication):
         self.cfg.set("on_starting", _graceful_ctrl_c)
         self.cfg.set("post_worker_init", _start_loops)
         self.cfg.set("worker_exit", _stop_loops)
+        self.cfg.set("child_exit", _forget_worker)
         self.cfg.set("proc_name", "mailjet-bridge")
+        self.cfg.set("logconfig_dict", LOGGING)
 
     def load(self) -> Any:
         return create_app(self.settings)

@@ -10,6 +10,7 @@ from typing import Protocol
 from .config import SEGMENT_REGIONS, STORED_SETTINGS, Settings
 from .credentials import WebhookCredentials
 from .mailjet_events import EVENT_NAME_PRESETS
+from .metrics import Metrics
 from .storage.base import Store
 from .validation import EventValidator
 
@@ -29,6 +30,7 @@ class Services:
     mailjet_validator: EventValidator
     segment_validator: EventValidator
     credentials: WebhookCredentials
+    metrics: Metrics
     #: Builders of the delivery loops, each with its own HTTP session, for one thread each.
     loop_factories: list[Callable[[], Loop]] = field(default_factory=list, repr=False)
 
@@ -78,6 +80,12 @@ class Services:
         key = self._stored("mailjet.api_key") or self.settings.mailjet_api_key
         secret = self._stored("mailjet.api_secret") or self.settings.mailjet_api_secret
         return (key, secret) if key and secret else None
+
+    def secret_values(self) -> list[str | None]:
+        """Every secret the process knows, so logs can never show one."""
+        credentials = self.mailjet_credentials() or (None, None)
+        return [self.write_key(), credentials[1], self.credentials.password,
+                self.settings.admin_password, self.settings.segment_shared_secret]
 
     def mailjet_target(self) -> tuple[int, str]:
         """The contact list and list action identifies are applied with."""

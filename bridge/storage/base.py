@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 #: Outbox kinds: what an item is and where it goes.
@@ -67,6 +67,8 @@ class AcceptResult:
     accepted: int
     duplicate: int
     quarantined: int
+    #: Newly queued items per event type (the rest of each type were duplicates).
+    accepted_by_type: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

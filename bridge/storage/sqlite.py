@@ -210,20 +210,27 @@ class SQLiteStore(Store):
                     "updated_at = excluded.updated_at",
                     [(email, user_id, now + n * 1e-6) for n, (user_id, email) in enumerate(identities)],
                 )
-            before = c.total_changes
-            c.executemany(
-                "INSERT INTO outbox (kind, dedupe_key, event_time, event_type, payload, "
-                "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (kind, event_time, dedupe_key) DO NOTHING",
-                [(i.kind, i.dedupe_key, i.event_time, i.event_type, i.payload, now, now) for i in items],
-            )
-            accepted = c.total_changes - before
+            by_type: dict[str, list[NewItem]] = {}
+            for item in items:
+                by_type.setdefault(item.event_type, []).append(item)
+            accepted_by_type: dict[str, int] = {}
+            for event_type, group in by_type.items():
+                before = c.total_changes
+                c.executemany(
+                    "INSERT INTO outbox (kind, dedupe_key, event_time, event_type, payload, "
+                    "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (kind, event_time, dedupe_key) DO NOTHING",
+                    [(i.kind, i.dedupe_key, i.event_time, i.event_type, i.payload, now, now)
+                     for i in group],
+                )
+                accepted_by_type[event_type] = c.total_changes - before
+            accepted = sum(accepted_by_type.values())
             c.executemany(
                 "INSERT INTO quarantine (source, fingerprint, body, errors, received_at) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO NOTHING",
                 [(q.source, q.fingerprint, q.body, q.errors, now) for q in quarantined],
             )
-        return AcceptResult(accepted, len(items) - accepted, len(quarantined))
+        return AcceptResult(accepted, len(items) - accepted, len(quarantined), accepted_by_type)
 
     def due_summary(self, kind: str, now: float) -> DueSummary:
         row = self._read(

@@ -1,4 +1,9 @@
-"""``GET /healthz``: 200 when the bridge can accept events, with each delivery state as detail."""
+"""``GET /healthz``: 200 with each delivery state as detail; 503 with the reason when storage is
+unavailable or Segment refuses the write key.
+
+Load balancers should use ``/healthz?scope=accept``: 503 only when events cannot be stored, so a wrong
+write key never stops the bridge from accepting (and keeping) Mailjet's events.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import json
 import time
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
 from ..errors import StorageUnavailable
 from ..pacing import status_key
@@ -36,6 +41,9 @@ def healthz() -> tuple[Response, int]:
             mailjet = {"state": "no_api_keys", "detail": "no Mailjet API key pair is set"}
     except StorageUnavailable as exc:
         return jsonify(status="unavailable", storage="unavailable", reason=str(exc)), 503
+    body = {"storage": "ok", "segment": segment, "mailjet": mailjet, "queue": queue}
+    if segment["state"] == "auth_failed" and request.args.get("scope") != "accept":
+        # Events are still accepted and kept, but nothing reaches Segment until the key is fixed.
+        return jsonify(status="unavailable", reason="Segment refused the write key", **body), 503
     troubled = segment["state"] in TROUBLE or mailjet["state"] in TROUBLE
-    return jsonify(status="degraded" if troubled else "ok", storage="ok", segment=segment,
-                   mailjet=mailjet, queue=queue), 200
+    return jsonify(status="degraded" if troubled else "ok", **body), 200

@@ -47,6 +47,10 @@ def receive() -> tuple[Response, int]:
             "the events could not be stored; nothing was accepted, please retry",
             **{"Retry-After": STORAGE_RETRY_AFTER},
         )
+    svc.metrics.intake(
+        "mailjet", [i.event_type for i in intake.items] + ["invalid"] * len(intake.quarantined),
+        result.accepted_by_type, result.quarantined,
+    )
     return jsonify(
         accepted=result.accepted, duplicate=result.duplicate, quarantined=result.quarantined
     ), 200

@@ -49,6 +49,12 @@ def receive() -> tuple[Response, int]:
             "the events could not be stored; nothing was accepted, please retry",
             **{"Retry-After": STORAGE_RETRY_AFTER},
         )
+    svc.metrics.intake(
+        "segment",
+        ["identify"] * (len(intake.items) + intake.skipped) + ["other"] * intake.ignored
+        + ["invalid"] * len(intake.quarantined),
+        result.accepted_by_type, result.quarantined,
+    )
     return jsonify(
         accepted=result.accepted, duplicate=result.duplicate, quarantined=result.quarantined,
         ignored=intake.ignored, skipped=intake.skipped,

@@ -88,6 +88,7 @@ class FakeMailjet(FakeServer):
         self.contacts: dict[str, dict[str, Any]] = {}  # email -> {"Name", "Properties"}
         self.lists: dict[int, dict[str, str]] = {1: {}}  # list id -> email -> "subscribed" | "unsub"
         self.jobs: dict[int, Job] = {}
+        self.callbacks: dict[int, dict[str, Any]] = {}  # Event API callbacks by ID
         self.requests: list[tuple[str, str]] = []
         self.script: deque[Scripted] = deque()
 
@@ -147,6 +148,9 @@ class FakeMailjet(FakeServer):
                 return _error(400, "Invalid json input")
         if path == "/v3/REST/contactmetadata":
             return self._metadata(request, body)
+        match = re.fullmatch(r"/v3/REST/eventcallbackurl(?:/(\d+))?", path)
+        if match:
+            return self._callbacks(request, body, int(match.group(1)) if match.group(1) else None)
         match = re.fullmatch(r"/v3/REST/contactslist/(\d+)/managemanycontacts(?:/(\d+))?", path)
         if match:
             list_id = int(match.group(1))
@@ -181,6 +185,33 @@ class FakeMailjet(FakeServer):
             return _error(400, f"MJ18 A ContactMetaData resource with value \"{body['Name']}\" for Name "
                                "already exists.")
         return _ok([self._define(str(body["Name"]), body["Datatype"])], status=201)
+
+    def _callbacks(self, request: Request, body: Any, callback_id: int | None) -> Response:
+        """``/eventcallbackurl``: one callback per (EventType, IsBackup); GET pages of 10 by default."""
+        if request.method == "GET" and callback_id is None:
+            limit = min(int(request.args.get("Limit", 10)), 1000)
+            everything = list(self.callbacks.values())
+            return _ok(everything[:limit], total=len(everything))
+        if not isinstance(body, dict):
+            return _error(400, "Invalid json input")
+        if request.method == "POST":
+            if body.get("EventType") not in {"sent", "open", "click", "bounce", "blocked", "spam", "unsub"}:
+                return _error(400, f"Invalid EventType \"{body.get('EventType')}\"")
+            backup = bool(body.get("IsBackup"))
+            if any(c["EventType"] == body["EventType"] and c["IsBackup"] == backup
+                   for c in self.callbacks.values()):
+                return _error(400, f"MJ18 A EventCallbackUrl resource with value \"{body['EventType']}|"
+                                   f"{int(backup)}\" for EventType|Backup already exists.")
+            entry = {"ID": len(self.callbacks) + 1, "APIKeyID": 1, "EventType": body["EventType"],
+                     "Url": body.get("Url", ""), "IsBackup": backup,
+                     "Status": body.get("Status", "alive"), "Version": int(body.get("Version", 1))}
+            self.callbacks[entry["ID"]] = entry
+            return _ok([entry], status=201)
+        if request.method == "PUT" and callback_id in self.callbacks:
+            entry = self.callbacks[callback_id]
+            entry.update({k: body[k] for k in ("Url", "Version", "Status") if k in body})
+            return _ok([entry])
+        return _error(404, "Object not found")
 
     def _manage_many(self, list_id: int, body: Any) -> Response:
         if not isinstance(body, dict) or body.get("Action") not in ACTIONS:

@@ -1,0 +1,64 @@
+"""Structured logs: one JSON object a line, with secrets scrubbed from every line as a last guard."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+
+#: Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        line.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+class RedactSecrets(logging.Filter):
+    """Replace any known secret (write key, API secret, passwords) by ``[redacted]``."""
+
+    def __init__(self, secrets: Callable[[], Iterable[str | None]]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        values = [s for s in self.secrets() if s and len(s) >= 4]
+        for secret in values:
+            text = text.replace(secret, "[redacted]")
+        record.msg, record.args = text, ()
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD and isinstance(value, str):
+                for secret in values:
+                    value = value.replace(secret, "[redacted]")
+                setattr(record, key, value)
+        return True
+
+
+def configure(level: int = logging.INFO) -> logging.Handler:
+    """JSON lines on stderr for the whole process (the CLI calls this once)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    return handler
+
+
+def guard_secrets(secrets: Callable[[], Iterable[str | None]]) -> None:
+    """Add the redaction filter to every handler of the root logger (once per process)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactSecrets) for f in handler.filters):
+            handler.addFilter(RedactSecrets(secrets))

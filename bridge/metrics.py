@@ -1,0 +1,118 @@
+"""Prometheus metrics: event counters by type, delivery latency, and queue gauges read from the store.
+
+Under gunicorn with several workers each process counts in its own files in
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode) and a scrape adds them up. Queue
+gauges are read from the shared store at scrape time, so they are right whichever worker answers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter as Tally
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from .storage.base import Store
+
+#: Latency buckets (seconds) for one HTTP call to Segment or Mailjet.
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        # Imported here, not at module level: prometheus-client picks multiprocess mode from
+        # PROMETHEUS_MULTIPROC_DIR when first imported, and `serve` sets it only at start-up.
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry()
+        self.multiprocess = bool(os.environ.get(MULTIPROCESS_ENV))
+
+        def counter(name: str, text: str, labels: list[str]) -> Any:
+            return Counter(name, text, labels, registry=self.registry)
+
+        self.received = counter("bridge_events_received", "Events received on a webhook",
+                                ["source", "type"])
+        self.accepted = counter("bridge_events_accepted", "Events queued (new)", ["source", "type"])
+        self.duplicate = counter("bridge_events_duplicate", "Events already queued before",
+                                 ["source", "type"])
+        self.quarantined = counter("bridge_events_quarantined", "Events that failed validation",
+                                   ["source"])
+        self.delivered = counter("bridge_events_delivered", "Events delivered upstream",
+                                 ["upstream", "type"])
+        self.retried = counter("bridge_events_retried", "Event deliveries to be tried again",
+                               ["upstream", "type"])
+        self.dead = counter("bridge_events_dead", "Events moved to dead letters", ["upstream", "type"])
+        self.latency = Histogram("bridge_delivery_latency_seconds",
+                                 "Time of one delivery request to the upstream", ["upstream"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+
+    @staticmethod
+    def _count(metric: Any, labels: tuple[str, ...], types: Iterable[str]) -> None:
+        for kind, n in Tally(types).items():
+            metric.labels(*labels, kind or "unknown").inc(n)
+
+    def intake(self, source: str, received: Iterable[str], accepted: dict[str, int],
+               quarantined: int) -> None:
+        """Count one webhook body: types received, new items per type, quarantined events."""
+        received = list(received)
+        self._count(self.received, (source,), received)
+        totals = Tally(received)
+        for kind, total in totals.items():
+            new = accepted.get(kind, 0)
+            if new:
+                self.accepted.labels(source, kind).inc(new)
+            if total - new > 0 and kind != "invalid":
+                self.duplicate.labels(source, kind).inc(total - new)
+        if quarantined:
+            self.quarantined.labels(source).inc(quarantined)
+
+    def outcome(self, upstream: str, result: str, types: Iterable[str]) -> None:
+        """``result`` is delivered, retried or dead."""
+        self._count({"delivered": self.delivered, "retried": self.retried, "dead": self.dead}[result],
+                    (upstream,), types)
+
+    def observe_latency(self, upstream: str, milliseconds: float) -> None:
+        self.latency.labels(upstream).observe(milliseconds / 1000)
+
+    def render(self, store: Store) -> bytes:
+        """The text exposition: counters (all processes in multiprocess mode) and queue gauges."""
+        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        else:
+            registry = self.registry
+        gauges = CollectorRegistry()
+        gauges.register(_QueueCollector(store))
+        return generate_latest(registry) + generate_latest(gauges)
+
+
+class _QueueCollector:
+    """Queue depth and oldest pending age, read from the store at scrape time."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        stats = self.store.stats(time.time())
+        depth = GaugeMetricFamily("bridge_queue_depth", "Items waiting, by state", labels=["state"])
+        for state in ("pending", "leased", "dead"):
+            depth.add_metric([state], stats[state])
+        depth.add_metric(["quarantined"], stats["quarantined"])
+        yield depth
+        age = stats["oldest_pending_age_seconds"]
+        yield GaugeMetricFamily("bridge_oldest_pending_age_seconds",
+                                "Age of the oldest item not yet delivered", value=age or 0.0)
+
+
+def mark_process_dead(pid: int) -> None:
+    """Tell multiprocess mode a worker is gone (gunicorn's child_exit hook)."""
+    if os.environ.get(MULTIPROCESS_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)

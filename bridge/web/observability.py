@@ -1,0 +1,47 @@
+"""``GET /metrics`` (Prometheus text) and one JSON log line per request."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Blueprint, Flask, Response, g, request
+
+from ..errors import StorageUnavailable
+from . import services
+from .errors import json_error
+
+bp = Blueprint("observability", __name__)
+access = logging.getLogger("bridge.access")
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@bp.get("/metrics")
+def metrics() -> Response | tuple[Response, int]:
+    svc = services()
+    try:
+        body = svc.metrics.render(svc.store)
+    except StorageUnavailable as exc:
+        return json_error(503, "storage_unavailable", str(exc))
+    return Response(body, mimetype=None, content_type=PROMETHEUS_TEXT)
+
+
+def register(app: Flask) -> None:
+    app.register_blueprint(bp)
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _log_request(response: Response) -> Response:
+        """Method, path, status, size and time only: never headers, query strings or bodies."""
+        started = g.get("started")
+        access.info("request", extra={
+            "method": request.method, "path": request.path, "status": response.status_code,
+            "bytes_in": request.content_length or 0,
+            "ms": round((time.perf_counter() - started) * 1000, 2) if started else None,
+            "client": request.remote_addr,
+        })
+        return response
