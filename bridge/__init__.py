@@ -17,7 +17,7 @@ from flask import Flask
 from . import logs
 from .config import Settings, load_settings
 from .contact_sync import ContactSync
-from .credentials import callback_url, webhook_credentials
+from .credentials import admin_login, callback_url, session_secret, webhook_credentials
 from .forwarder import Forwarder, ForwarderPolicy
 from .mailjet_client import MailjetClient
 from .metrics import Metrics
@@ -59,9 +59,14 @@ def create_app(
             f"(shown once; `mailjet-bridge callback-url` prints it again): "
             f"{callback_url(settings.public_url, credentials)}"
         )
+    login = admin_login(settings, store, time.time())
+    if login.generated:
+        announce(f"Admin password generated (shown once): {login.generated} "
+                 f"- log in at {settings.public_url}/admin")
     if not settings.segment_shared_secret:
         log.warning("SEGMENT_SHARED_SECRET is not set: /webhooks/segment accepts unsigned requests")
-    services = Services(settings, store, mailjet_validator, segment_validator, credentials, Metrics())
+    services = Services(settings, store, mailjet_validator, segment_validator, credentials, Metrics(),
+                        login)
     logs.guard_secrets(services.secret_values)
 
     def make_forwarder() -> Forwarder:
@@ -85,7 +90,14 @@ def create_app(
 
     services.loop_factories = [make_forwarder, make_contact_sync]
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        SECRET_KEY=session_secret(store, time.time()),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=settings.public_url.startswith("https://"),
+        PERMANENT_SESSION_LIFETIME=12 * 3600,
+    )
     app.extensions["bridge"] = services
 
     from . import web

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .config import SEGMENT_REGIONS, STORED_SETTINGS, Settings
-from .credentials import WebhookCredentials
+from .credentials import AdminLogin, WebhookCredentials
 from .mailjet_events import EVENT_NAME_PRESETS
 from .metrics import Metrics
 from .storage.base import Store
@@ -31,6 +31,7 @@ class Services:
     segment_validator: EventValidator
     credentials: WebhookCredentials
     metrics: Metrics
+    admin: AdminLogin
     #: Builders of the delivery loops, each with its own HTTP session, for one thread each.
     loop_factories: list[Callable[[], Loop]] = field(default_factory=list, repr=False)
 

@@ -17,6 +17,7 @@ from bridge.storage import open_store
 from bridge.storage.base import Store
 from tests.fakes.mailjet import FakeMailjet
 from tests.fakes.segment import FakeSegment
+from tests.processes import make_run, start_make_run  # noqa: F401  (fixtures)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 T0 = 1_800_000_000.0

@@ -12,10 +12,11 @@ def services() -> Services:
 
 
 def register(app: Flask) -> None:
-    from . import errors, health, mailjet_webhook, observability, segment_webhook
+    from . import admin, errors, health, mailjet_webhook, observability, segment_webhook
 
     errors.register(app)
     observability.register(app)
     app.register_blueprint(mailjet_webhook.bp)
     app.register_blueprint(segment_webhook.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(admin.bp)

@@ -1,0 +1,269 @@
+"""``/admin``: log in, settings, a live debugger, dead letters, quarantine and an overview.
+
+Server-rendered; one small static script refreshes the debugger and copies the callback URL. Every
+form carries a CSRF token, the session cookie is HttpOnly and SameSite=Strict, failed logins are
+limited per client, and no page ever shows a secret (they are masked, or fetched on an explicit copy).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from markupsafe import Markup
+
+from .. import operations
+from ..config import MAILJET_ACTIONS, SEGMENT_REGIONS, STORED_SETTINGS, check_stored_setting, mask
+from ..errors import ConfigError
+from ..mailjet_events import EVENT_NAME_PRESETS, EVENT_TYPES
+from ..storage.base import DEAD, DELIVERED, LEASED, PENDING
+from . import services
+from .chart import events_per_minute
+
+bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates",
+               static_folder="static", static_url_path="/static")
+
+#: Failed logins allowed per client in the window before it must wait.
+LOGIN_ATTEMPTS, LOGIN_WINDOW = 5, 15 * 60
+CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+       "script-src 'self'; frame-ancestors 'none'; form-action 'self'")
+
+
+def _csrf_token() -> str:
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return session["csrf"]
+
+
+@bp.app_context_processor
+def _template_helpers() -> dict[str, Any]:
+    return {"csrf_token": _csrf_token}
+
+
+@bp.before_request
+def _check_csrf() -> None:
+    if request.method == "POST":
+        sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token") or ""
+        expected = session.get("csrf") or ""
+        if not expected or not hmac.compare_digest(sent, expected):
+            abort(400, description="the form is out of date (CSRF check failed); reload and try again")
+
+
+@bp.after_request
+def _security_headers(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if not session.get("admin"):
+            return redirect(url_for("admin.login", next=request.path))
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    if request.method == "GET":
+        return render_template("admin/login.html")
+    svc = services()
+    client = request.remote_addr or "unknown"
+    now = time.time()
+    if svc.store.login_failures(client, now - LOGIN_WINDOW, now) >= LOGIN_ATTEMPTS:
+        return render_template("admin/login.html",
+                               error="Too many failed attempts. Wait 15 minutes and try again."), 429
+    if not svc.admin.matches(request.form.get("password", "")):
+        svc.store.login_failures(client, now - LOGIN_WINDOW, now, record=True)
+        return render_template("admin/login.html", error="Wrong password."), 401
+    svc.store.clear_login_failures(client)
+    session.clear()
+    session.permanent = True
+    session["admin"] = True
+    target = request.args.get("next", "")
+    return redirect(target if target.startswith("/admin") else url_for("admin.overview"))
+
+
+@bp.post("/logout")
+def logout() -> Any:
+    session.clear()
+    return redirect(url_for("admin.login"))
+
+
+@bp.get("/")
+@login_required
+def overview() -> Any:
+    data = operations.overview(services())
+    chart = Markup(events_per_minute(data["timeline"], data["now"], data["window"]))
+    return render_template("admin/overview.html", data=data, chart=chart)
+
+
+# -- settings -------------------------------------------------------------------------------------
+
+#: What the settings form shows and how: (key, label, kind, choices).
+FIELDS = [
+    ("segment.write_key", "Segment write key", "secret", None),
+    ("segment.region", "Segment region", "choice", list(SEGMENT_REGIONS)),
+    ("mailjet.api_key", "Mailjet API key", "secret", None),
+    ("mailjet.api_secret", "Mailjet API secret", "secret", None),
+    ("mailjet.list_id", "Mailjet contact list id", "text", None),
+    ("mailjet.action", "List action for identifies", "choice", list(MAILJET_ACTIONS)),
+    ("events.names", "Event naming preset", "choice", list(EVENT_NAME_PRESETS)),
+]
+
+
+@bp.get("/settings")
+@login_required
+def settings_page() -> Any:
+    svc = services()
+    effective = svc.effective()
+    rows = []
+    for key, label, kind, choices in FIELDS:
+        value, origin = effective[key]
+        shown = mask(value) if STORED_SETTINGS[key].secret else (value or "")
+        rows.append({"key": key, "label": label, "kind": kind, "choices": choices, "value": shown,
+                     "origin": origin})
+    masked_url = operations.own_callback_url(svc).replace(svc.credentials.password, "••••••••")
+    return render_template("admin/settings.html", rows=rows, callback_url=masked_url)
+
+
+@bp.post("/settings")
+@login_required
+def save_settings() -> Any:
+    svc = services()
+    changed, problems = [], []
+    for key, _label, kind, _choices in FIELDS:
+        value = request.form.get(key, "").strip()
+        if not value or (kind != "secret" and value == (svc.effective()[key][0] or "")):
+            continue  # a blank secret field keeps the current one
+        try:
+            svc.store.put_setting(key, check_stored_setting(key, value), time.time())
+            changed.append(key)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    for problem in problems:
+        flash(problem, "error")
+    if changed:
+        flash("Saved: " + ", ".join(changed) + ". Used from the next delivery on.", "ok")
+    return redirect(url_for("admin.settings_page"))
+
+
+@bp.post("/settings/test/<service>")
+@login_required
+def test_connection(service: str) -> Any:
+    checks = {"segment": operations.check_segment, "mailjet": operations.check_mailjet}
+    if service not in checks:
+        abort(404)
+    ok, sentence = checks[service](services())
+    flash(sentence, "ok" if ok else "error")
+    return redirect(url_for("admin.settings_page"))
+
+
+@bp.post("/settings/callback-url")
+@login_required
+def reveal_callback_url() -> Any:
+    """The full callback URL for the copy button: fetched on demand, never part of a page."""
+    return jsonify(url=operations.own_callback_url(services()))
+
+
+# -- debugger -------------------------------------------------------------------------------------
+
+STATES = (PENDING, LEASED, DELIVERED, DEAD)
+
+
+def _pretty(text: str | None) -> str:
+    if not text:
+        return ""
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text
+
+
+@bp.get("/debugger")
+@login_required
+def debugger() -> Any:
+    event_type = request.args.get("type") or None
+    state = request.args.get("state") or None
+    rows = services().store.recent(100, event_type=event_type, state=state)
+    for row in rows:
+        row["payload_pretty"] = _pretty(row["payload"])
+        row["sent_pretty"] = _pretty(row["sent"])
+        row["response_pretty"] = _pretty(row["last_response"])
+        row["when"] = time.strftime("%H:%M:%S", time.gmtime(row["created_at"]))
+    template = "admin/_debugger_rows.html" if request.args.get("partial") else "admin/debugger.html"
+    return render_template(template, rows=rows, types=[*EVENT_TYPES, "identify", "property"],
+                           states=STATES, chosen_type=event_type or "", chosen_state=state or "")
+
+
+# -- dead letters and quarantine ------------------------------------------------------------------
+
+
+@bp.get("/dead-letters")
+@login_required
+def dead_letters() -> Any:
+    rows = [{**operations.describe(row), "row": row} for row in services().store.dead_letters(200)]
+    return render_template("admin/dead_letters.html", rows=rows)
+
+
+@bp.post("/dead-letters/replay")
+@login_required
+def replay_dead_letters() -> Any:
+    svc = services()
+    if request.form.get("all"):
+        ids = list(operations.all_dead_ids(svc))
+    else:
+        ids = [int(i) for i in request.form.getlist("id") if i.isdigit()]
+    report = operations.replay_dead_letters(svc, ids)
+    flash(f"{len(report.requeued)} dead letter(s) queued again.", "ok")
+    for item_id, why in report.skipped[:10]:
+        flash(f"{item_id}: {why}", "error")
+    return redirect(url_for("admin.dead_letters"))
+
+
+@bp.get("/quarantine")
+@login_required
+def quarantine() -> Any:
+    entries = services().store.quarantine_entries(200)
+    for entry in entries:
+        entry["errors_list"] = json.loads(entry["errors"])
+        entry["body_pretty"] = _pretty(entry["body"])
+    return render_template("admin/quarantine.html", entries=entries)
+
+
+@bp.post("/quarantine/replay")
+@login_required
+def replay_quarantine() -> Any:
+    svc = services()
+    if request.form.get("all"):
+        ids = [entry["id"] for entry in svc.store.quarantine_entries(10_000)]
+    else:
+        ids = [int(i) for i in request.form.getlist("id") if i.isdigit()]
+    report = operations.replay_quarantine(svc, ids)
+    flash(f"{len(report.requeued)} event(s) valid now and queued.", "ok")
+    for entry_id, why in report.skipped[:10]:
+        flash(f"{entry_id}: {why}", "error")
+    return redirect(url_for("admin.quarantine"))

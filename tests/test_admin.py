@@ -1,0 +1,109 @@
+"""The admin pages' security and behaviour through Flask's test client (the browser test is separate)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from bridge import create_app
+from bridge.config import load_settings
+
+PASSWORD = "admin-pass-123456"
+SECRETS = ("good-key-0000001", "mj-secret-000001", "s3cret-pass", PASSWORD)
+
+
+@pytest.fixture
+def admin_app(env: dict[str, str]) -> Any:
+    settings = load_settings({**env, "BRIDGE_ADMIN_PASSWORD": PASSWORD,
+                              "SEGMENT_WRITE_KEY": "good-key-0000001", "MAILJET_API_KEY": "mj-key-000001",
+                              "MAILJET_API_SECRET": "mj-secret-000001"})
+    app = create_app(settings, announce=lambda _: None)
+    yield app
+    app.extensions["bridge"].store.close()
+
+
+def csrf(client: Any, path: str = "/admin/login") -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', client.get(path).text).group(1)
+
+
+def logged_in(app: Any) -> Any:
+    client = app.test_client()
+    response = client.post("/admin/login", data={"password": PASSWORD, "csrf_token": csrf(client)})
+    assert response.status_code == 302
+    return client
+
+
+def test_pages_need_a_login(admin_app: Any) -> None:
+    client = admin_app.test_client()
+    for page in ("/admin/", "/admin/settings", "/admin/debugger", "/admin/dead-letters",
+                 "/admin/quarantine"):
+        response = client.get(page)
+        assert response.status_code == 302 and response.headers["Location"].startswith("/admin/login")
+
+
+def test_login_sets_a_strict_http_only_cookie(admin_app: Any) -> None:
+    client = admin_app.test_client()
+    response = client.post("/admin/login", data={"password": PASSWORD, "csrf_token": csrf(client)})
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert client.get("/admin/").status_code == 200
+
+
+def test_forms_without_the_csrf_token_are_refused(admin_app: Any) -> None:
+    client = admin_app.test_client()
+    assert client.post("/admin/login", data={"password": PASSWORD}).status_code == 400
+    client = logged_in(admin_app)
+    response = client.post("/admin/settings", data={"segment.region": "eu"})
+    assert response.status_code == 400 and "CSRF" in response.json["message"]
+    assert admin_app.extensions["bridge"].store.get_setting("segment.region") is None
+
+
+def test_failed_logins_are_limited_per_client(admin_app: Any) -> None:
+    client = admin_app.test_client()
+    token = csrf(client)
+    for _ in range(5):
+        assert client.post("/admin/login", data={"password": "guess", "csrf_token": token}).status_code == 401
+    blocked = client.post("/admin/login", data={"password": PASSWORD, "csrf_token": token})
+    assert blocked.status_code == 429 and "Too many failed attempts" in blocked.text
+
+
+def test_no_page_shows_a_secret(admin_app: Any) -> None:
+    client = logged_in(admin_app)
+    admin_app.test_client().post("/webhooks/mailjet", json={"event": "sent", "time": 1},
+                                 auth=("mailjet", "s3cret-pass"))
+    for page in ("/admin/", "/admin/settings", "/admin/debugger", "/admin/debugger?partial=1",
+                 "/admin/dead-letters", "/admin/quarantine", "/metrics", "/healthz"):
+        text = client.get(page).text
+        for secret in SECRETS:
+            assert secret not in text, (page, secret)
+    settings = client.get("/admin/settings").text
+    assert "••••0001" in settings and "mailjet:••••••••@" in settings
+
+
+def test_copy_button_reveals_the_callback_url_only_on_request(admin_app: Any) -> None:
+    client = logged_in(admin_app)
+    token = csrf(client, "/admin/settings")
+    response = client.post("/admin/settings/callback-url", headers={"X-CSRF-Token": token})
+    assert response.json["url"] == "http://mailjet:s3cret-pass@127.0.0.1:8000/webhooks/mailjet"
+
+
+def test_settings_are_validated_and_stored(admin_app: Any) -> None:
+    client = logged_in(admin_app)
+    token = csrf(client, "/admin/settings")
+    response = client.post("/admin/settings", data={
+        "csrf_token": token, "mailjet.list_id": "abc", "segment.region": "eu", "segment.write_key": "",
+    }, follow_redirects=True)
+    assert "mailjet.list_id=&#39;abc&#39; is not valid" in response.text
+    assert "Saved: segment.region" in response.text
+    store = admin_app.extensions["bridge"].store
+    assert store.get_setting("segment.region") == "eu"
+    assert store.get_setting("segment.write_key") is None  # blank keeps the current key
+    assert admin_app.extensions["bridge"].segment_api_url() == "https://events.eu1.segmentapis.com"
+
+
+def test_security_headers(admin_app: Any) -> None:
+    response = logged_in(admin_app).get("/admin/")
+    assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Frame-Options"] == "DENY"
