@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def _announce(line: str) -> None:
-    print(line, file=sys.stdout, flush=True)
+    print(line, file=sys.stderr, flush=True)
 
 
 def create_app(
