@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def _announce(line: str) -> None:
+    """Shown once to whoever starts the bridge; on stderr, so CLI output stays clean for pipes."""
     print(line, file=sys.stderr, flush=True)
 
 
