@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +19,7 @@ from typing import Any
 
 from .mailjet_client import JOB_DONE, JOB_FAILED, Auth, MailjetClient, MailjetError
 from .metrics import Metrics
-from .pacing import Pacer, PacingPolicy, run_until_stopped
+from .pacing import DeliveryLoop, PacingPolicy
 from .retry import Verdict, classify
 from .segment_intake import identify_email
 from .storage.base import MAILJET_CONTACT, MAILJET_PROPERTY, ClaimedItem, DeadLetter, Outcome, Store
@@ -68,7 +66,12 @@ class _Stop(Exception):
     """The cycle ends early; its items were released."""
 
 
-class ContactSync:
+class ContactSync(DeliveryLoop):
+    """Segment identifies to Mailjet contacts, in jobs."""
+
+    upstream = UPSTREAM
+    owner_prefix = "mj"
+
     def __init__(
         self,
         store: Store,
@@ -83,16 +86,13 @@ class ContactSync:
         owner: str | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        self.store = store
-        self.metrics = metrics
+        self.policy = policy or ContactSyncPolicy()
+        super().__init__(store, pacing=self.policy.pacing, idle_seconds=self.policy.idle_seconds,
+                         clock=clock, rng=rng, owner=owner, metrics=metrics)
         self.client = client
         self.credentials = credentials
         self.target = target
-        self.policy = policy or ContactSyncPolicy()
-        self.clock = clock
         self.sleep = sleep
-        self.owner = owner or f"mj-{uuid.uuid4().hex[:12]}"
-        self.pacer = Pacer(store, UPSTREAM, self.policy.pacing, clock, rng or random.Random())
         self._definitions: dict[str, str] | None = None
         #: Jobs started, for operators and the burst benchmark.
         self.jobs_started = 0
@@ -155,7 +155,6 @@ class ContactSync:
                 raise _Stop from exc
             self.jobs_started += 1
             settled += self._finish_job(list_id, job_id, group, plan, auth, list(work))
-        self.pacer.succeeded(f"last job made of {len(contacts)} contacts")
         return settled
 
     def _contacts(self, items: list[ClaimedItem]) -> tuple[list[_Contact], list[Outcome]]:
@@ -255,6 +254,7 @@ class ContactSync:
                 continue
             sent = json.dumps(contact.entry(plan.send[contact.update.email]), ensure_ascii=False)
             delivered.extend(Outcome(i.id, sent=sent, status=201, response=answer) for i in contact.items)
+        self.pacer.succeeded(f"job {job_id} of {len(group)} contacts ended: {status.get('Status')}")
         if delivered:
             self.store.mark_delivered(delivered, now)
         self._report("delivered", len(delivered), job_id=job_id, job_status=status.get("Status"),
@@ -352,10 +352,6 @@ class ContactSync:
         delay = self.pacer.failed(f"Mailjet unavailable: {what}"[:300], exc.retry_after)
         self.store.release(ids, self.owner, now + delay, f"Mailjet unavailable: {what}"[:500],
                            status=exc.status)
-
-    def run_forever(self, stop: threading.Event) -> None:
-        """Sync until ``stop`` is set."""
-        run_until_stopped(f"contact sync {self.owner}", self.run_once, stop, self.policy.idle_seconds)
 
 
 def _email_in(entry: Any, emails: set[str]) -> str | None:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +18,7 @@ from typing import Any
 from .batching import MAX_EVENT_BYTES, halves, pack
 from .mapping import normalize_email, track_call
 from .metrics import Metrics
-from .pacing import Pacer, PacingPolicy, run_until_stopped, status_key
+from .pacing import DeliveryLoop, PacingPolicy, status_key
 from .retry import Verdict, classify
 from .segment_client import SegmentClient, SendResult
 from .storage.base import SEGMENT_TRACK, ClaimedItem, Outcome, Store
@@ -50,8 +48,11 @@ def _encode(call: Mapping[str, Any]) -> str:
     return json.dumps(call, ensure_ascii=False, separators=(",", ":"))
 
 
-class Forwarder:
-    """One delivery loop. Several may run against one store: leases keep their work apart."""
+class Forwarder(DeliveryLoop):
+    """Mailjet events to Segment. Several may run against one store: leases keep their work apart."""
+
+    upstream = UPSTREAM
+    owner_prefix = "fwd"
 
     def __init__(
         self,
@@ -66,15 +67,12 @@ class Forwarder:
         owner: str | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        self.store = store
-        self.metrics = metrics
+        self.policy = policy or ForwarderPolicy()
+        super().__init__(store, pacing=self.policy.pacing, idle_seconds=self.policy.idle_seconds,
+                         clock=clock, rng=rng, owner=owner, metrics=metrics)
         self.client = client
         self.write_key = write_key
         self.event_names = event_names
-        self.policy = policy or ForwarderPolicy()
-        self.clock = clock
-        self.owner = owner or f"fwd-{uuid.uuid4().hex[:12]}"
-        self.pacer = Pacer(store, UPSTREAM, self.policy.pacing, clock, rng or random.Random())
 
     # -- one cycle ----------------------------------------------------------------------------------
 
@@ -139,8 +137,9 @@ class Forwarder:
             if self.metrics:
                 self.metrics.observe_latency(UPSTREAM, result.latency_ms)
             if verdict is Verdict.DELIVERED:
-                self.store.mark_delivered([self._outcome(p, result) for p in batch], now)
+                # state first: whoever sees the rows delivered also sees the state "ok"
                 self.pacer.succeeded(f"last batch of {len(batch)} delivered")
+                self.store.mark_delivered([self._outcome(p, result) for p in batch], now)
                 self._report("delivered", [p.item.event_type for p in batch], result)
                 settled += len(batch)
             elif verdict is Verdict.REJECTED and len(batch) > 1:
@@ -200,7 +199,3 @@ class Forwarder:
             p.item.id, sent=p.call, status=result.status, response=result.body,
             latency_ms=result.latency_ms, error=error,
         )
-
-    def run_forever(self, stop: threading.Event) -> None:
-        """Deliver until ``stop`` is set."""
-        run_until_stopped(f"forwarder {self.owner}", self.run_once, stop, self.policy.idle_seconds)

@@ -11,8 +11,10 @@ import json
 import logging
 import random
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import StorageUnavailable
 from .retry import backoff_delay
@@ -107,3 +109,28 @@ def run_until_stopped(
         if settled == 0:
             stop.wait(idle_seconds)
     log.info("%s stopped", name)
+
+
+class DeliveryLoop:
+    """What both delivery loops share: the store, a lease owner id, pacing, metrics, and the loop."""
+
+    upstream = ""
+    owner_prefix = "loop"
+
+    def __init__(
+        self, store: Store, *, pacing: PacingPolicy, idle_seconds: float, clock: Callable[[], float],
+        rng: random.Random | None, owner: str | None, metrics: Any,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics
+        self.owner = owner or f"{self.owner_prefix}-{uuid.uuid4().hex[:12]}"
+        self.pacer = Pacer(store, self.upstream, pacing, clock, rng or random.Random())
+        self.idle_seconds = idle_seconds
+
+    def run_once(self) -> int:
+        """One round; returns how many items were settled (0 makes the loop rest)."""
+        raise NotImplementedError
+
+    def run_forever(self, stop: threading.Event) -> None:
+        run_until_stopped(f"{self.upstream} loop {self.owner}", self.run_once, stop, self.idle_seconds)
