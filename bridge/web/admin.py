@@ -229,19 +229,26 @@ def dead_letters() -> Any:
     return render_template("admin/dead_letters.html", rows=rows)
 
 
+def _replay(replay: Callable[..., operations.ReplayReport], everything: Callable[[Any], Any],
+            done: str, page: str) -> Any:
+    """Replay the ids of the form (one button per row), or every entry ("Replay all")."""
+    svc = services()
+    if request.form.get("all"):
+        ids = list(everything(svc))
+    else:
+        ids = [int(i) for i in request.form.getlist("id") if i.isdigit()]
+    report = replay(svc, ids)
+    flash(done.format(len(report.requeued)), "ok")
+    for entry_id, why in report.skipped[:10]:
+        flash(f"{entry_id}: {why}", "error")
+    return redirect(url_for(page))
+
+
 @bp.post("/dead-letters/replay")
 @login_required
 def replay_dead_letters() -> Any:
-    svc = services()
-    if request.form.get("all"):
-        ids = list(operations.all_dead_ids(svc))
-    else:
-        ids = [int(i) for i in request.form.getlist("id") if i.isdigit()]
-    report = operations.replay_dead_letters(svc, ids)
-    flash(f"{len(report.requeued)} dead letter(s) queued again.", "ok")
-    for item_id, why in report.skipped[:10]:
-        flash(f"{item_id}: {why}", "error")
-    return redirect(url_for("admin.dead_letters"))
+    return _replay(operations.replay_dead_letters, operations.all_dead_ids,
+                   "{} dead letter(s) queued again.", "admin.dead_letters")
 
 
 @bp.get("/quarantine")
@@ -257,13 +264,6 @@ def quarantine() -> Any:
 @bp.post("/quarantine/replay")
 @login_required
 def replay_quarantine() -> Any:
-    svc = services()
-    if request.form.get("all"):
-        ids = [entry["id"] for entry in svc.store.quarantine_entries(10_000)]
-    else:
-        ids = [int(i) for i in request.form.getlist("id") if i.isdigit()]
-    report = operations.replay_quarantine(svc, ids)
-    flash(f"{len(report.requeued)} event(s) valid now and queued.", "ok")
-    for entry_id, why in report.skipped[:10]:
-        flash(f"{entry_id}: {why}", "error")
-    return redirect(url_for("admin.quarantine"))
+    return _replay(operations.replay_quarantine,
+                   lambda svc: [entry["id"] for entry in svc.store.quarantine_entries(10_000)],
+                   "{} event(s) valid now and queued.", "admin.quarantine")
