@@ -1,0 +1,74 @@
+"""Metrics, JSON logs and the health states an operator watches."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge import create_app
+from bridge.config import load_settings
+from bridge.logs import JsonFormatter, RedactSecrets
+from tests.fakes.segment import FakeSegment
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_count_events_by_type_and_stage(app: Any, client: Any, auth: dict[str, str],
+                                                mailjet_events: dict[str, Any]) -> None:
+    body = [mailjet_events["open"], mailjet_events["open"], mailjet_events["click"],
+            {"event": "x", "time": 1}]
+    client.post("/webhooks/mailjet", json=body, headers=auth)
+    services = app.extensions["bridge"]
+    for loop in services.make_loops()[:1]:
+        loop.run_once()
+    found = samples(client.get("/metrics").text)
+    assert found[("bridge_events_received_total", (("source", "mailjet"), ("type", "open")))] == 2
+    assert found[("bridge_events_accepted_total", (("source", "mailjet"), ("type", "open")))] == 1
+    assert found[("bridge_events_duplicate_total", (("source", "mailjet"), ("type", "open")))] == 1
+    assert found[("bridge_events_quarantined_total", (("source", "mailjet"),))] == 1
+    assert found[("bridge_events_delivered_total", (("type", "click"), ("upstream", "segment")))] == 1
+    assert found[("bridge_delivery_latency_seconds_count", (("upstream", "segment"),))] == 1
+    assert found[("bridge_queue_depth", (("state", "quarantined"),))] == 1
+    assert ("bridge_oldest_pending_age_seconds", ()) in found
+
+
+def test_healthz_is_503_when_segment_refuses_the_key_but_accept_scope_stays_200(
+        env: dict[str, str], fake_segment: FakeSegment, auth: dict[str, str],
+        mailjet_events: dict[str, Any]) -> None:
+    app = create_app(load_settings({**env, "SEGMENT_WRITE_KEY": "refused-key-123"}), announce=lambda _: None)
+    client = app.test_client()
+    client.post("/webhooks/mailjet", json=mailjet_events["sent"], headers=auth)
+    app.extensions["bridge"].make_loops()[0].run_once()
+    health = client.get("/healthz")
+    assert health.status_code == 503
+    assert health.json["reason"] == "Segment refused the write key"
+    assert health.json["segment"]["state"] == "auth_failed"
+    assert client.get("/healthz?scope=accept").status_code == 200
+    assert client.post("/webhooks/mailjet", json=mailjet_events["open"], headers=auth).status_code == 200
+    app.extensions["bridge"].store.close()
+
+
+def test_json_lines_carry_extra_fields_and_never_a_secret() -> None:
+    record = logging.LogRecord("bridge.access", logging.INFO, __file__, 1, "key is %s", ("wk-abcdef",), None)
+    record.path = "/webhooks/mailjet"
+    record.note = "also wk-abcdef here"
+    RedactSecrets(lambda: ["wk-abcdef", None, ""]).filter(record)
+    line = json.loads(JsonFormatter().format(record))
+    assert line["msg"] == "key is [redacted]" and line["note"] == "also [redacted] here"
+    assert line["path"] == "/webhooks/mailjet" and line["level"] == "info"
+    assert line["logger"] == "bridge.access" and line["ts"].endswith("+00:00")
+
+
+def test_one_access_line_per_request_without_credentials(client: Any, auth: dict[str, str],
+                                                        caplog: Any) -> None:
+    with caplog.at_level(logging.INFO, logger="bridge.access"):
+        client.post("/webhooks/mailjet?token=abc", json=[], headers=auth)
+    (record,) = [r for r in caplog.records if r.name == "bridge.access"]
+    assert (record.method, record.path, record.status) == ("POST", "/webhooks/mailjet", 200)
+    assert "s3cret-pass" not in caplog.text and "token=abc" not in caplog.text
