@@ -220,6 +220,18 @@ class Store(ABC):
         """Forget a client's failures after a successful login."""
 
     @abstractmethod
+    def release_owner(self, owner: str, now: float) -> int:
+        """Give back every lease an owner holds, due now (a clean shutdown). Returns how many."""
+
+    @abstractmethod
+    def prune_delivered(self, before: float, batch: int = 1000) -> int:
+        """Delete delivered rows finished before ``before``, in small transactions; how many."""
+
+    @abstractmethod
+    def schema_version(self) -> int:
+        """The highest migration applied."""
+
+    @abstractmethod
     def ping(self) -> None:
         """Raise StorageUnavailable unless the store answers."""
 

@@ -1,0 +1,344 @@
+"""The storage contract in SQL, written once for SQLite and PostgreSQL.
+
+Subclasses supply connections and transactions (``_write``, ``_read``), the claim query (the one
+place the dialects really differ: ``BEGIN IMMEDIATE`` vs ``FOR UPDATE SKIP LOCKED``) and the
+migration lock. Queries use ``?`` placeholders; the PostgreSQL store rewrites them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from importlib import resources
+from typing import Any, Protocol
+
+from .base import (
+    DEAD,
+    DELIVERED,
+    LEASED,
+    MAILJET_PROPERTY,
+    PENDING,
+    AcceptResult,
+    DeadLetter,
+    DueSummary,
+    NewItem,
+    Outcome,
+    QuarantineEntry,
+    Store,
+)
+
+ITEM_COLUMNS = (
+    "id, kind, event_type, state, payload, sent, attempts, last_error, last_status, "
+    "last_response, latency_ms, created_at, finished_at"
+)
+CLAIM_COLUMNS = "id, kind, dedupe_key, event_type, payload, attempts, created_at"
+#: Versioned schema changes: ``migrations/<dialect>/NNNN_name.sql``, recorded in ``schema_version``.
+SCHEMA_VERSION_DDL = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+)
+
+
+class Tx(Protocol):
+    """One open write transaction."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run a statement; the result has ``fetchall()`` and ``rowcount``."""
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
+        """Run a statement for each row; returns the rows changed in all."""
+
+
+def migration_files(dialect: str) -> list[tuple[int, str]]:
+    """Versioned migration scripts shipped as package data, in order."""
+    folder = resources.files("bridge.storage") / "migrations" / dialect
+    found = [(int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8"))
+             for entry in folder.iterdir() if entry.name.endswith(".sql")]
+    return sorted(found)
+
+
+class SqlStore(Store):
+    dialect = ""
+    #: SQL for "the start of the ``?``-second bucket holding created_at".
+    bucket_sql = ""
+
+    # -- what a dialect supplies --------------------------------------------------------------------
+
+    def _write(self) -> AbstractContextManager[Tx]:
+        raise NotImplementedError
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Column names and rows of a query; raises StorageUnavailable."""
+        raise NotImplementedError
+
+    def _run_script(self, tx: Tx, script: str) -> None:
+        raise NotImplementedError
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._read(sql, params)[1]
+
+    def _dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        names, rows = self._read(sql, params)
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def _apply_migrations(self, tx: Tx, now: float) -> None:
+        """Apply the migrations not yet recorded; the caller holds the migration lock."""
+        tx.execute(SCHEMA_VERSION_DDL)
+        applied = {row[0] for row in tx.execute("SELECT version FROM schema_version").fetchall()}
+        for version, script in migration_files(self.dialect):
+            if version not in applied:
+                self._run_script(tx, script)
+                tx.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version, now))
+
+    def schema_version(self) -> int:
+        return self._rows("SELECT COALESCE(MAX(version), 0) FROM schema_version")[0][0]
+
+    # -- the contract -------------------------------------------------------------------------------
+
+    def accept(
+        self, items: Sequence[NewItem], quarantined: Sequence[QuarantineEntry], now: float,
+        identities: Sequence[tuple[str, str]] = (),
+    ) -> AcceptResult:
+        by_type: dict[str, list[NewItem]] = {}
+        for item in items:
+            by_type.setdefault(item.event_type, []).append(item)
+        accepted_by_type: dict[str, int] = {}
+        with self._write() as tx:
+            if identities:
+                tx.executemany(
+                    "INSERT INTO identities (email, user_id, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (email) DO UPDATE SET user_id = excluded.user_id, "
+                    "updated_at = excluded.updated_at",
+                    [(email, user_id, now + n * 1e-6) for n, (user_id, email) in enumerate(identities)],
+                )
+            for event_type, group in by_type.items():
+                accepted_by_type[event_type] = tx.executemany(
+                    "INSERT INTO outbox (kind, dedupe_key, event_time, event_type, payload, "
+                    "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (kind, event_time, dedupe_key) DO NOTHING",
+                    [(i.kind, i.dedupe_key, i.event_time, i.event_type, i.payload, now, now)
+                     for i in group],
+                )
+            if quarantined:
+                tx.executemany(
+                    "INSERT INTO quarantine (source, fingerprint, body, errors, received_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO NOTHING",
+                    [(q.source, q.fingerprint, q.body, q.errors, now) for q in quarantined],
+                )
+        accepted = sum(accepted_by_type.values())
+        return AcceptResult(accepted, len(items) - accepted, len(quarantined), accepted_by_type)
+
+    def due_summary(self, kind: str, now: float) -> DueSummary:
+        row = self._rows(
+            "SELECT COUNT(*), MIN(created_at), MAX(created_at) FROM outbox "
+            "WHERE kind = ? AND state = ? AND next_attempt_at <= ?",
+            (kind, PENDING, now),
+        )[0]
+        return DueSummary(row[0], row[1], row[2])
+
+    def mark_delivered(self, outcomes: Iterable[Outcome], now: float) -> None:
+        with self._write() as tx:
+            tx.executemany(
+                "UPDATE outbox SET state = ?, finished_at = ?, sent = ?, last_status = ?, "
+                "last_response = ?, latency_ms = ?, last_error = NULL, lease_owner = NULL, "
+                "lease_expires_at = NULL, attempts = attempts + 1 WHERE id = ?",
+                [(DELIVERED, now, o.sent, o.status, o.response, o.latency_ms, o.id) for o in outcomes],
+            )
+
+    def release(
+        self, ids: Sequence[int], owner: str, next_attempt_at: float, error: str | None,
+        *, count_attempt: bool = True, status: int | None = None,
+    ) -> None:
+        with self._write() as tx:
+            tx.executemany(
+                "UPDATE outbox SET state = ?, next_attempt_at = ?, last_error = ?, "
+                "last_status = ?, attempts = attempts + ?, lease_owner = NULL, "
+                "lease_expires_at = NULL WHERE id = ? AND state = ? AND lease_owner = ?",
+                [(PENDING, next_attempt_at, error, status, int(count_attempt), i, LEASED, owner)
+                 for i in ids],
+            )
+
+    def release_owner(self, owner: str, now: float) -> int:
+        """Give back every lease this owner holds, due now (a clean shutdown)."""
+        with self._write() as tx:
+            return tx.execute(
+                "UPDATE outbox SET state = ?, next_attempt_at = ?, lease_owner = NULL, "
+                "lease_expires_at = NULL WHERE state = ? AND lease_owner = ?",
+                (PENDING, now, LEASED, owner),
+            ).rowcount
+
+    def mark_dead(self, outcomes: Iterable[Outcome], owner: str, now: float) -> None:
+        with self._write() as tx:
+            tx.executemany(
+                "UPDATE outbox SET state = ?, finished_at = ?, sent = ?, last_status = ?, "
+                "last_response = ?, latency_ms = ?, last_error = ?, attempts = attempts + 1, "
+                "lease_owner = NULL, lease_expires_at = NULL "
+                "WHERE id = ? AND state = ? AND lease_owner = ?",
+                [(DEAD, now, o.sent, o.status, o.response, o.latency_ms, o.error, o.id, LEASED, owner)
+                 for o in outcomes],
+            )
+
+    def add_dead_letters(self, entries: Sequence[DeadLetter], now: float) -> None:
+        with self._write() as tx:
+            tx.executemany(
+                "INSERT INTO outbox (kind, dedupe_key, event_type, payload, state, next_attempt_at, "
+                "last_error, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (kind, event_time, dedupe_key) DO NOTHING",
+                [(e.kind, e.dedupe_key, e.event_type, e.payload, DEAD, now, e.reason, now, now)
+                 for e in entries],
+            )
+
+    def _lookup(self, sql: str, keys: Iterable[str]) -> dict[str, str]:
+        """Run ``sql`` (with one ``IN ({marks})``) over ``keys`` in chunks; later rows win."""
+        wanted = sorted(set(keys))
+        found: dict[str, str] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            for row in self._rows(sql.format(marks=",".join("?" * len(chunk))), chunk):
+                found[row[0]] = row[1]
+        return found
+
+    def user_ids_for(self, emails: Iterable[str]) -> dict[str, str]:
+        return self._lookup("SELECT email, user_id FROM identities WHERE email IN ({marks})", emails)
+
+    def emails_for(self, user_ids: Iterable[str]) -> dict[str, str]:
+        return self._lookup(
+            "SELECT user_id, email FROM identities WHERE user_id IN ({marks}) ORDER BY updated_at",
+            user_ids,
+        )
+
+    def remember_identity(self, user_id: str, email: str, now: float) -> None:
+        self.accept([], [], now, [(user_id, email)])
+
+    def get_setting(self, key: str) -> str | None:
+        rows = self._rows("SELECT value FROM settings WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def put_setting(self, key: str, value: str, now: float, *, only_if_absent: bool = False) -> bool:
+        conflict = "DO NOTHING" if only_if_absent else (
+            "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+        )
+        with self._write() as tx:
+            return tx.execute(
+                "INSERT INTO settings (key, value, updated_at) VALUES (?, ?, ?) "
+                f"ON CONFLICT (key) {conflict}",
+                (key, value, now),
+            ).rowcount > 0
+
+    def stats(self, now: float) -> dict[str, Any]:
+        counts = {state: 0 for state in (PENDING, LEASED, DELIVERED, DEAD)}
+        for state, count in self._rows("SELECT state, COUNT(*) FROM outbox GROUP BY state"):
+            counts[state] = count
+        oldest = self._rows(
+            "SELECT MIN(created_at) FROM outbox WHERE state IN (?, ?)", (PENDING, LEASED)
+        )[0][0]
+        quarantined = self._rows("SELECT COUNT(*) FROM quarantine")[0][0]
+        return {
+            **counts,
+            "quarantined": quarantined,
+            "oldest_pending_age_seconds": round(now - oldest, 3) if oldest is not None else None,
+        }
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self._dicts(
+            "SELECT id, kind, event_type, payload, sent, last_error, last_status, last_response, "
+            "attempts, finished_at FROM outbox WHERE state = ? ORDER BY finished_at DESC, id DESC "
+            "LIMIT ?",
+            (DEAD, limit),
+        )
+
+    def quarantine_entries(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self._dicts(
+            "SELECT id, source, body, errors, received_at FROM quarantine ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+
+    def item(self, item_id: int) -> dict[str, Any] | None:
+        rows = self._dicts(f"SELECT {ITEM_COLUMNS} FROM outbox WHERE id = ?", (item_id,))
+        return rows[0] if rows else None
+
+    def recent(self, limit: int = 50, *, kind: str | None = None, event_type: str | None = None,
+               state: str | None = None) -> list[dict[str, Any]]:
+        where, params = [], []
+        for column, value in (("kind", kind), ("event_type", event_type), ("state", state)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        return self._dicts(f"SELECT {ITEM_COLUMNS} FROM outbox {clause}ORDER BY id DESC LIMIT ?",
+                           (*params, limit))
+
+    def dead_ids(self, after_id: int = 0, limit: int = 1000) -> list[int]:
+        rows = self._rows("SELECT id FROM outbox WHERE state = ? AND id > ? ORDER BY id LIMIT ?",
+                          (DEAD, after_id, limit))
+        return [row[0] for row in rows]
+
+    def requeue(self, ids: Sequence[int], now: float,
+                rewrite: Mapping[int, tuple[str, str]] | None = None) -> int:
+        with self._write() as tx:
+            requeued = tx.executemany(
+                "UPDATE outbox SET state = ?, next_attempt_at = ?, attempts = 0, last_error = NULL, "
+                "finished_at = NULL, lease_owner = NULL, lease_expires_at = NULL "
+                "WHERE id = ? AND state = ?",
+                [(PENDING, now, i, DEAD) for i in ids],
+            )
+            if rewrite:
+                tx.executemany("UPDATE outbox SET kind = ?, payload = ? WHERE id = ?",
+                               [(kind, payload, i) for i, (kind, payload) in rewrite.items()])
+        return requeued
+
+    def quarantine_entry(self, entry_id: int) -> dict[str, Any] | None:
+        rows = self._dicts("SELECT id, source, body, errors, received_at FROM quarantine WHERE id = ?",
+                           (entry_id,))
+        return rows[0] if rows else None
+
+    def remove_quarantine(self, ids: Sequence[int]) -> None:
+        with self._write() as tx:
+            tx.executemany("DELETE FROM quarantine WHERE id = ?", [(i,) for i in ids])
+
+    def timeline(self, since: float, bucket_seconds: int = 60) -> list[tuple[float, str, int]]:
+        rows = self._rows(
+            f"SELECT {self.bucket_sql} AS bucket, COALESCE(event_type, '') AS kind, COUNT(*) "
+            "FROM outbox WHERE created_at >= ? AND kind != ? GROUP BY 1, 2 ORDER BY 1",
+            (bucket_seconds, bucket_seconds, since, MAILJET_PROPERTY),
+        )
+        return [(float(r[0]), r[1], r[2]) for r in rows]
+
+    def latencies(self, since: float, limit: int = 20_000) -> list[float]:
+        rows = self._rows(
+            "SELECT latency_ms FROM outbox WHERE state = ? AND finished_at >= ? "
+            "AND latency_ms IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
+            (DELIVERED, since, limit),
+        )
+        return [row[0] for row in rows]
+
+    def login_failures(self, client: str, since: float, now: float, *, record: bool = False) -> int:
+        if record:
+            with self._write() as tx:
+                tx.execute("INSERT INTO login_failures (client, at) VALUES (?, ?)", (client, now))
+                tx.execute("DELETE FROM login_failures WHERE at < ?", (since,))
+        return self._rows("SELECT COUNT(*) FROM login_failures WHERE client = ? AND at >= ?",
+                          (client, since))[0][0]
+
+    def clear_login_failures(self, client: str) -> None:
+        with self._write() as tx:
+            tx.execute("DELETE FROM login_failures WHERE client = ?", (client,))
+
+    def prune_delivered(self, before: float, batch: int = 1000) -> int:
+        """Delete delivered rows finished before ``before``, one small batch per transaction."""
+        removed = 0
+        while True:
+            with self._write() as tx:
+                count = tx.execute(
+                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = ? "
+                    "AND finished_at < ? ORDER BY id LIMIT ?)",
+                    (DELIVERED, before, batch),
+                ).rowcount
+            removed += count
+            if count < batch:
+                return removed
+
+    def ping(self) -> None:
+        self._rows("SELECT 1")
+
