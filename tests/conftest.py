@@ -50,6 +50,53 @@ def clock() -> Clock:
     return Clock()
 
 
+PG_SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_TABLES = "outbox, quarantine, identities, settings, login_failures"
+
+
+def _pg_answers() -> str | None:
+    """None if the PostgreSQL server answers, else why not."""
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_SERVER, connect_timeout=3):
+            return None
+    except Exception as exc:  # any failure means: no server to test against
+        return f"no PostgreSQL server answers at {PG_SERVER}: {str(exc).strip()[:120]}"
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A database of its own for this test session, migrated once; dropped at the end."""
+    reason = _pg_answers()
+    if reason:
+        print(f"\nSKIPPING PostgreSQL tests: {reason}")
+        pytest.skip(reason)
+    import psycopg
+
+    name = f"mjbridge_test_{os.getpid()}"
+    with psycopg.connect(PG_SERVER, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_SERVER.rsplit("/", 1)[0] + f"/{name}"
+    first = open_store(url)
+    first.migrate()
+    first.close()
+    yield url
+    with psycopg.connect(PG_SERVER, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    """The session's PostgreSQL database, emptied for this test."""
+    import psycopg
+
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {PG_TABLES} RESTART IDENTITY")
+    return pg_database
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     """A migrated SQLite store on a temporary file."""

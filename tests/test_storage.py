@@ -25,9 +25,12 @@ from bridge.storage.base import (
 T0 = 1_700_000_000.0
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    """The same suite for every backend; PostgreSQL is skipped (and says so) only with no server."""
+    url = (request.getfixturevalue("pg_url") if request.param == "postgres"
+           else f"sqlite:///{tmp_path / 'store.db'}")
+    s = open_store(url)
     s.migrate()
     yield s
     s.close()
@@ -222,3 +225,43 @@ def test_direct_dead_letters_are_recorded_once(store: Store) -> None:
     (dead,) = store.dead_letters()
     assert (dead["kind"], dead["last_error"]) == (MAILJET_PROPERTY, "type conflict")
     assert store.stats(T0)["dead"] == 1
+
+
+def test_dedupe_holds_under_concurrent_inserts_of_the_same_keys(store: Store) -> None:
+    keys = [f"k{i}" for i in range(200)]
+    results: list[int] = []
+
+    def insert() -> None:
+        results.append(store.accept(items(*keys), [], T0).accepted)
+
+    threads = [threading.Thread(target=insert) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(results) == 200
+    assert store.stats(T0)["pending"] == 200
+
+
+def test_retention_prunes_only_old_delivered_rows(store: Store) -> None:
+    store.accept(items(*[f"k{i}" for i in range(25)]), [], T0)
+    claimed = store.claim(SEGMENT_TRACK, 25, "w", 60, T0)
+    old, recent, dead = claimed[:20], claimed[20:23], claimed[23:]
+    store.mark_delivered([Outcome(i.id) for i in old], T0)
+    store.mark_delivered([Outcome(i.id) for i in recent], T0 + 100)
+    store.mark_dead([Outcome(i.id, error="x") for i in dead], "w", T0)
+    assert store.prune_delivered(T0 + 50, batch=7) == 20
+    stats = store.stats(T0)
+    assert (stats["delivered"], stats["dead"]) == (3, 2)
+
+
+def test_release_owner_gives_back_every_lease(store: Store) -> None:
+    store.accept(items("a", "b", "c"), [], T0)
+    store.claim(SEGMENT_TRACK, 2, "leaving", 600, T0)
+    store.claim(SEGMENT_TRACK, 1, "staying", 600, T0)
+    assert store.release_owner("leaving", T0 + 1) == 2
+    assert len(store.claim(SEGMENT_TRACK, 10, "next", 60, T0 + 1)) == 2
+
+
+def test_schema_version_is_recorded(store: Store) -> None:
+    assert store.schema_version() == 2

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .base import Store
+from .postgres import PostgresStore
 from .sqlite import SQLiteStore
 
 
 def open_store(url: str, *, sqlite_synchronous: str = "full") -> Store:
-    """``sqlite:///relative/or/absolute/path`` (``sqlite:////abs`` also works)."""
+    """``sqlite:///relative/or/absolute/path`` (``sqlite:////abs`` also works) or ``postgresql://…``."""
     if url.startswith("sqlite:///"):
         return SQLiteStore(url[len("sqlite:///") :] or ":memory:", synchronous=sqlite_synchronous.upper())
     if url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(
-            ["BRIDGE_DATABASE_URL: the PostgreSQL backend is not part of this release yet; "
-             "use sqlite:///path"]
-        )
-    raise ConfigError([f"BRIDGE_DATABASE_URL={url!r} is not valid: use sqlite:///path"])
+        return PostgresStore(url)
+    raise ConfigError([f"BRIDGE_DATABASE_URL={url!r} is not valid: use sqlite:///path or postgresql://…"])

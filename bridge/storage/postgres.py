@@ -1,0 +1,122 @@
+"""PostgreSQL implementation of the storage contract, for many hosts sharing one database.
+
+Claims take rows with ``FOR UPDATE SKIP LOCKED``, so any number of web processes and workers on any
+number of hosts claim disjoint rows without waiting on each other; leases that expire are taken
+over in the same statement. Migrations run under an advisory lock. Connections come from a psycopg
+pool, opened lazily so that nothing connects at import or construction time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from ..errors import StorageUnavailable
+from .base import LEASED, PENDING, ClaimedItem
+from .sql import CLAIM_COLUMNS, SqlStore, Tx
+
+#: Any constant: the key of the advisory lock that serialises migrations across processes.
+MIGRATION_LOCK = 7_305_821_446_051
+POOL_TIMEOUT_SECONDS = 10.0
+
+
+def _q(sql: str) -> str:
+    """Our queries use ``?``; psycopg uses ``%s``."""
+    return sql.replace("?", "%s")
+
+
+class _PgTx:
+    def __init__(self, cursor: Any) -> None:
+        self.cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        self.cursor.execute(_q(sql), params or None)
+        return self.cursor
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
+        rows = list(rows)
+        if not rows:
+            return 0
+        self.cursor.executemany(_q(sql), rows)
+        return self.cursor.rowcount
+
+
+class PostgresStore(SqlStore):
+    dialect = "postgres"
+    bucket_sql = "FLOOR(created_at / ?) * ?"
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8) -> None:
+        self.url = url
+        self.min_size, self.max_size = min_size, max_size
+        self._pool: Any = None
+        self._lock = threading.Lock()
+
+    def _get_pool(self) -> Any:
+        with self._lock:
+            if self._pool is None:
+                try:
+                    from psycopg_pool import ConnectionPool
+                except ImportError as exc:  # the `postgres` extra is not installed
+                    raise StorageUnavailable(
+                        "PostgreSQL support needs psycopg: pip install 'mailjet-segment-bridge[postgres]'"
+                    ) from exc
+                self._pool = ConnectionPool(self.url, min_size=self.min_size, max_size=self.max_size,
+                                            timeout=POOL_TIMEOUT_SECONDS, open=True,
+                                            kwargs={"connect_timeout": 5})
+            return self._pool
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        try:
+            with self._get_pool().connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
+            raise StorageUnavailable(f"PostgreSQL unavailable: {str(exc).strip()[:300]}") from exc
+        except psycopg.Error as exc:
+            raise StorageUnavailable(f"storage write failed: {str(exc).strip()[:300]}") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[Tx]:
+        with self._connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            yield _PgTx(cursor)
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
+        with self._connection() as conn, conn.cursor() as cursor:
+            cursor.execute(_q(sql), params or None)
+            return [d.name for d in cursor.description or ()], cursor.fetchall()
+
+    def _run_script(self, tx: Tx, script: str) -> None:
+        tx.execute(script)
+
+    # -- dialect-specific parts of the contract -----------------------------------------------------
+
+    def migrate(self) -> None:
+        with self._write() as tx:
+            tx.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+            self._apply_migrations(tx, time.time())
+
+    def claim(
+        self, kind: str, limit: int, owner: str, lease_seconds: float, now: float
+    ) -> list[ClaimedItem]:
+        with self._write() as tx:
+            rows = tx.execute(
+                "UPDATE outbox SET state = ?, lease_owner = ?, lease_expires_at = ? "
+                "WHERE id IN (SELECT id FROM outbox WHERE kind = ? AND "
+                "((state = ? AND next_attempt_at <= ?) OR (state = ? AND lease_expires_at <= ?)) "
+                "ORDER BY next_attempt_at, id LIMIT ? FOR UPDATE SKIP LOCKED) "
+                f"RETURNING {CLAIM_COLUMNS}",
+                (LEASED, owner, now + lease_seconds, kind, PENDING, now, LEASED, now, limit),
+            ).fetchall()
+        return sorted((ClaimedItem(*row) for row in rows), key=lambda item: item.id)
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
