@@ -21,6 +21,7 @@ from .credentials import admin_login, callback_url, session_secret, webhook_cred
 from .forwarder import Forwarder, ForwarderPolicy
 from .mailjet_client import MailjetClient
 from .metrics import Metrics
+from .pacing import Janitor
 from .segment_client import SegmentClient
 from .services import Services
 from .storage import open_store
@@ -73,7 +74,7 @@ def create_app(
     def make_forwarder() -> Forwarder:
         return Forwarder(
             store,
-            SegmentClient(services.segment_api_url),
+            SegmentClient(services.segment_api_url, timeout=(5.0, settings.http_timeout)),
             write_key=services.write_key,
             event_names=services.event_names,
             policy=ForwarderPolicy(lease_seconds=settings.lease_seconds),
@@ -83,13 +84,16 @@ def create_app(
     def make_contact_sync() -> ContactSync:
         return ContactSync(
             store,
-            MailjetClient(services.mailjet_api_url),
+            MailjetClient(services.mailjet_api_url, timeout=(5.0, max(settings.http_timeout, 30.0))),
             credentials=services.mailjet_credentials,
             target=services.mailjet_target,
             metrics=services.metrics,
         )
 
-    services.loop_factories = [make_forwarder, make_contact_sync]
+    def make_janitor() -> Janitor:
+        return Janitor(store, settings.retention_days)
+
+    services.loop_factories = [make_forwarder, make_contact_sync, make_janitor]
     app = Flask(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,

@@ -50,6 +50,10 @@ class Settings:
     public_url: str = "http://127.0.0.1:8000"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     lease_seconds: float = 60.0
+    #: Delivered rows are deleted after this many days (0 keeps them).
+    retention_days: int = 7
+    #: Seconds to wait for Segment's or Mailjet's answer before the attempt counts as failed.
+    http_timeout: float = 15.0
     #: ``full``: a 200 survives power loss. ``normal``: survives a crash of the bridge, and is faster.
     sqlite_synchronous: str = "full"
     workers: int = 2
@@ -156,6 +160,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         public_url=r.url("BRIDGE_PUBLIC_URL", f"http://{shown_host}:{port}") or "",
         max_body_bytes=r.integer("BRIDGE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024),
         lease_seconds=r.integer("BRIDGE_LEASE_SECONDS", 60, 1, 3600),
+        retention_days=r.integer("BRIDGE_RETENTION_DAYS", 7, 0, 3650),
+        http_timeout=r.integer("BRIDGE_HTTP_TIMEOUT", 15, 1, 300),
         sqlite_synchronous=r.choice("BRIDGE_SQLITE_SYNCHRONOUS", ("full", "normal"), "full"),
         workers=r.integer("BRIDGE_WORKERS", 2, 1, 64),
         schema_dir=Path(r.text("BRIDGE_SCHEMA_DIR") or DEFAULT_SCHEMA_DIR),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
@@ -27,15 +29,37 @@ class JsonFormatter(logging.Formatter):
 
 
 class RedactSecrets(logging.Filter):
-    """Replace any known secret (write key, API secret, passwords) by ``[redacted]``."""
+    """Replace any known secret (write key, API secret, passwords) by ``[redacted]``.
 
-    def __init__(self, secrets: Callable[[], Iterable[str | None]]) -> None:
+    The secrets are re-read at most every ``refresh_seconds`` (they may come from the store), and a
+    failure to read them keeps the last known ones: logging must never fail, least of all while the
+    database is down and that is what is being logged.
+    """
+
+    def __init__(self, secrets: Callable[[], Iterable[str | None]], refresh_seconds: float = 5.0) -> None:
         super().__init__()
         self.secrets = secrets
+        self.refresh_seconds = refresh_seconds
+        self._known: list[str] = []
+        self._read_at = float("-inf")
+        self._reading = threading.local()
+
+    def _values(self) -> list[str]:
+        now = time.monotonic()
+        if now - self._read_at >= self.refresh_seconds and not getattr(self._reading, "busy", False):
+            self._reading.busy = True  # reading the store may log; don't recurse
+            try:
+                self._known = [s for s in self.secrets() if s and len(s) >= 4]
+                self._read_at = now
+            except Exception:  # keep the last known secrets; try again next time
+                self._read_at = now - self.refresh_seconds / 2
+            finally:
+                self._reading.busy = False
+        return self._known
 
     def filter(self, record: logging.LogRecord) -> bool:
+        values = self._values()
         text = record.getMessage()
-        values = [s for s in self.secrets() if s and len(s) >= 4]
         for secret in values:
             text = text.replace(secret, "[redacted]")
         record.msg, record.args = text, ()

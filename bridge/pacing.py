@@ -7,10 +7,12 @@ credentials. The state is stored so that ``/healthz`` in a web process can repor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,6 +90,12 @@ class Pacer:
         self.set_status("auth_failed", detail)
 
 
+def _log_safely(level: int, message: str, *args: Any, exc_info: bool = False) -> None:
+    """Log, but never let a logging failure end a delivery loop."""
+    with contextlib.suppress(Exception):  # nothing sensible is left to report it to
+        log.log(level, message, *args, exc_info=exc_info)
+
+
 def run_until_stopped(
     name: str, run_once: Callable[[], int], stop: threading.Event, idle_seconds: float
 ) -> None:
@@ -98,14 +106,13 @@ def run_until_stopped(
     """
     log.info("%s started", name)
     while not stop.is_set():
+        settled = 0
         try:
             settled = run_once()
         except StorageUnavailable as exc:
-            log.warning("%s: storage unavailable: %s", name, exc)
-            settled = 0
+            _log_safely(logging.WARNING, "%s: storage unavailable: %s", name, exc)
         except Exception:
-            log.exception("%s: unexpected error; continuing", name)
-            settled = 0
+            _log_safely(logging.ERROR, "%s: unexpected error; continuing", name, exc_info=True)
         if settled == 0:
             stop.wait(idle_seconds)
     log.info("%s stopped", name)
@@ -133,4 +140,40 @@ class DeliveryLoop:
         raise NotImplementedError
 
     def run_forever(self, stop: threading.Event) -> None:
+        """Run until ``stop`` is set, then give back every lease still held (a clean shutdown)."""
         run_until_stopped(f"{self.upstream} loop {self.owner}", self.run_once, stop, self.idle_seconds)
+        self.release_leases()
+
+    def release_leases(self) -> None:
+        try:
+            released = self.store.release_owner(self.owner, self.clock())
+        except StorageUnavailable as exc:
+            log.warning("%s: leases not released (they expire by themselves): %s", self.owner, exc)
+            return
+        if released:
+            log.info("%s: released %d leased item(s)", self.owner, released)
+
+
+class Janitor:
+    """Deletes delivered rows past the retention period, a small batch per transaction."""
+
+    def __init__(self, store: Store, retention_days: int, *, every_seconds: float = 600.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.retention = retention_days * 86400
+        self.every_seconds = every_seconds
+        self.clock = clock
+        self._next = 0.0
+
+    def run_once(self) -> int:
+        now = self.clock()
+        if not self.retention or now < self._next:
+            return 0
+        self._next = now + self.every_seconds
+        removed = self.store.prune_delivered(now - self.retention)
+        if removed:
+            log.info("pruned %d delivered item(s) older than %d days", removed, self.retention // 86400)
+        return 0  # never busy: the loop rests between rounds
+
+    def run_forever(self, stop: threading.Event) -> None:
+        run_until_stopped("janitor", self.run_once, stop, idle_seconds=30.0)

@@ -204,3 +204,12 @@ def test_stats_and_send_test_event(cli_env: dict[str, str]) -> None:
     assert stats["queue"]["pending"] == 1
     assert stats["segment"]["state"] in ("starting", "ok")
     assert stats["mailjet"]["state"] == "starting"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_db_upgrade(backend: str, tmp_path: Any, request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue("pg_url") if backend == "postgres" else f"sqlite:///{tmp_path / 'u.db'}"
+    first = run({"BRIDGE_DATABASE_URL": url}, "db", "upgrade")
+    assert first.exit_code == 0, first.output
+    assert first.stdout.strip() in ("schema version 2 (was 0)", "schema version 2, up to date")
+    assert run({"BRIDGE_DATABASE_URL": url}, "db", "upgrade").stdout.strip() == "schema version 2, up to date"

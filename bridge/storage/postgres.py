@@ -20,7 +20,8 @@ from .sql import CLAIM_COLUMNS, SqlStore, Tx
 
 #: Any constant: the key of the advisory lock that serialises migrations across processes.
 MIGRATION_LOCK = 7_305_821_446_051
-POOL_TIMEOUT_SECONDS = 10.0
+#: How long a request waits for a database connection before answering 503 (Mailjet retries).
+POOL_TIMEOUT_SECONDS = 3.0
 
 
 def _q(sql: str) -> str:
@@ -63,8 +64,10 @@ class PostgresStore(SqlStore):
                     raise StorageUnavailable(
                         "PostgreSQL support needs psycopg: pip install 'mailjet-segment-bridge[postgres]'"
                     ) from exc
+                # check: a connection broken by a server restart is replaced, not handed out
                 self._pool = ConnectionPool(self.url, min_size=self.min_size, max_size=self.max_size,
                                             timeout=POOL_TIMEOUT_SECONDS, open=True,
+                                            check=ConnectionPool.check_connection,
                                             kwargs={"connect_timeout": 5})
             return self._pool
 

@@ -23,9 +23,10 @@ class FakeServer:
     def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
         raise NotImplementedError
 
-    def start(self) -> Self:
+    def start(self, port: int = 0) -> Self:
+        """Listen on ``port`` (0: any free one). A fixed port lets a test bring an upstream back."""
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self._server = make_server("127.0.0.1", 0, self._app, threaded=True)
+        self._server = make_server("127.0.0.1", port, self._app, threaded=True)
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
                          daemon=True).start()
         return self

@@ -64,6 +64,9 @@ class FakeSegment(FakeServer):
         self.dropped_over_limit: list[dict[str, Any]] = []
         #: A batch holding a call with one of these messageIds is refused with 400.
         self.reject_message_ids: set[str] = set()
+        #: An outage: until this time every request gets the next of ``outage_statuses``.
+        self.outage_until = 0.0
+        self.outage_statuses: list[int] = [500, 503]
 
     # -- test helpers -----------------------------------------------------------------------------
 
@@ -74,6 +77,12 @@ class FakeSegment(FakeServer):
     def message_ids(self) -> list[str]:
         with self.lock:
             return [call["messageId"] for call in self.accepted]
+
+    def outage(self, seconds: float, statuses: list[int] | None = None) -> None:
+        """Answer every request with 500/503 (or ``statuses``) for ``seconds`` from now."""
+        with self.lock:
+            self.outage_until = time.time() + seconds
+            self.outage_statuses = statuses or [500, 503]
 
     def describe(self) -> str:
         return f"{len(self.requests)} requests, {len(self.accepted)} calls accepted"
@@ -123,6 +132,10 @@ class FakeSegment(FakeServer):
                 self._record(400, key, body)
                 return _json(400, {"code": "message_too_large", "message": "call over 32 KB"})
         with self.lock:
+            if time.time() < self.outage_until:
+                status = self.outage_statuses[len(self.requests) % len(self.outage_statuses)]
+                self.requests.append(Received(status, key, body.get("sentAt"), batch, time.time()))
+                return _json(status, {"code": "unavailable", "message": "outage"})
             scripted = self.script.popleft() if self.script else None
         if scripted is not None:
             if scripted.delay:
