@@ -72,3 +72,20 @@ def test_one_access_line_per_request_without_credentials(client: Any, auth: dict
     (record,) = [r for r in caplog.records if r.name == "bridge.access"]
     assert (record.method, record.path, record.status) == ("POST", "/webhooks/mailjet", 200)
     assert "s3cret-pass" not in caplog.text and "token=abc" not in caplog.text
+
+
+def test_redaction_survives_a_failing_secret_source() -> None:
+    """While the database is down, reading the secrets fails: logging must still work."""
+    calls = {"n": 0}
+
+    def secrets() -> list[str]:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise RuntimeError("database down")
+        return ["wk-abcdef"]
+
+    redact = RedactSecrets(secrets, refresh_seconds=0)
+    for _ in range(3):
+        record = logging.LogRecord("x", logging.WARNING, __file__, 1, "key wk-abcdef", (), None)
+        assert redact.filter(record) and record.msg == "key [redacted]"
+    assert calls["n"] >= 2
