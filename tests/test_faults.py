@@ -105,6 +105,21 @@ def bridges() -> Iterator[list[Bridge]]:
         bridge.stop()
 
 
+@pytest.fixture
+def launch(bridges: list[Bridge]) -> Callable[..., Bridge]:
+    """Start a bridge (web, and the worker unless ``worker=False``) on a database and a Segment URL."""
+
+    def start(database: str, segment_url: str, *, worker: bool = True, **extra: str) -> Bridge:
+        bridge = Bridge(bridge_env(database, segment_url, **extra))
+        bridges.append(bridge)
+        bridge.start_web()
+        if worker:
+            bridge.start_worker()
+        return bridge
+
+    return start
+
+
 def make_events(n_bodies: int = BODIES, per_body: int = PER_BODY) -> list[list[dict[str, Any]]]:
     seed = random.randrange(10**9)
     return [[{"event": "open", "time": 1_800_000_000 + b, "MessageID": seed * 10**6 + b * 1000 + i,
@@ -182,11 +197,8 @@ def settle(name: str, sender: Sender, fake: FakeSegment, database: str, started:
 
 
 def test_kill_9_of_web_and_worker_during_load(database: str, fake_segment: FakeSegment,
-                                             bridges: list[Bridge]) -> None:
-    bridge = Bridge(bridge_env(database, fake_segment.url))
-    bridges.append(bridge)
-    bridge.start_web()
-    bridge.start_worker()
+                                              launch: Callable[..., Bridge]) -> None:
+    bridge = launch(database, fake_segment.url)
     sender = Sender(lambda: [bridge.url])
     started = time.monotonic()
     load = sender.start(make_events())
@@ -201,11 +213,8 @@ def test_kill_9_of_web_and_worker_during_load(database: str, fake_segment: FakeS
 
 
 def test_segment_down_then_429_then_up(database: str, fake_segment: FakeSegment,
-                                      bridges: list[Bridge]) -> None:
-    bridge = Bridge(bridge_env(database, fake_segment.url))
-    bridges.append(bridge)
-    bridge.start_web()
-    bridge.start_worker()
+                                       launch: Callable[..., Bridge]) -> None:
+    bridge = launch(database, fake_segment.url)
     fake_segment.outage(4.0)
     fake_segment.then(Scripted(429, headers={"Retry-After": "2"}))
     started = time.monotonic()
@@ -218,12 +227,9 @@ def test_segment_down_then_429_then_up(database: str, fake_segment: FakeSegment,
     assert report["dead"] == 0
 
 
-def test_connection_refused_then_segment_comes_up(database: str, bridges: list[Bridge]) -> None:
+def test_connection_refused_then_segment_comes_up(database: str, launch: Callable[..., Bridge]) -> None:
     port = free_port()
-    bridge = Bridge(bridge_env(database, f"http://127.0.0.1:{port}"))
-    bridges.append(bridge)
-    bridge.start_web()
-    bridge.start_worker()
+    bridge = launch(database, f"http://127.0.0.1:{port}")
     started = time.monotonic()
     sender = Sender(lambda: [bridge.url])
     sender.send(make_events(10))
@@ -236,12 +242,10 @@ def test_connection_refused_then_segment_comes_up(database: str, bridges: list[B
 
 
 def test_hang_past_the_timeout_and_a_late_200(database: str, fake_segment: FakeSegment,
-                                             bridges: list[Bridge]) -> None:
+                                              launch: Callable[..., Bridge]) -> None:
     """A hang (no effect) and a 200 after our 2 s timeout (it did land): a duplicate, same messageId."""
-    bridge = Bridge(bridge_env(database, fake_segment.url))
-    bridges.append(bridge)
     fake_segment.then(Scripted(500, delay=3.0), Scripted(200, delay=3.0, accept=True))
-    bridge.start_web()
+    bridge = launch(database, fake_segment.url, worker=False)
     started = time.monotonic()
     sender = Sender(lambda: [bridge.url])
     sender.send(make_events(5))
@@ -254,7 +258,8 @@ def test_hang_past_the_timeout_and_a_late_200(database: str, fake_segment: FakeS
 
 
 def test_storage_failure_answers_503_never_a_false_200(database: str, fake_segment: FakeSegment,
-                                                      bridges: list[Bridge], tmp_path: Path) -> None:
+                                                       launch: Callable[..., Bridge],
+                                                       bridges: list[Bridge], tmp_path: Path) -> None:
     """SQLite on a full disk (a tiny tmpfs), PostgreSQL restarted: 503 while it lasts, nothing lost."""
     if database.startswith("sqlite"):
         mount = tmp_path / "small"
@@ -264,10 +269,7 @@ def test_storage_failure_answers_503_never_a_false_200(database: str, fake_segme
             pytest.skip("cannot mount a tmpfs here (needs root)")
         database = f"sqlite:///{mount / 'full.db'}"
     try:
-        bridge = Bridge(bridge_env(database, fake_segment.url))
-        bridges.append(bridge)
-        bridge.start_web()
-        bridge.start_worker()
+        bridge = launch(database, fake_segment.url)
         sender = Sender(lambda: [bridge.url], pause=0.02)
         started = time.monotonic()
         load = sender.start(make_events(60))
@@ -295,7 +297,7 @@ def test_storage_failure_answers_503_never_a_false_200(database: str, fake_segme
 
 
 def test_two_instances_on_one_postgres_one_killed(pg_url: str, fake_segment: FakeSegment,
-                                                 bridges: list[Bridge]) -> None:
+                                                  bridges: list[Bridge]) -> None:
     """Each instance runs web + forwarders (serve); one is SIGKILLed; the survivor delivers all."""
     instances = []
     for _ in range(2):
@@ -324,10 +326,8 @@ def test_two_instances_on_one_postgres_one_killed(pg_url: str, fake_segment: Fak
 
 
 def test_sigterm_releases_leases_and_exits_within_10_s(database: str, fake_segment: FakeSegment,
-                                                      bridges: list[Bridge]) -> None:
-    bridge = Bridge(bridge_env(database, fake_segment.url, BRIDGE_LEASE_SECONDS="600"))
-    bridges.append(bridge)
-    bridge.start_web()
+                                                       launch: Callable[..., Bridge]) -> None:
+    bridge = launch(database, fake_segment.url, worker=False, BRIDGE_LEASE_SECONDS="600")
     sender = Sender(lambda: [bridge.url])
     sender.send(make_events(3))
     fake_segment.then(Scripted(200, delay=1.5, accept=True))
