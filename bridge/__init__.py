@@ -105,6 +105,13 @@ def create_app(
     )
     app.extensions["bridge"] = services
 
+    if settings.proxy_count:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.proxy_count, x_proto=settings.proxy_count
+        )
+
     from . import web
 
     web.register(app)

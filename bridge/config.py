@@ -57,6 +57,9 @@ class Settings:
     #: ``full``: a 200 survives power loss. ``normal``: survives a crash of the bridge, and is faster.
     sqlite_synchronous: str = "full"
     workers: int = 2
+    #: Reverse proxies in front that set X-Forwarded-For/-Proto (client addresses for logs and the
+    #: login limit); 0 trusts no such header.
+    proxy_count: int = 0
     schema_dir: Path = DEFAULT_SCHEMA_DIR
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -164,6 +167,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         http_timeout=r.integer("BRIDGE_HTTP_TIMEOUT", 15, 1, 300),
         sqlite_synchronous=r.choice("BRIDGE_SQLITE_SYNCHRONOUS", ("full", "normal"), "full"),
         workers=r.integer("BRIDGE_WORKERS", 2, 1, 64),
+        proxy_count=r.integer("BRIDGE_PROXY_COUNT", 0, 0, 5),
         schema_dir=Path(r.text("BRIDGE_SCHEMA_DIR") or DEFAULT_SCHEMA_DIR),
     )
     if r.problems:

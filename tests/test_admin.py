@@ -107,3 +107,17 @@ def test_security_headers(admin_app: Any) -> None:
     response = logged_in(admin_app).get("/admin/")
     assert "script-src 'self'" in response.headers["Content-Security-Policy"]
     assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_behind_a_proxy_the_login_limit_counts_the_real_client(env: dict[str, str]) -> None:
+    app = create_app(load_settings({**env, "BRIDGE_ADMIN_PASSWORD": PASSWORD, "BRIDGE_PROXY_COUNT": "1"}),
+                     announce=lambda _: None)
+    client = app.test_client()
+    token = csrf(client)
+    for _ in range(5):
+        client.post("/admin/login", data={"password": "guess", "csrf_token": token},
+                    headers={"X-Forwarded-For": "203.0.113.7"})
+    other = client.post("/admin/login", data={"password": PASSWORD, "csrf_token": token},
+                        headers={"X-Forwarded-For": "198.51.100.2"})
+    assert other.status_code == 302  # another client behind the same proxy is not locked out
+    app.extensions["bridge"].store.close()

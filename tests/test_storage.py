@@ -265,3 +265,30 @@ def test_release_owner_gives_back_every_lease(store: Store) -> None:
 
 def test_schema_version_is_recorded(store: Store) -> None:
     assert store.schema_version() == 2
+
+
+def test_operator_queries(store: Store) -> None:
+    """What the debugger, the overview, replay and the login limit read and write."""
+    store.accept(items("a", "b", "c"), [QuarantineEntry("mailjet", "fp", "{}", "[]")], T0)
+    a, b, c = store.claim(SEGMENT_TRACK, 3, "w", 60, T0 + 1)
+    store.mark_delivered([Outcome(a.id, sent='{"s":1}', status=200, response="ok", latency_ms=12.0)],
+                         T0 + 2)
+    store.mark_delivered([Outcome(b.id, latency_ms=30.0)], T0 + 3)
+    store.mark_dead([Outcome(c.id, error="bad")], "w", T0 + 4)
+    assert [r["id"] for r in store.recent(10)] == [c.id, b.id, a.id]
+    assert [r["id"] for r in store.recent(10, state="delivered")] == [b.id, a.id]
+    assert store.item(a.id)["sent"] == '{"s":1}' and store.item(999) is None
+    assert sorted(store.latencies(T0)) == [12.0, 30.0]
+    assert store.timeline(T0 - 60) == [(float(int(T0 // 60) * 60), "sent", 3)]
+    assert store.dead_ids() == [c.id]
+    assert store.requeue([c.id, a.id], T0 + 5, {c.id: (SEGMENT_TRACK, '{"k":"c2"}')}) == 1
+    again = store.claim(SEGMENT_TRACK, 10, "w2", 60, T0 + 5)
+    assert [(i.id, i.payload, i.attempts) for i in again] == [(c.id, '{"k":"c2"}', 0)]
+    (entry,) = store.quarantine_entries()
+    assert store.quarantine_entry(entry["id"])["source"] == "mailjet"
+    store.remove_quarantine([entry["id"]])
+    assert store.quarantine_entries() == []
+    assert store.login_failures("1.2.3.4", T0, T0, record=True) == 1
+    assert store.login_failures("1.2.3.4", T0, T0 + 1, record=True) == 2
+    store.clear_login_failures("1.2.3.4")
+    assert store.login_failures("1.2.3.4", T0, T0 + 2) == 0
