@@ -7,9 +7,8 @@ so tests and embedders decide what the bridge sees.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
@@ -61,10 +60,6 @@ class Settings:
     #: login limit); 0 trusts no such header.
     proxy_count: int = 0
     schema_dir: Path = DEFAULT_SCHEMA_DIR
-
-    def with_overrides(self, **changes: Any) -> Settings:
-        """A copy with some fields changed (tests and the CLI use this)."""
-        return replace(self, **changes)
 
 
 def _url_problem(name: str, value: str) -> str | None:
