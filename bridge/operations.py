@@ -64,28 +64,30 @@ class ReplayReport:
 
 
 def replay_dead_letters(services: Services, ids: Iterable[int]) -> ReplayReport:
-    """Put dead letters back in the queue. A property dead letter becomes a one-trait identify."""
+    """Put dead letters back in the queue, one transaction for all of them.
+
+    A property dead letter becomes a one-trait identify; a job report has nothing to send again.
+    """
     report = ReplayReport()
     store = services.store
-    now = time.time()
+    wanted: list[int] = []
+    rewrite: dict[int, tuple[str, str]] = {}
     for item_id in ids:
         row = store.item(item_id)
         if row is None or row["state"] != DEAD:
             report.skipped.append((item_id, "not a dead letter"))
-            continue
-        rewrite = None
-        if row["kind"] == MAILJET_PROPERTY:
-            entry = json.loads(row["payload"])
-            identify = {"type": "identify", "traits": {"email": entry["email"],
-                                                       entry["property"]: entry["value"]}}
-            rewrite = {item_id: (MAILJET_CONTACT, json.dumps(identify, ensure_ascii=False))}
         elif row["kind"] == MAILJET_CONTACT and row["event_type"] == "job":
             report.skipped.append((item_id, "a job report: there is nothing to send again"))
-            continue
-        if store.requeue([item_id], now, rewrite):
-            report.requeued.append(item_id)
         else:
-            report.skipped.append((item_id, "not a dead letter"))
+            wanted.append(item_id)
+            if row["kind"] == MAILJET_PROPERTY:
+                entry = json.loads(row["payload"])
+                identify = {"type": "identify", "traits": {"email": entry["email"],
+                                                           entry["property"]: entry["value"]}}
+                rewrite[item_id] = (MAILJET_CONTACT, json.dumps(identify, ensure_ascii=False))
+    if wanted:
+        store.requeue(wanted, time.time(), rewrite)
+        report.requeued.extend(wanted)
     return report
 
 

@@ -319,3 +319,23 @@ def test_claims_only_contact_items(rig: Rig) -> None:
     rig.accept(identify("a@x.com", plan="pro"))
     assert rig.store.claim("segment_track", 10, "x", 60, rig.clock()) == []
     assert len(rig.store.claim(MAILJET_CONTACT, 10, "x", 60, rig.clock())) == 1
+
+
+def test_a_property_dead_letter_replays_once_the_definition_is_fixed(rig: Rig) -> None:
+    from bridge import operations
+
+    rig.fake.define("age", "int")
+    rig.accept(identify("a@x.com", age="thirty", plan="pro"))
+    rig.run()
+    (dead,) = rig.dead()
+    rig.fake.metadata["age"]["Datatype"] = "str"  # the admin changes the definition in Mailjet
+    rig.sync._definitions = None  # as after a restart: the listing is read again
+
+    class Just:  # the replay needs only the store
+        store = rig.store
+
+    report = operations.replay_dead_letters(Just, [dead["id"]])  # type: ignore[arg-type]
+    assert report.requeued == [dead["id"]]
+    assert rig.run() == 1
+    assert rig.fake.contacts["a@x.com"]["Properties"] == {"plan": "pro", "age": "thirty"}
+    assert rig.dead() == []
