@@ -6,6 +6,7 @@ so tests and embedders decide what the bridge sees.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,13 @@ SEGMENT_REGIONS: dict[str, str] = {
 #: List actions of Mailjet's managecontact / managemanycontacts (reference/mailjet.md §2.2).
 MAILJET_ACTIONS: tuple[str, ...] = ("addnoforce", "addforce", "unsub", "remove")
 DEFAULT_DATABASE_URL = "sqlite:///./var/bridge.db"
-DEFAULT_SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+#: The checkout's schemas/, or where a non-editable install put them (setup.cfg data_files).
+DEFAULT_SCHEMA_DIR = next(
+    (folder for folder in (Path(__file__).resolve().parent.parent / "schemas",
+                           Path(sys.prefix) / "share" / "mailjet-segment-bridge" / "schemas")
+     if folder.is_dir()),
+    Path(__file__).resolve().parent.parent / "schemas",
+)
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
 
 
