@@ -257,8 +257,11 @@ class ContactSync(DeliveryLoop):
         self.pacer.succeeded(f"job {job_id} of {len(group)} contacts ended: {status.get('Status')}")
         if delivered:
             self.store.mark_delivered(delivered, now)
+        seconds = self.clock() - started
+        if self.metrics:
+            self.metrics.observe_latency(UPSTREAM, seconds * 1000)  # a job, start to end
         self._report("delivered", len(delivered), job_id=job_id, job_status=status.get("Status"),
-                     contacts=len(group), seconds=round(self.clock() - started, 3))
+                     contacts=len(group), seconds=round(seconds, 3))
         for contact in dead:
             self._dead([contact], plan, f"Mailjet job {job_id}: {failures[contact.update.email]}")
         if unattributed:

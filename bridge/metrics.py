@@ -45,7 +45,8 @@ class Metrics:
                                ["upstream", "type"])
         self.dead = counter("bridge_events_dead", "Events moved to dead letters", ["upstream", "type"])
         self.latency = Histogram("bridge_delivery_latency_seconds",
-                                 "Time of one delivery request to the upstream", ["upstream"],
+                                 "Time of one delivery: a Segment batch request, a Mailjet job",
+                                 ["upstream"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
 
     @staticmethod
