@@ -18,7 +18,7 @@ from typing import Any
 from .batching import MAX_EVENT_BYTES, halves, pack
 from .mapping import normalize_email, track_call
 from .metrics import Metrics
-from .pacing import DeliveryLoop, PacingPolicy, status_key
+from .pacing import DeliveryLoop, PacingPolicy
 from .retry import Verdict, classify
 from .segment_client import SegmentClient, SendResult
 from .storage.base import SEGMENT_TRACK, ClaimedItem, Outcome, Store
@@ -26,7 +26,6 @@ from .storage.base import SEGMENT_TRACK, ClaimedItem, Outcome, Store
 log = logging.getLogger(__name__)
 
 UPSTREAM = "segment"
-STATUS_KEY = status_key(UPSTREAM)
 
 
 @dataclass(frozen=True)

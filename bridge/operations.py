@@ -221,10 +221,12 @@ def send_test_event(services: Services) -> str:
 
 
 def delivery_states(services: Services) -> dict[str, dict[str, Any]]:
+    """Segment's and Mailjet's delivery state, as the loops last stored it (shared by every process)."""
     states = {}
     for upstream in ("segment", "mailjet"):
         record = services.store.get_setting(status_key(upstream))
-        states[upstream] = json.loads(record) if record else {"state": "starting", "detail": ""}
+        starting = {"state": "starting", "detail": "no delivery yet"}
+        states[upstream] = json.loads(record) if record else starting
     if not services.write_key():
         states["segment"] = {"state": "no_write_key", "detail": "no Segment write key is set"}
     if not services.mailjet_credentials():

@@ -30,6 +30,7 @@ import pytest
 import requests
 
 from bridge.mapping import dedupe_key, message_id
+from bridge.pacing import status_key
 from bridge.storage import open_store
 from tests.fakes.segment import FakeSegment, Scripted
 from tests.processes import BIN, Process, free_port, poll, spawn
@@ -164,6 +165,15 @@ class Sender:
         return thread
 
 
+def segment_state(database: str) -> dict[str, Any]:
+    """The forwarder's stored delivery state, as /healthz reads it."""
+    store = open_store(database)
+    try:
+        return json.loads(store.get_setting(status_key("segment")) or "{}")
+    finally:
+        store.close()
+
+
 def dead_message_ids(database: str) -> set[str]:
     store = open_store(database)
     try:
@@ -233,7 +243,8 @@ def test_connection_refused_then_segment_comes_up(database: str, launch: Callabl
     started = time.monotonic()
     sender = Sender(lambda: [bridge.url])
     sender.send(make_events(10))
-    time.sleep(2)  # the worker meets a refused connection for a while
+    poll(lambda: "connection failed" in segment_state(database).get("detail", ""), 30,
+         "the worker to meet a refused connection")
     fake = FakeSegment().start(port)
     try:
         settle("connection refused for ~2 s, then up", sender, fake, database, started)
@@ -313,7 +324,7 @@ def test_two_instances_on_one_postgres_one_killed(pg_url: str, fake_segment: Fak
     fake_segment.then(*[Scripted(200, delay=0.3, accept=True)] * 20)  # slow Segment: leases are held
     started = time.monotonic()
     load = sender.start(make_events())
-    time.sleep(1.0)
+    poll(lambda: fake_segment.requests, 30, "deliveries under way")  # kill mid-load, not before it
     victim = instances[0]
     alive.remove(victim)
     victim.kill("web")

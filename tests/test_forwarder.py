@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from bridge.config import DEFAULT_SCHEMA_DIR
-from bridge.forwarder import STATUS_KEY, Forwarder, ForwarderPolicy
+from bridge.forwarder import Forwarder, ForwarderPolicy
 from bridge.jsonbody import parse_body
 from bridge.mailjet_events import EVENT_NAME_PRESETS
 from bridge.mailjet_intake import sort_events
 from bridge.mapping import dedupe_key, message_id
-from bridge.pacing import PacingPolicy
+from bridge.pacing import PacingPolicy, status_key
 from bridge.segment_client import SegmentClient
 from bridge.storage.base import SEGMENT_TRACK, Store
 from bridge.validation import EventValidator
@@ -59,7 +59,7 @@ class Rig:
         return self.store.stats(self.clock())
 
     def status(self) -> dict[str, Any]:
-        return json.loads(self.store.get_setting(STATUS_KEY) or "{}")
+        return json.loads(self.store.get_setting(status_key("segment")) or "{}")
 
 
 @pytest.fixture

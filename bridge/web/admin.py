@@ -154,10 +154,11 @@ def settings_page() -> Any:
 @login_required
 def save_settings() -> Any:
     svc = services()
+    current = svc.effective()
     changed, problems = [], []
     for key, _label, kind, _choices in FIELDS:
         value = request.form.get(key, "").strip()
-        if not value or (kind != "secret" and value == (svc.effective()[key][0] or "")):
+        if not value or (kind != "secret" and value == (current[key][0] or "")):
             continue  # a blank secret field keeps the current one
         try:
             svc.store.put_setting(key, check_stored_setting(key, value), time.time())

@@ -16,6 +16,19 @@ def json_error(status: int, error: str, message: str, **headers: str) -> tuple[R
     return response, status
 
 
+#: How long a webhook sender should wait after a 503 (Mailjet retries every 30 s anyway).
+STORAGE_RETRY_AFTER = "30"
+
+
+def storage_unavailable() -> tuple[Response, int]:
+    """The webhooks' answer when nothing could be stored: the sender must retry."""
+    return json_error(
+        503, "storage_unavailable",
+        "the events could not be stored; nothing was accepted, please retry",
+        **{"Retry-After": STORAGE_RETRY_AFTER},
+    )
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:

@@ -13,12 +13,9 @@ from ..errors import StorageUnavailable
 from ..jsonbody import BodyError, parse_body
 from ..mailjet_intake import sort_events
 from . import services
-from .errors import json_error
+from .errors import json_error, storage_unavailable
 
 bp = Blueprint("mailjet_webhook", __name__)
-
-#: How long Mailjet should wait before retrying when storage is down (it retries every 30 s anyway).
-STORAGE_RETRY_AFTER = "30"
 
 
 @bp.post("/webhooks/mailjet")
@@ -42,11 +39,7 @@ def receive() -> tuple[Response, int]:
     try:
         result = svc.store.accept(intake.items, intake.quarantined, time.time())
     except StorageUnavailable:
-        return json_error(
-            503, "storage_unavailable",
-            "the events could not be stored; nothing was accepted, please retry",
-            **{"Retry-After": STORAGE_RETRY_AFTER},
-        )
+        return storage_unavailable()
     svc.metrics.intake(
         "mailjet", [i.event_type for i in intake.items] + ["invalid"] * len(intake.quarantined),
         result.accepted_by_type, result.quarantined,

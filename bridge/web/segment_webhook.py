@@ -14,8 +14,7 @@ from ..errors import StorageUnavailable
 from ..jsonbody import BodyError, parse_body
 from ..segment_intake import signature_matches, sort_segment_events
 from . import services
-from .errors import json_error
-from .mailjet_webhook import STORAGE_RETRY_AFTER
+from .errors import json_error, storage_unavailable
 
 bp = Blueprint("segment_webhook", __name__)
 
@@ -44,11 +43,7 @@ def receive() -> tuple[Response, int]:
             intake.items, intake.quarantined, time.time(), identities=intake.identities
         )
     except StorageUnavailable:
-        return json_error(
-            503, "storage_unavailable",
-            "the events could not be stored; nothing was accepted, please retry",
-            **{"Retry-After": STORAGE_RETRY_AFTER},
-        )
+        return storage_unavailable()
     svc.metrics.intake(
         "segment",
         ["identify"] * (len(intake.items) + intake.skipped) + ["other"] * intake.ignored
