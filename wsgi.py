@@ -3,6 +3,6 @@
 Run the forwarder beside it with ``mailjet-bridge worker``.
 """
 
-from bridge import create_app
+from bridge.app import create_app
 
 app = create_app()

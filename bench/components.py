@@ -15,11 +15,11 @@ from pathlib import Path
 import jsonschema
 
 from bridge.config import DEFAULT_SCHEMA_DIR
-from bridge.jsonbody import parse_body
-from bridge.mailjet_intake import sort_events
-from bridge.mapping import dedupe_key
+from bridge.inbound.intake import sort_events
+from bridge.inbound.track import dedupe_key
+from bridge.payloads.body import parse_body
+from bridge.payloads.schemas import EventValidator
 from bridge.storage.sqlite import SQLiteStore
-from bridge.validation import EventValidator
 
 EVENT = {
     "event": "open", "time": 1433103519, "MessageID": 19421777396190490,

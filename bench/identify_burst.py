@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bridge import create_app  # noqa: E402
+from bridge.app import create_app  # noqa: E402
 from bridge.config import load_settings  # noqa: E402
 from tests.fakes.mailjet import FakeMailjet  # noqa: E402
 
@@ -33,9 +33,9 @@ def main() -> None:
             "MAILJET_API_KEY": "mj-key", "MAILJET_API_SECRET": "mj-secret", "MAILJET_API_URL": fake.url,
             "BRIDGE_WEBHOOK_USERNAME": "u", "BRIDGE_WEBHOOK_PASSWORD": "p",
         }), announce=lambda _: None)
-        services = app.extensions["bridge"]
+        bridge = app.extensions["bridge"]
         stop = threading.Event()
-        loops = [loop for loop in services.make_loops() if type(loop).__name__ == "ContactSync"]
+        loops = [loop for loop in bridge.loops() if type(loop).__name__ == "ContactSync"]
         threads = [threading.Thread(target=loop.run_forever, args=(stop,)) for loop in loops]
         for thread in threads:
             thread.start()
@@ -52,7 +52,7 @@ def main() -> None:
                 "Content-Type": "application/json", "X-Signature": signature})
             assert response.json["accepted"] == BATCH, response.json
         accepted = time.monotonic() - started
-        while services.store.stats(time.time())["delivered"] < TOTAL:
+        while bridge.store.stats(time.time())["delivered"] < TOTAL:
             if time.monotonic() - started > 300:
                 raise SystemExit("not applied within 300 s")
             time.sleep(0.05)
@@ -60,7 +60,7 @@ def main() -> None:
         stop.set()
         for thread in threads:
             thread.join(30)
-        services.store.close()
+        bridge.store.close()
     fake.stop()
     sizes = [len(job.contacts) for job in fake.jobs.values()]
     print(f"{TOTAL:,} identifies in {TOTAL // BATCH} signed batches: {len(sizes)} jobs {sizes}, "

@@ -1,5 +1,5 @@
 """``python -m bridge`` is the same as the ``mailjet-bridge`` console script."""
 
-from .cli import main
+from bridge.cli import main
 
 main()

@@ -11,14 +11,17 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import logs
-from .config import Settings, load_settings
-from .errors import ConfigError, StorageUnavailable
-from .metrics import MULTIPROCESS_ENV
+from bridge import logs
+from bridge.config import Settings, load_settings
+from bridge.errors import ConfigError, StorageUnavailable
+from bridge.metrics import MULTIPROCESS_ENV
+
+if TYPE_CHECKING:
+    from bridge.wiring import Bridge
 
 #: A stopped worker exits within this; loops still busy leave their leases to expire.
 SHUTDOWN_SECONDS = 8.0
@@ -34,11 +37,12 @@ def _settings() -> Settings:
         sys.exit(2)
 
 
-def _app(settings: Settings) -> Any:
-    from . import create_app
+def _build(settings: Settings) -> Bridge:
+    """The bridge's objects (no app, no loop), or an exit with one line per problem."""
+    from bridge.wiring import build
 
     try:
-        return create_app(settings)
+        return build(settings)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(f"configuration error: {problem}", err=True)
@@ -57,7 +61,7 @@ def main() -> None:
 @main.command(help="Serve the webhooks and forward events (gunicorn, what `make run` runs).")
 @click.option("--workers", type=click.IntRange(1, 64), help="gunicorn workers [BRIDGE_WORKERS].")
 def serve(workers: int | None) -> None:
-    from .server import BridgeServer
+    from bridge.server import BridgeServer
 
     settings = _settings()
     # Workers count metrics in files of a shared folder (prometheus-client multiprocess mode); it
@@ -67,17 +71,16 @@ def serve(workers: int | None) -> None:
         metrics_dir = os.environ[MULTIPROCESS_ENV] = tempfile.mkdtemp(prefix="mailjet-bridge-metrics-")
     for leftover in Path(metrics_dir).glob("*.db"):
         leftover.unlink()
-    app = _app(settings)  # migrate and announce credentials once, before any worker starts
-    app.extensions["bridge"].store.close()
+    _build(settings).close()  # migrate and announce credentials once, before any worker starts
     click.echo(f"mailjet-segment-bridge serving on http://{settings.host}:{settings.port}")
     BridgeServer(settings, workers or settings.workers).run()
 
 
 @main.command(help="Run the delivery loops alone, beside `gunicorn wsgi:app` web processes.")
 def worker() -> None:
-    from .services import start_loops
+    from bridge.delivery.loop import start_loops
 
-    services = _app(_settings()).extensions["bridge"]
+    bridge = _build(_settings())
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -85,17 +88,17 @@ def worker() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    threads = start_loops(services.make_loops(), stop)
+    threads = start_loops(bridge.loops(), stop)
     stop.wait()
     # Graceful: each loop finishes its round or gives its leases back; all within the 10 s budget.
     deadline = time.monotonic() + SHUTDOWN_SECONDS
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
-    services.store.close()
+    bridge.close()
 
 
-def _services() -> Any:
-    return _app(_settings()).extensions["bridge"]
+def _bridge() -> Bridge:
+    return _build(_settings())
 
 
 def _echo_json(value: Any) -> None:
@@ -112,9 +115,9 @@ def config() -> None:
 
 @config.command("show", help="Show every setting, where it comes from, with secrets masked.")
 def config_show() -> None:
-    from .config import STORED_SETTINGS, mask
+    from bridge.config import STORED_SETTINGS, mask
 
-    for key, (value, origin) in _services().effective().items():
+    for key, (value, origin) in _bridge().current.shown().items():
         shown = mask(value) if STORED_SETTINGS[key].secret else (value or "")
         click.echo(f"{key:<20} {shown or '(not set)':<40} {origin}")
 
@@ -125,14 +128,14 @@ def config_show() -> None:
 def config_set(key: str, value: str) -> None:
     import time
 
-    from .config import STORED_SETTINGS, check_stored_setting, mask
+    from bridge.config import STORED_SETTINGS, check_stored_setting, mask
 
-    services = _services()
+    bridge = _bridge()
     try:
         normalised = check_stored_setting(key, value)
     except ConfigError as exc:
         raise click.UsageError(exc.problems[0]) from None
-    services.store.put_setting(key, normalised, time.time())
+    bridge.store.put_setting(key, normalised, time.time())
     shown = mask(normalised) if STORED_SETTINGS[key].secret else normalised
     click.echo(f"{key} = {shown} (stored; used from the next delivery on)")
 
@@ -144,14 +147,14 @@ def config_set(key: str, value: str) -> None:
 @click.option("--segment-only", is_flag=True, help="Check Segment only.")
 @click.option("--mailjet-only", is_flag=True, help="Check Mailjet only.")
 def check(segment_only: bool, mailjet_only: bool) -> None:
-    from . import operations
+    from bridge.ops.checks import check_mailjet, check_segment
 
-    services = _services()
+    bridge = _bridge()
     checks = []
     if not mailjet_only:
-        checks.append(operations.check_segment(services))
+        checks.append(check_segment(bridge))
     if not segment_only:
-        checks.append(operations.check_mailjet(services))
+        checks.append(check_mailjet(bridge))
     for ok, sentence in checks:
         click.echo(("ok   " if ok else "FAIL ") + sentence, err=not ok)
     if not all(ok for ok, _ in checks):
@@ -160,26 +163,24 @@ def check(segment_only: bool, mailjet_only: bool) -> None:
 
 @main.command("callback-url", help="Print the Mailjet callback URL, with its credentials.")
 def callback_url_command() -> None:
-    from .operations import own_callback_url
-
-    click.echo(own_callback_url(_services()))
+    click.echo(_bridge().callback_url())
 
 
 @main.command(help="Show queue counts and the Segment and Mailjet delivery states.")
 def stats() -> None:
     import time
 
-    from .operations import delivery_states
+    from bridge.ops.overview import delivery_states
 
-    services = _services()
-    _echo_json({"queue": services.store.stats(time.time()), **delivery_states(services)})
+    bridge = _bridge()
+    _echo_json({"queue": bridge.store.stats(time.time()), **delivery_states(bridge)})
 
 
 @main.command("send-test-event", help="Queue a Mailjet 'sent' event for test@example.com.")
 def send_test_event() -> None:
-    from .operations import send_test_event as send
+    from bridge.ops.checks import send_test_event as send
 
-    click.echo(f"queued a test 'sent' event ({send(_services())}); it reaches Segment as "
+    click.echo(f"queued a test 'sent' event ({send(_bridge())}); it reaches Segment as "
                "'Email Delivered' within seconds while the bridge runs")
 
 
@@ -195,12 +196,12 @@ def mailjet() -> None:
 @click.option("--url", required=True, help="Callback URL, with user:password@ (see callback-url).")
 @click.option("--backup-url", help="Backup URL, used while Mailjet suspends the primary.")
 def register_callbacks(url: str, backup_url: str | None) -> None:
-    from .mailjet_client import MailjetError
-    from .operations import register_callbacks as register
+    from bridge.delivery.upstream import UpstreamError
+    from bridge.ops.callbacks import register_callbacks as register
 
     try:
-        lines = register(_services(), url, backup_url)
-    except MailjetError as exc:
+        lines = register(_bridge(), url, backup_url)
+    except UpstreamError as exc:
         click.echo(f"Mailjet refused: {exc}", err=True)
         sys.exit(1)
     for line in lines:
@@ -218,9 +219,9 @@ def dead_letters() -> None:
 @dead_letters.command("list", help="One line per dead letter: id, direction, reason, what it concerns.")
 @click.option("--limit", default=100, show_default=True, help="How many, newest first.")
 def dead_letters_list(limit: int) -> None:
-    from .operations import describe
+    from bridge.ops.replay import describe
 
-    rows = _services().store.dead_letters(limit)
+    rows = _bridge().store.dead_letters(limit)
     if not rows:
         click.echo("no dead letters")
     for row in rows:
@@ -231,7 +232,7 @@ def dead_letters_list(limit: int) -> None:
 @dead_letters.command("show", help="Everything kept about one dead letter.")
 @click.argument("item_id", type=int)
 def dead_letters_show(item_id: int) -> None:
-    row = _services().store.item(item_id)
+    row = _bridge().store.item(item_id)
     if row is None or row["state"] != "dead":
         raise click.UsageError(f"{item_id} is not a dead letter")
     _echo_json(row)
@@ -241,18 +242,18 @@ def dead_letters_show(item_id: int) -> None:
 @click.argument("ids", nargs=-1, type=int)
 @click.option("--all", "everything", is_flag=True, help="Replay every dead letter.")
 def dead_letters_replay(ids: tuple[int, ...], everything: bool) -> None:
-    from .operations import ReplayReport, all_dead_ids, replay_dead_letters
+    from bridge.ops.replay import ReplayReport, all_dead_ids, replay_dead_letters
 
     if bool(ids) == everything:
         raise click.UsageError("give dead-letter ids, or --all")
-    services = _services()
+    bridge = _bridge()
     report = ReplayReport()
-    wanted = list(all_dead_ids(services)) if everything else list(ids)
+    wanted = list(all_dead_ids(bridge)) if everything else list(ids)
     with click.progressbar(wanted, label="replaying", file=sys.stderr,
                            hidden=len(wanted) < 100) as bar:
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
-            part = replay_dead_letters(services, chunk)
+            part = replay_dead_letters(bridge, chunk)
             report.requeued += part.requeued
             report.skipped += part.skipped
             bar.update(len(chunk))
@@ -269,7 +270,7 @@ def quarantine() -> None:
 @quarantine.command("list", help="One line per quarantined event: id, source, first error.")
 @click.option("--limit", default=100, show_default=True, help="How many, newest first.")
 def quarantine_list(limit: int) -> None:
-    entries = _services().store.quarantine_entries(limit)
+    entries = _bridge().store.quarantine_entries(limit)
     if not entries:
         click.echo("the quarantine is empty")
     for entry in entries:
@@ -281,7 +282,7 @@ def quarantine_list(limit: int) -> None:
 @quarantine.command("show", help="One quarantined event with all its validation errors.")
 @click.argument("entry_id", type=int)
 def quarantine_show(entry_id: int) -> None:
-    entry = _services().store.quarantine_entry(entry_id)
+    entry = _bridge().store.quarantine_entry(entry_id)
     if entry is None:
         raise click.UsageError(f"no quarantine entry {entry_id}")
     _echo_json({**entry, "errors": json.loads(entry["errors"])})
@@ -290,9 +291,9 @@ def quarantine_show(entry_id: int) -> None:
 @quarantine.command("replay", help="Validate quarantined events again; valid ones are queued.")
 @click.argument("ids", nargs=-1, type=int, required=True)
 def quarantine_replay(ids: tuple[int, ...]) -> None:
-    from .operations import replay_quarantine
+    from bridge.ops.replay import replay_quarantine
 
-    report = replay_quarantine(_services(), ids)
+    report = replay_quarantine(_bridge(), ids)
     for entry_id, why in report.skipped:
         click.echo(f"{entry_id}: {why}", err=True)
     click.echo(f"{len(report.requeued)} event(s) queued")
@@ -305,7 +306,7 @@ def db() -> None:
 
 @db.command("upgrade", help="Apply pending schema migrations now (start-up also applies them).")
 def db_upgrade() -> None:
-    from .storage import open_store
+    from bridge.storage import open_store
 
     settings = _settings()
     try:

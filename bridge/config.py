@@ -1,7 +1,10 @@
-"""Configuration: read once from an environment mapping, validated, frozen (SPEC §1).
+"""Configuration: the environment, stored settings, defaults, and which one wins.
 
-Nothing here reads ``os.environ`` by itself: ``create_app()`` and the CLI pass the environment in,
-so tests and embedders decide what the bridge sees.
+``load_settings`` reads an environment mapping once, validates it, and freezes it. Nothing here reads
+``os.environ`` by itself: the CLI and the app factory pass the environment in, so tests and embedders
+decide what the bridge sees. ``Effective`` answers "what is in force now": a setting an admin stored
+wins over the environment, which wins over the default; it is read at each delivery, so a change
+applies without a restart.
 """
 
 from __future__ import annotations
@@ -12,16 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
-from .mailjet_events import EVENT_NAME_PRESETS
+from bridge.errors import ConfigError
+from bridge.inbound.fields import EVENT_NAME_PRESETS
+from bridge.inbound.segment import SEGMENT_REGIONS
+from bridge.outbound.mailjet import MAILJET_ACTIONS
+from bridge.storage.base import Store
 
-#: Segment HTTP API base URL per data-processing region (reference/segment.md §1.2).
-SEGMENT_REGIONS: dict[str, str] = {
-    "us": "https://api.segment.io",
-    "eu": "https://events.eu1.segmentapis.com",
-}
-#: List actions of Mailjet's managecontact / managemanycontacts (reference/mailjet.md §2.2).
-MAILJET_ACTIONS: tuple[str, ...] = ("addnoforce", "addforce", "unsub", "remove")
+__all__ = ["MAILJET_ACTIONS", "SEGMENT_REGIONS", "Effective", "Settings", "load_settings"]
 DEFAULT_DATABASE_URL = "sqlite:///./var/bridge.db"
 #: The checkout's schemas/, or where a non-editable install put them (setup.cfg data_files).
 DEFAULT_SCHEMA_DIR = next(
@@ -223,3 +223,64 @@ def mask(value: str | None) -> str:
     if not value:
         return ""
     return "••••" + (value[-4:] if len(value) >= 12 else "")
+
+
+class Effective:
+    """The settings in force: stored (set by an admin) first, then the environment, then defaults.
+
+    Read at each use, so every process sees a change on its next delivery.
+    """
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+
+    def _stored(self, key: str) -> str | None:
+        return self.store.get_setting(key)
+
+    def write_key(self) -> str | None:
+        return self._stored("segment.write_key") or self.settings.segment_write_key
+
+    def segment_api_url(self) -> str:
+        """Stored URL, else the stored region's URL, else the configured one."""
+        url = self._stored("segment.api_url")
+        if url:
+            return url
+        region = self._stored("segment.region")
+        return SEGMENT_REGIONS.get(region or "", self.settings.segment_api_url)
+
+    def mailjet_api_url(self) -> str:
+        return self._stored("mailjet.api_url") or self.settings.mailjet_api_url
+
+    def event_names(self) -> Mapping[str, str]:
+        """Naming preset, stored setting first; an unknown stored name falls back to the configured one."""
+        preset = self._stored("events.names")
+        return EVENT_NAME_PRESETS.get(preset or "", EVENT_NAME_PRESETS[self.settings.event_names])
+
+    def mailjet_credentials(self) -> tuple[str, str] | None:
+        """The Mailjet API key pair; None until both halves are known."""
+        key = self._stored("mailjet.api_key") or self.settings.mailjet_api_key
+        secret = self._stored("mailjet.api_secret") or self.settings.mailjet_api_secret
+        return (key, secret) if key and secret else None
+
+    def mailjet_target(self) -> tuple[int, str]:
+        """The contact list and list action identifies are applied with."""
+        list_id = self._stored("mailjet.list_id")
+        action = self._stored("mailjet.action")
+        return (int(list_id) if list_id and list_id.isdigit() else self.settings.mailjet_list_id,
+                action or self.settings.mailjet_action)
+
+    def shown(self) -> dict[str, tuple[str | None, str]]:
+        """Every storable setting: (value, where it comes from: stored, environment or default)."""
+        shown: dict[str, tuple[str | None, str]] = {}
+        defaults = Settings()
+        for key, spec in STORED_SETTINGS.items():
+            stored = self._stored(key)
+            configured = getattr(self.settings, spec.field)
+            if stored is not None:
+                shown[key] = (stored, "stored")
+            elif configured != getattr(defaults, spec.field):
+                shown[key] = (None if configured is None else str(configured), "environment")
+            else:
+                shown[key] = (None if configured is None else str(configured), "default")
+        return shown

@@ -15,8 +15,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from .config import Settings
-from .storage.base import Store
+from bridge.config import Settings
+from bridge.storage.base import Store
 
 STORED_KEY = "webhook.credentials"
 ADMIN_PASSWORD_KEY = "admin.password_hash"

@@ -13,7 +13,7 @@ from collections import Counter as Tally
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .storage.base import Store
+from bridge.storage.base import Store
 
 #: Latency buckets (seconds) for one HTTP call to Segment or Mailjet.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

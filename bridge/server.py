@@ -12,10 +12,10 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from . import create_app
-from .config import Settings
-from .metrics import mark_process_dead
-from .services import start_loops
+from bridge.app import create_app
+from bridge.config import Settings
+from bridge.delivery.loop import start_loops
+from bridge.metrics import mark_process_dead
 
 LOOP_JOIN_SECONDS = 10.0
 #: gunicorn's own lines as JSON too, on the same stderr handler as the bridge's.
@@ -38,9 +38,9 @@ def _graceful_ctrl_c(arbiter: Any) -> None:
 def _start_loops(worker: Any) -> None:
     # The terminal sends Ctrl-C to the workers too; let them finish the request in hand.
     signal.signal(signal.SIGINT, worker.handle_exit)
-    services = worker.wsgi.extensions["bridge"]
+    bridge = worker.wsgi.extensions["bridge"]
     stop = threading.Event()
-    worker.bridge_loops = (stop, start_loops(services.make_loops(), stop))
+    worker.bridge_loops = (stop, start_loops(bridge.loops(), stop))
 
 
 def _stop_loops(server: Any, worker: Any) -> None:

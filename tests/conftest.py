@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bridge import create_app
+from bridge.app import create_app
 from bridge.config import Settings, load_settings
 from bridge.storage import open_store
 from bridge.storage.base import Store

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bridge import create_app
+from bridge.app import create_app
 from bridge.config import load_settings
 
 PASSWORD = "admin-pass-123456"
@@ -100,7 +100,7 @@ def test_settings_are_validated_and_stored(admin_app: Any) -> None:
     store = admin_app.extensions["bridge"].store
     assert store.get_setting("segment.region") == "eu"
     assert store.get_setting("segment.write_key") is None  # blank keeps the current key
-    assert admin_app.extensions["bridge"].segment_api_url() == "https://events.eu1.segmentapis.com"
+    assert admin_app.extensions["bridge"].current.segment_api_url() == "https://events.eu1.segmentapis.com"
 
 
 def test_security_headers(admin_app: Any) -> None:

@@ -18,7 +18,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.mapping import dedupe_key, message_id
+from bridge.inbound.track import dedupe_key, message_id
 from tests.fakes.mailjet import FakeMailjet
 from tests.fakes.segment import FakeSegment
 from tests.processes import BIN, ROOT, Process, callback_auth, poll

@@ -135,23 +135,23 @@ def test_register_callbacks_without_keys_fails_clearly(env: dict[str, str]) -> N
 
 def _dead_letter_setup(cli_env: dict[str, str], fake_segment: FakeSegment, n: int) -> list[int]:
     """Queue n events that Segment rejects, and run the forwarder once: n dead letters."""
-    from bridge import create_app
+    from bridge.app import create_app
     from bridge.config import load_settings
-    from bridge.mapping import dedupe_key, message_id
+    from bridge.inbound.track import dedupe_key, message_id
 
     app = create_app(load_settings(cli_env), announce=lambda _: None)
-    services = app.extensions["bridge"]
+    bridge = app.extensions["bridge"]
     events = [{"event": "bounce", "time": 1_700_000_000 + i, "MessageID": 5000 + i,
                "email": f"d{i}@x.com"} for i in range(n)]
     fake_segment.write_keys.add("good-key-0000001")
     fake_segment.reject_message_ids = {message_id(dedupe_key(e)) for e in events}
     client = app.test_client()
     client.post("/webhooks/mailjet", json=events, auth=("mailjet", "s3cret-pass"))
-    forwarder = services.make_loops()[0]
-    while services.store.stats(0)["pending"]:
+    forwarder = bridge.loops()[0]
+    while bridge.store.stats(0)["pending"]:
         forwarder.run_once()
-    ids = [row["id"] for row in services.store.dead_letters(10_000)]
-    services.store.close()
+    ids = [row["id"] for row in bridge.store.dead_letters(10_000)]
+    bridge.store.close()
     return sorted(ids)
 
 
@@ -181,7 +181,7 @@ def test_replay_all_shows_progress(cli_env: dict[str, str], fake_segment: FakeSe
 
 
 def test_quarantine_list_show_replay(cli_env: dict[str, str]) -> None:
-    from bridge import create_app
+    from bridge.app import create_app
     from bridge.config import load_settings
 
     app = create_app(load_settings(cli_env), announce=lambda _: None)

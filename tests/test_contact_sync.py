@@ -11,13 +11,14 @@ from typing import Any
 import pytest
 
 from bridge.config import DEFAULT_SCHEMA_DIR
-from bridge.contact_sync import ContactSync, ContactSyncPolicy
-from bridge.jsonbody import parse_body
-from bridge.mailjet_client import MailjetClient
-from bridge.pacing import PacingPolicy, status_key
-from bridge.segment_intake import sort_segment_events
-from bridge.storage.base import MAILJET_CONTACT, Store
-from bridge.validation import EventValidator
+from bridge.delivery.pacing import PacingPolicy, status_key
+from bridge.outbound.contact_sync import ContactSync, ContactSyncPolicy
+from bridge.outbound.intake import CONTACT_KIND as MAILJET_CONTACT
+from bridge.outbound.intake import sort_segment_events
+from bridge.outbound.mailjet import MailjetClient
+from bridge.payloads.body import parse_body
+from bridge.payloads.schemas import EventValidator
+from bridge.storage.base import Store
 from tests.conftest import Clock
 from tests.fakes.mailjet import FakeMailjet, Scripted
 
@@ -322,7 +323,7 @@ def test_claims_only_contact_items(rig: Rig) -> None:
 
 
 def test_a_property_dead_letter_replays_once_the_definition_is_fixed(rig: Rig) -> None:
-    from bridge import operations
+    from bridge.ops import replay
 
     rig.fake.define("age", "int")
     rig.accept(identify("a@x.com", age="thirty", plan="pro"))
@@ -334,7 +335,7 @@ def test_a_property_dead_letter_replays_once_the_definition_is_fixed(rig: Rig) -
     class Just:  # the replay needs only the store
         store = rig.store
 
-    report = operations.replay_dead_letters(Just, [dead["id"]])  # type: ignore[arg-type]
+    report = replay.replay_dead_letters(Just, [dead["id"]])  # type: ignore[arg-type]
     assert report.requeued == [dead["id"]]
     assert rig.run() == 1
     assert rig.fake.contacts["a@x.com"]["Properties"] == {"plan": "pro", "age": "thirty"}

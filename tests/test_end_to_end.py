@@ -13,11 +13,11 @@ from typing import Any
 
 import requests
 
-from bridge import create_app
+from bridge.app import create_app
 from bridge.config import load_settings
-from bridge.mailjet_events import EVENT_NAME_PRESETS
-from bridge.mapping import dedupe_key, message_id
-from bridge.storage.base import SEGMENT_TRACK
+from bridge.inbound.fields import EVENT_NAME_PRESETS
+from bridge.inbound.intake import KIND as SEGMENT_TRACK
+from bridge.inbound.track import dedupe_key, message_id
 from bridge.storage.sqlite import SQLiteStore
 from tests.fakes.mailjet import FakeMailjet
 from tests.fakes.segment import FakeSegment

@@ -29,8 +29,8 @@ from typing import Any
 import pytest
 import requests
 
-from bridge.mapping import dedupe_key, message_id
-from bridge.pacing import status_key
+from bridge.delivery.pacing import status_key
+from bridge.inbound.track import dedupe_key, message_id
 from bridge.storage import open_store
 from tests.fakes.segment import FakeSegment, Scripted
 from tests.processes import BIN, Process, free_port, poll, spawn

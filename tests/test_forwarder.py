@@ -14,15 +14,16 @@ from typing import Any
 import pytest
 
 from bridge.config import DEFAULT_SCHEMA_DIR
-from bridge.forwarder import Forwarder, ForwarderPolicy
-from bridge.jsonbody import parse_body
-from bridge.mailjet_events import EVENT_NAME_PRESETS
-from bridge.mailjet_intake import sort_events
-from bridge.mapping import dedupe_key, message_id
-from bridge.pacing import PacingPolicy, status_key
-from bridge.segment_client import SegmentClient
-from bridge.storage.base import SEGMENT_TRACK, Store
-from bridge.validation import EventValidator
+from bridge.delivery.pacing import PacingPolicy, status_key
+from bridge.inbound.fields import EVENT_NAME_PRESETS
+from bridge.inbound.forwarder import Forwarder, ForwarderPolicy
+from bridge.inbound.intake import KIND as SEGMENT_TRACK
+from bridge.inbound.intake import sort_events
+from bridge.inbound.segment import SegmentClient
+from bridge.inbound.track import dedupe_key, message_id
+from bridge.payloads.body import parse_body
+from bridge.payloads.schemas import EventValidator
+from bridge.storage.base import Store
 from tests.conftest import T0, Clock
 from tests.fakes.segment import FakeSegment, Scripted
 
@@ -85,7 +86,7 @@ def test_delivers_all_seven_types_in_one_batch(rig: Rig, mailjet_events: dict[st
 
 def test_user_id_is_looked_up_when_sent(rig: Rig, mailjet_events: dict[str, Any]) -> None:
     rig.accept([mailjet_events["open"]])
-    rig.store.remember_identity("user-42", "api@mailjet.com", T0)  # identify arrives after the event
+    rig.store.accept([], [], T0, [("user-42", "api@mailjet.com")])  # identify arrives after the event
     rig.run()
     (call,) = rig.fake.accepted
     assert call["userId"] == "user-42" and "anonymousId" not in call

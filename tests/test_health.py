@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bridge import create_app
+from bridge.app import create_app
 from bridge.config import Settings, load_settings
 
 

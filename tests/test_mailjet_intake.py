@@ -7,9 +7,9 @@ import json
 import pytest
 
 from bridge.config import DEFAULT_SCHEMA_DIR
-from bridge.jsonbody import BodyError, parse_body, split_json
-from bridge.mailjet_intake import sort_events
-from bridge.validation import EventValidator
+from bridge.inbound.intake import sort_events
+from bridge.payloads.body import BodyError, parse_body, split_json
+from bridge.payloads.schemas import EventValidator
 
 
 def test_array_elements_keep_their_exact_text() -> None:

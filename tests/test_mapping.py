@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from bridge.mailjet_events import EVENT_NAME_PRESETS, EVENT_TYPES
-from bridge.mapping import dedupe_key, message_id, normalize_email, track_call
+from bridge.inbound.fields import EVENT_NAME_PRESETS, EVENT_TYPES
+from bridge.inbound.track import dedupe_key, message_id, track_call
+from bridge.payloads.identity import normalize_email
 
 NAMES = EVENT_NAME_PRESETS["mailjet"]
 LIBRARY = {"name": "mailjet-segment-bridge", "version": "0.1.0"}

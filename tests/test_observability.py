@@ -8,7 +8,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge import create_app
+from bridge.app import create_app
 from bridge.config import load_settings
 from bridge.logs import JsonFormatter, RedactSecrets
 from tests.fakes.segment import FakeSegment
@@ -24,8 +24,8 @@ def test_metrics_count_events_by_type_and_stage(app: Any, client: Any, auth: dic
     body = [mailjet_events["open"], mailjet_events["open"], mailjet_events["click"],
             {"event": "x", "time": 1}]
     client.post("/webhooks/mailjet", json=body, headers=auth)
-    services = app.extensions["bridge"]
-    for loop in services.make_loops()[:1]:
+    bridge = app.extensions["bridge"]
+    for loop in bridge.loops()[:1]:
         loop.run_once()
     found = samples(client.get("/metrics").text)
     assert found[("bridge_events_received_total", (("source", "mailjet"), ("type", "open")))] == 2
@@ -44,7 +44,7 @@ def test_healthz_is_503_when_segment_refuses_the_key_but_accept_scope_stays_200(
     app = create_app(load_settings({**env, "SEGMENT_WRITE_KEY": "refused-key-123"}), announce=lambda _: None)
     client = app.test_client()
     client.post("/webhooks/mailjet", json=mailjet_events["sent"], headers=auth)
-    app.extensions["bridge"].make_loops()[0].run_once()
+    app.extensions["bridge"].loops()[0].run_once()
     health = client.get("/healthz")
     assert health.status_code == 503
     assert health.json["reason"] == "Segment refused the write key"

@@ -11,8 +11,8 @@ import pytest
 
 from bridge.config import DEFAULT_SCHEMA_DIR
 from bridge.errors import ConfigError
-from bridge.mailjet_events import EVENT_TYPES
-from bridge.validation import EventValidator
+from bridge.inbound.fields import EVENT_TYPES
+from bridge.payloads.schemas import EventValidator
 
 #: The type table of reference/mailjet.md §1.3.
 INTEGERS = {"time", "MessageID", "mj_campaign_id", "mj_contact_id", "mj_list_id"}

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from bridge import create_app
+from bridge.app import create_app
 from bridge.config import load_settings
-from bridge.storage.base import MAILJET_CONTACT
+from bridge.outbound.intake import CONTACT_KIND as MAILJET_CONTACT
 
 URL = "/webhooks/segment"
 SECRET = "shh-segment-secret"

@@ -11,9 +11,6 @@ import pytest
 from bridge.errors import StorageUnavailable
 from bridge.storage import open_store
 from bridge.storage.base import (
-    MAILJET_CONTACT,
-    MAILJET_PROPERTY,
-    SEGMENT_TRACK,
     DeadLetter,
     DueSummary,
     NewItem,
@@ -23,6 +20,8 @@ from bridge.storage.base import (
 )
 
 T0 = 1_700_000_000.0
+#: Kinds are opaque to the store; these are the directions' own names.
+SEGMENT_TRACK, MAILJET_CONTACT, MAILJET_PROPERTY = "segment_track", "mailjet_contact", "mailjet_property"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -119,9 +118,9 @@ def test_stats_report_oldest_pending_age(store: Store) -> None:
 
 
 def test_identities_and_settings(store: Store) -> None:
-    store.remember_identity("u1", "a@x.com", T0)
-    store.remember_identity("u2", "a@x.com", T0 + 1)
-    store.remember_identity("u3", "b@x.com", T0)
+    store.accept([], [], T0, [("u1", "a@x.com")])
+    store.accept([], [], T0 + 1, [("u2", "a@x.com")])
+    store.accept([], [], T0, [("u3", "b@x.com")])
     assert store.user_ids_for(["a@x.com", "b@x.com", "c@x.com"]) == {"a@x.com": "u2", "b@x.com": "u3"}
     assert store.get_setting("k") is None
     assert store.put_setting("k", "v1", T0, only_if_absent=True) is True
@@ -279,7 +278,7 @@ def test_operator_queries(store: Store) -> None:
     assert [r["id"] for r in store.recent(10, state="delivered")] == [b.id, a.id]
     assert store.item(a.id)["sent"] == '{"s":1}' and store.item(999) is None
     assert sorted(store.latencies(T0)) == [12.0, 30.0]
-    assert store.timeline(T0 - 60) == [(float(int(T0 // 60) * 60), "sent", 3)]
+    assert store.timeline(T0 - 60, [SEGMENT_TRACK]) == [(float(int(T0 // 60) * 60), "sent", 3)]
     assert store.dead_ids() == [c.id]
     assert store.requeue([c.id, a.id], T0 + 5, {c.id: (SEGMENT_TRACK, '{"k":"c2"}')}) == 1
     again = store.claim(SEGMENT_TRACK, 10, "w2", 60, T0 + 5)

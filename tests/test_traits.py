@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bridge.traits import (
+from bridge.outbound.traits import (
     ContactUpdate,
     as_datetime,
     contact_name,

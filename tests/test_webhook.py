@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bridge import create_app
+from bridge.app import create_app
 from bridge.config import Settings, load_settings
 from tests.conftest import basic
 

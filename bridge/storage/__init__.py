@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..errors import ConfigError
-from .base import Store
-from .postgres import PostgresStore
-from .sqlite import SQLiteStore
+from bridge.errors import ConfigError
+from bridge.storage.base import Store
+from bridge.storage.postgres import PostgresStore
+from bridge.storage.sqlite import SQLiteStore
 
 
 def open_store(url: str, *, sqlite_synchronous: str = "full") -> Store:

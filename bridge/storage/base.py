@@ -1,7 +1,8 @@
-"""The storage contract. SQLite implements it now; PostgreSQL implements the same one (issue #5).
+"""The storage contract, implemented once in SQL (``sql.py``) for SQLite and PostgreSQL.
 
 Every method is one transaction. Times are Unix seconds (float), passed in by the caller so that
-tests control the clock. The store knows nothing about Segment or Mailjet.
+tests control the clock. The store knows nothing about Segment or Mailjet: an item's ``kind`` and
+``event_type`` are opaque strings chosen by the directions, and its payload is opaque text.
 """
 
 from __future__ import annotations
@@ -10,11 +11,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-#: Outbox kinds: what an item is and where it goes.
-SEGMENT_TRACK = "segment_track"      # a Mailjet event, to Segment as a track call
-MAILJET_CONTACT = "mailjet_contact"  # a Segment identify, to Mailjet as a contact
-MAILJET_PROPERTY = "mailjet_property"  # dead letters only: one property Mailjet could not take
 
 #: Outbox states.
 PENDING, LEASED, DELIVERED, DEAD = "pending", "leased", "delivered", "dead"
@@ -44,7 +40,8 @@ class QuarantineEntry:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A dead letter recorded directly (not an outbox item that failed), e.g. one rejected property."""
+    """A dead letter recorded directly, not an outbox item that failed (a direction may keep part of
+    an item aside, such as one property of a contact)."""
 
     kind: str
     dedupe_key: str
@@ -97,7 +94,11 @@ class Outcome:
 
 
 class Store(ABC):
-    """Durable outbox, quarantine, identity table and stored settings behind one small interface."""
+    """Durable outbox, quarantine, identity table and stored settings behind one interface.
+
+    The methods come in groups: the outbox (what the webhooks and delivery loops call), identities,
+    settings, what operators read and replay, admin logins, and the store's own upkeep.
+    """
 
     @abstractmethod
     def migrate(self) -> None:
@@ -153,10 +154,6 @@ class Store(ABC):
         """The email last seen with each userId."""
 
     @abstractmethod
-    def remember_identity(self, user_id: str, email: str, now: float) -> None:
-        """Record a userId <-> email pair (from an identify call)."""
-
-    @abstractmethod
     def get_setting(self, key: str) -> str | None:
         """A stored setting or runtime record, or None."""
 
@@ -204,8 +201,9 @@ class Store(ABC):
         """Drop quarantine entries (after a successful replay)."""
 
     @abstractmethod
-    def timeline(self, since: float, bucket_seconds: int = 60) -> list[tuple[float, str, int]]:
-        """Items accepted since ``since``: (bucket start, event type, count)."""
+    def timeline(self, since: float, kinds: Sequence[str], bucket_seconds: int = 60,
+                 ) -> list[tuple[float, str, int]]:
+        """Items of the given kinds accepted since ``since``: (bucket start, event type, count)."""
 
     @abstractmethod
     def latencies(self, since: float, limit: int = 20_000) -> list[float]:

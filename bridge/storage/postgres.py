@@ -14,9 +14,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ..errors import StorageUnavailable
-from .base import LEASED, PENDING, ClaimedItem
-from .sql import CLAIM_COLUMNS, SqlStore, Tx
+from bridge.errors import StorageUnavailable
+from bridge.storage.base import LEASED, PENDING, ClaimedItem
+from bridge.storage.sql import CLAIM_COLUMNS, SqlStore, Tx
 
 #: Any constant: the key of the advisory lock that serialises migrations across processes.
 MIGRATION_LOCK = 7_305_821_446_051

@@ -12,11 +12,10 @@ from contextlib import AbstractContextManager
 from importlib import resources
 from typing import Any, Protocol
 
-from .base import (
+from bridge.storage.base import (
     DEAD,
     DELIVERED,
     LEASED,
-    MAILJET_PROPERTY,
     PENDING,
     AcceptResult,
     DeadLetter,
@@ -208,9 +207,6 @@ class SqlStore(Store):
             user_ids,
         )
 
-    def remember_identity(self, user_id: str, email: str, now: float) -> None:
-        self.accept([], [], now, [(user_id, email)])
-
     def get_setting(self, key: str) -> str | None:
         rows = self._rows("SELECT value FROM settings WHERE key = ?", (key,))
         return rows[0][0] if rows else None
@@ -297,11 +293,15 @@ class SqlStore(Store):
         with self._write() as tx:
             tx.executemany("DELETE FROM quarantine WHERE id = ?", [(i,) for i in ids])
 
-    def timeline(self, since: float, bucket_seconds: int = 60) -> list[tuple[float, str, int]]:
+    def timeline(self, since: float, kinds: Sequence[str], bucket_seconds: int = 60,
+                 ) -> list[tuple[float, str, int]]:
+        if not kinds:
+            return []
         rows = self._rows(
             f"SELECT {self.bucket_sql} AS bucket, COALESCE(event_type, '') AS kind, COUNT(*) "
-            "FROM outbox WHERE created_at >= ? AND kind != ? GROUP BY 1, 2 ORDER BY 1",
-            (bucket_seconds, bucket_seconds, since, MAILJET_PROPERTY),
+            f"FROM outbox WHERE created_at >= ? AND kind IN ({','.join('?' * len(kinds))}) "
+            "GROUP BY 1, 2 ORDER BY 1",
+            (bucket_seconds, bucket_seconds, since, *kinds),
         )
         return [(float(r[0]), r[1], r[2]) for r in rows]
 

@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import StorageUnavailable
-from .base import LEASED, PENDING, ClaimedItem
-from .sql import CLAIM_COLUMNS, SqlStore, Tx
+from bridge.errors import StorageUnavailable
+from bridge.storage.base import LEASED, PENDING, ClaimedItem
+from bridge.storage.sql import CLAIM_COLUMNS, SqlStore, Tx
 
 BUSY_TIMEOUT_MS = 10_000
 #: Longest pause between two tries for the write lock. SQLite's own busy handler sleeps 1 ms, then

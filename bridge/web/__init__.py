@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from flask import Flask, current_app
 
-from ..services import Services
+from bridge.wiring import Bridge
 
 
-def services() -> Services:
+def current_bridge() -> Bridge:
+    """The bridge's objects, built once per app by ``wiring.build``."""
     return current_app.extensions["bridge"]
 
 
 def register(app: Flask) -> None:
-    from . import admin, errors, health, mailjet_webhook, observability, segment_webhook
+    from bridge.web import admin, errors, health, mailjet_webhook, observability, segment_webhook
 
     errors.register(app)
     observability.register(app)

@@ -29,13 +29,14 @@ from flask import (
 )
 from markupsafe import Markup
 
-from .. import operations
-from ..config import MAILJET_ACTIONS, SEGMENT_REGIONS, STORED_SETTINGS, check_stored_setting, mask
-from ..errors import ConfigError
-from ..mailjet_events import EVENT_NAME_PRESETS, EVENT_TYPES
-from ..storage.base import DEAD, DELIVERED, LEASED, PENDING
-from . import services
-from .chart import events_per_minute
+from bridge.config import MAILJET_ACTIONS, SEGMENT_REGIONS, STORED_SETTINGS, check_stored_setting, mask
+from bridge.errors import ConfigError
+from bridge.inbound.fields import EVENT_NAME_PRESETS, EVENT_TYPES
+from bridge.ops import checks, replay
+from bridge.ops import overview as overviews
+from bridge.storage.base import DEAD, DELIVERED, LEASED, PENDING
+from bridge.web import current_bridge
+from bridge.web.chart import events_per_minute
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates",
                static_folder="static", static_url_path="/static")
@@ -90,16 +91,16 @@ def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
 def login() -> Any:
     if request.method == "GET":
         return render_template("admin/login.html")
-    svc = services()
+    bridge = current_bridge()
     client = request.remote_addr or "unknown"
     now = time.time()
-    if svc.store.login_failures(client, now - LOGIN_WINDOW, now) >= LOGIN_ATTEMPTS:
+    if bridge.store.login_failures(client, now - LOGIN_WINDOW, now) >= LOGIN_ATTEMPTS:
         return render_template("admin/login.html",
                                error="Too many failed attempts. Wait 15 minutes and try again."), 429
-    if not svc.admin.matches(request.form.get("password", "")):
-        svc.store.login_failures(client, now - LOGIN_WINDOW, now, record=True)
+    if not bridge.admin.matches(request.form.get("password", "")):
+        bridge.store.login_failures(client, now - LOGIN_WINDOW, now, record=True)
         return render_template("admin/login.html", error="Wrong password."), 401
-    svc.store.clear_login_failures(client)
+    bridge.store.clear_login_failures(client)
     session.clear()
     session.permanent = True
     session["admin"] = True
@@ -116,7 +117,7 @@ def logout() -> Any:
 @bp.get("/")
 @login_required
 def overview() -> Any:
-    data = operations.overview(services())
+    data = overviews.overview(current_bridge())
     chart = Markup(events_per_minute(data["timeline"], data["now"], data["window"]))
     return render_template("admin/overview.html", data=data, chart=chart)
 
@@ -138,30 +139,30 @@ FIELDS = [
 @bp.get("/settings")
 @login_required
 def settings_page() -> Any:
-    svc = services()
-    effective = svc.effective()
+    bridge = current_bridge()
+    effective = bridge.current.shown()
     rows = []
     for key, label, kind, choices in FIELDS:
         value, origin = effective[key]
         shown = mask(value) if STORED_SETTINGS[key].secret else (value or "")
         rows.append({"key": key, "label": label, "kind": kind, "choices": choices, "value": shown,
                      "origin": origin})
-    masked_url = operations.own_callback_url(svc).replace(svc.credentials.password, "••••••••")
+    masked_url = bridge.callback_url().replace(bridge.credentials.password, "••••••••")
     return render_template("admin/settings.html", rows=rows, callback_url=masked_url)
 
 
 @bp.post("/settings")
 @login_required
 def save_settings() -> Any:
-    svc = services()
-    current = svc.effective()
+    bridge = current_bridge()
+    current = bridge.current.shown()
     changed, problems = [], []
     for key, _label, kind, _choices in FIELDS:
         value = request.form.get(key, "").strip()
         if not value or (kind != "secret" and value == (current[key][0] or "")):
             continue  # a blank secret field keeps the current one
         try:
-            svc.store.put_setting(key, check_stored_setting(key, value), time.time())
+            bridge.store.put_setting(key, check_stored_setting(key, value), time.time())
             changed.append(key)
         except ConfigError as exc:
             problems.extend(exc.problems)
@@ -175,10 +176,10 @@ def save_settings() -> Any:
 @bp.post("/settings/test/<service>")
 @login_required
 def test_connection(service: str) -> Any:
-    checks = {"segment": operations.check_segment, "mailjet": operations.check_mailjet}
-    if service not in checks:
+    check = {"segment": checks.check_segment, "mailjet": checks.check_mailjet}.get(service)
+    if check is None:
         abort(404)
-    ok, sentence = checks[service](services())
+    ok, sentence = check(current_bridge())
     flash(sentence, "ok" if ok else "error")
     return redirect(url_for("admin.settings_page"))
 
@@ -187,7 +188,7 @@ def test_connection(service: str) -> Any:
 @login_required
 def reveal_callback_url() -> Any:
     """The full callback URL for the copy button: fetched on demand, never part of a page."""
-    return jsonify(url=operations.own_callback_url(services()))
+    return jsonify(url=current_bridge().callback_url())
 
 
 # -- debugger -------------------------------------------------------------------------------------
@@ -209,7 +210,7 @@ def _pretty(text: str | None) -> str:
 def debugger() -> Any:
     event_type = request.args.get("type") or None
     state = request.args.get("state") or None
-    rows = services().store.recent(100, event_type=event_type, state=state)
+    rows = current_bridge().store.recent(100, event_type=event_type, state=state)
     for row in rows:
         row["payload_pretty"] = _pretty(row["payload"])
         row["sent_pretty"] = _pretty(row["sent"])
@@ -226,19 +227,19 @@ def debugger() -> Any:
 @bp.get("/dead-letters")
 @login_required
 def dead_letters() -> Any:
-    rows = [{**operations.describe(row), "row": row} for row in services().store.dead_letters(200)]
+    rows = [{**replay.describe(row), "row": row} for row in current_bridge().store.dead_letters(200)]
     return render_template("admin/dead_letters.html", rows=rows)
 
 
-def _replay(replay: Callable[..., operations.ReplayReport], everything: Callable[[Any], Any],
+def _replay(action: Callable[..., replay.ReplayReport], everything: Callable[[Any], Any],
             done: str, page: str) -> Any:
     """Replay the ids of the form (one button per row), or every entry ("Replay all")."""
-    svc = services()
+    bridge = current_bridge()
     if request.form.get("all"):
-        ids = list(everything(svc))
+        ids = list(everything(bridge))
     else:
         ids = [int(i) for i in request.form.getlist("id") if i.isdigit()]
-    report = replay(svc, ids)
+    report = action(bridge, ids)
     flash(done.format(len(report.requeued)), "ok")
     for entry_id, why in report.skipped[:10]:
         flash(f"{entry_id}: {why}", "error")
@@ -248,14 +249,14 @@ def _replay(replay: Callable[..., operations.ReplayReport], everything: Callable
 @bp.post("/dead-letters/replay")
 @login_required
 def replay_dead_letters() -> Any:
-    return _replay(operations.replay_dead_letters, operations.all_dead_ids,
+    return _replay(replay.replay_dead_letters, replay.all_dead_ids,
                    "{} dead letter(s) queued again.", "admin.dead_letters")
 
 
 @bp.get("/quarantine")
 @login_required
 def quarantine() -> Any:
-    entries = services().store.quarantine_entries(200)
+    entries = current_bridge().store.quarantine_entries(200)
     for entry in entries:
         entry["errors_list"] = json.loads(entry["errors"])
         entry["body_pretty"] = _pretty(entry["body"])
@@ -265,6 +266,6 @@ def quarantine() -> Any:
 @bp.post("/quarantine/replay")
 @login_required
 def replay_quarantine() -> Any:
-    return _replay(operations.replay_quarantine,
-                   lambda svc: [entry["id"] for entry in svc.store.quarantine_entries(10_000)],
+    return _replay(replay.replay_quarantine,
+                   lambda bridge: [entry["id"] for entry in bridge.store.quarantine_entries(10_000)],
                    "{} event(s) valid now and queued.", "admin.quarantine")

@@ -11,9 +11,9 @@ import time
 
 from flask import Blueprint, Response, jsonify, request
 
-from ..errors import StorageUnavailable
-from ..operations import delivery_states
-from . import services
+from bridge.errors import StorageUnavailable
+from bridge.ops.overview import delivery_states
+from bridge.web import current_bridge
 
 bp = Blueprint("health", __name__)
 
@@ -23,11 +23,11 @@ TROUBLE = frozenset({"auth_failed", "retrying", "no_write_key"})
 
 @bp.get("/healthz")
 def healthz() -> tuple[Response, int]:
-    svc = services()
+    bridge = current_bridge()
     try:
-        svc.store.ping()
-        queue = svc.store.stats(time.time())
-        states = delivery_states(svc)
+        bridge.store.ping()
+        queue = bridge.store.stats(time.time())
+        states = delivery_states(bridge)
     except StorageUnavailable as exc:
         return jsonify(status="unavailable", storage="unavailable", reason=str(exc)), 503
     segment, mailjet = states["segment"], states["mailjet"]

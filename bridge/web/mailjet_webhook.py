@@ -9,20 +9,20 @@ import time
 
 from flask import Blueprint, Response, jsonify, request
 
-from ..errors import StorageUnavailable
-from ..jsonbody import BodyError, parse_body
-from ..mailjet_intake import sort_events
-from . import services
-from .errors import json_error, storage_unavailable
+from bridge.errors import StorageUnavailable
+from bridge.inbound.intake import sort_events
+from bridge.payloads.body import BodyError, parse_body
+from bridge.web import current_bridge
+from bridge.web.errors import json_error, storage_unavailable
 
 bp = Blueprint("mailjet_webhook", __name__)
 
 
 @bp.post("/webhooks/mailjet")
 def receive() -> tuple[Response, int]:
-    svc = services()
+    bridge = current_bridge()
     auth = request.authorization
-    if auth is None or auth.type != "basic" or not svc.credentials.matches(
+    if auth is None or auth.type != "basic" or not bridge.credentials.matches(
         auth.username, auth.password
     ):
         return json_error(
@@ -35,12 +35,12 @@ def receive() -> tuple[Response, int]:
         events = parse_body(request.get_data(cache=False))
     except BodyError as exc:
         return json_error(400, "bad_request", str(exc))
-    intake = sort_events(events, svc.mailjet_validator)
+    intake = sort_events(events, bridge.mailjet_validator)
     try:
-        result = svc.store.accept(intake.items, intake.quarantined, time.time())
+        result = bridge.store.accept(intake.items, intake.quarantined, time.time())
     except StorageUnavailable:
         return storage_unavailable()
-    svc.metrics.intake(
+    bridge.metrics.intake(
         "mailjet", [i.event_type for i in intake.items] + ["invalid"] * len(intake.quarantined),
         result.accepted_by_type, result.quarantined,
     )

@@ -7,9 +7,9 @@ import time
 
 from flask import Blueprint, Flask, Response, g, request
 
-from ..errors import StorageUnavailable
-from . import services
-from .errors import json_error
+from bridge.errors import StorageUnavailable
+from bridge.web import current_bridge
+from bridge.web.errors import json_error
 
 bp = Blueprint("observability", __name__)
 access = logging.getLogger("bridge.access")
@@ -19,9 +19,9 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 @bp.get("/metrics")
 def metrics() -> Response | tuple[Response, int]:
-    svc = services()
+    bridge = current_bridge()
     try:
-        body = svc.metrics.render(svc.store)
+        body = bridge.metrics.render(bridge.store)
     except StorageUnavailable as exc:
         return json_error(503, "storage_unavailable", str(exc))
     return Response(body, mimetype=None, content_type=PROMETHEUS_TEXT)

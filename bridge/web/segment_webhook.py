@@ -10,24 +10,24 @@ import time
 
 from flask import Blueprint, Response, jsonify, request
 
-from ..errors import StorageUnavailable
-from ..jsonbody import BodyError, parse_body
-from ..segment_intake import signature_matches, sort_segment_events
-from . import services
-from .errors import json_error, storage_unavailable
+from bridge.errors import StorageUnavailable
+from bridge.outbound.intake import signature_matches, sort_segment_events
+from bridge.payloads.body import BodyError, parse_body
+from bridge.web import current_bridge
+from bridge.web.errors import json_error, storage_unavailable
 
 bp = Blueprint("segment_webhook", __name__)
 
 
 @bp.post("/webhooks/segment")
 def receive() -> tuple[Response, int]:
-    svc = services()
+    bridge = current_bridge()
     raw = request.get_data(cache=False)
     try:
         events = parse_body(raw)
     except BodyError as exc:
         return json_error(400, "bad_request", str(exc))
-    secret = svc.settings.segment_shared_secret
+    secret = bridge.settings.segment_shared_secret
     if secret and events:
         # Segment signs the exact body of a single event, and only the first element of a batch.
         signed = events[0][1] if raw.lstrip()[:1] == b"[" else raw.decode("utf-8")
@@ -37,14 +37,14 @@ def receive() -> tuple[Response, int]:
                 "missing or wrong X-Signature: it must be the hex HMAC-SHA1 of the body (or of the "
                 "first event of a batch) with SEGMENT_SHARED_SECRET",
             )
-    intake = sort_segment_events(events, svc.segment_validator)
+    intake = sort_segment_events(events, bridge.segment_validator)
     try:
-        result = svc.store.accept(
+        result = bridge.store.accept(
             intake.items, intake.quarantined, time.time(), identities=intake.identities
         )
     except StorageUnavailable:
         return storage_unavailable()
-    svc.metrics.intake(
+    bridge.metrics.intake(
         "segment",
         ["identify"] * (len(intake.items) + intake.skipped) + ["other"] * intake.ignored
         + ["invalid"] * len(intake.quarantined),

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 T = TypeVar("T")
 
-#: Segment rejects a single call over 32 KB (reference/segment.md §1.6).
+#: Segment rejects a single call over 32 KB.
 MAX_EVENT_BYTES = 32 * 1024
 #: Segment's limit is 500 KB a request; stay under it with room for the envelope and ``sentAt``,
 #: as analytics-python does (475,000 bytes).
@@ -43,8 +43,3 @@ def pack(
         batches.append(current)
     return batches
 
-
-def halves(batch: Sequence[T]) -> tuple[list[T], list[T]]:
-    """Split a rejected batch to isolate the bad call by bisection."""
-    middle = len(batch) // 2
-    return list(batch[:middle]), list(batch[middle:])

@@ -6,16 +6,17 @@ ones beside it from being queued.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .mapping import dedupe_key
-from .storage.base import SEGMENT_TRACK, NewItem, QuarantineEntry
-from .validation import EventValidator
+from bridge.inbound.track import dedupe_key
+from bridge.payloads.schemas import EventValidator, quarantine_entry
+from bridge.storage.base import NewItem, QuarantineEntry
 
-MAILJET_SOURCE = "mailjet"
+#: The outbox kind of a Mailjet event on its way to Segment as a track call.
+KIND = "segment_track"
+#: The quarantine source of Mailjet's events.
+SOURCE = "mailjet"
 
 
 @dataclass
@@ -33,12 +34,7 @@ def sort_events(events: list[tuple[Any, str]], validator: EventValidator) -> Int
     for event, text in events:
         errors = validator.errors(event)
         if errors:
-            fingerprint = hashlib.sha256(text.encode()).hexdigest()
-            intake.quarantined.append(
-                QuarantineEntry(MAILJET_SOURCE, fingerprint, text, json.dumps(errors))
-            )
+            intake.quarantined.append(quarantine_entry(SOURCE, text, errors))
         else:
-            intake.items.append(
-                NewItem(SEGMENT_TRACK, dedupe_key(event), event["event"], text, int(event["time"]))
-            )
+            intake.items.append(NewItem(KIND, dedupe_key(event), event["event"], text, int(event["time"])))
     return intake

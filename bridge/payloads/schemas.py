@@ -1,4 +1,4 @@
-"""Validation of Mailjet events against the JSON Schemas in ``schemas/mailjet/``.
+"""Validation of webhook events against the JSON Schemas in ``schemas/mailjet/`` and ``schemas/segment/``.
 
 Schemas are standard Draft 2020-12 files. ``jsonschema`` checks each schema against the meta-schema
 once at start-up; events are validated with ``jsonschema-rs`` validators built once, since that is
@@ -7,6 +7,7 @@ about 100x cheaper per event here (docs/benchmarks.md) and the accept path runs 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Any
 import jsonschema
 import jsonschema_rs
 
-from .errors import ConfigError
+from bridge.errors import ConfigError
+from bridge.storage.base import QuarantineEntry
 
 
 def _json_path(parts: list[Any]) -> str:
@@ -90,3 +92,10 @@ class EventValidator:
             {"path": _json_path(list(err.instance_path)), "message": err.message}
             for err in validator.iter_errors(event)
         ]
+
+
+def quarantine_entry(source: str, text: str, errors: list[dict[str, str]]) -> QuarantineEntry:
+    """An invalid event as kept for admins: its exact text, its errors, and a fingerprint, so a
+    redelivered invalid event is quarantined once."""
+    fingerprint = hashlib.sha256(text.encode()).hexdigest()
+    return QuarantineEntry(source, fingerprint, text, json.dumps(errors))

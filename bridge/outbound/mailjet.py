@@ -1,7 +1,8 @@
-"""The few Mailjet API v3 calls the bridge makes, over plain ``requests`` (reference/mailjet.md §2, §4).
+"""The few Mailjet API v3 calls the bridge makes, over plain ``requests``.
 
 No SDK: ``mailjet-rest`` retries POSTs on its own and changed its error behaviour in 1.8.0, and the
-retry policy must be ours. No retry logic here either: the contact sync decides what happens next.
+retry policy must be ours. No retry logic here either: a failed call raises ``UpstreamError`` and the
+contact sync's delivery loop decides what happens next.
 """
 
 from __future__ import annotations
@@ -13,29 +14,18 @@ from urllib.parse import quote
 
 import requests
 
-from .segment_client import parse_retry_after
-from .version import __version__
+from bridge import USER_AGENT
+from bridge.delivery.upstream import UpstreamError, parse_retry_after, send
 
-USER_AGENT = f"mailjet-segment-bridge/{__version__}"
-#: Largest page Mailjet serves; the default is 10, which hides definitions (reference §2.1).
+#: Largest page Mailjet serves; the default is 10, which hides definitions.
 PAGE_LIMIT = 1000
 #: Job states that end a managemanycontacts job. Anything else is still running.
 JOB_DONE = "Completed"
 JOB_FAILED = frozenset({"Error", "Abort"})
+#: List actions of Mailjet's managecontact / managemanycontacts.
+MAILJET_ACTIONS: tuple[str, ...] = ("addnoforce", "addforce", "unsub", "remove")
 
 Auth = tuple[str, str]
-
-
-class MailjetError(Exception):
-    """A call that did not succeed. ``status`` is None when Mailjet did not answer at all."""
-
-    def __init__(self, status: int | None, message: str, info: Any = None,
-                 retry_after: float | None = None) -> None:
-        super().__init__(f"{status}: {message}" if status else message)
-        self.status = status
-        self.message = message
-        self.info = info
-        self.retry_after = retry_after
 
 
 class MailjetClient:
@@ -50,15 +40,11 @@ class MailjetClient:
 
     def _call(self, method: str, path: str, auth: Auth, *, body: Any = None,
               params: dict[str, Any] | None = None) -> Any:
-        try:
-            response = self.session.request(
-                method, self.base_url().rstrip("/") + path, json=body, params=params, auth=auth,
-                headers={"User-Agent": USER_AGENT}, timeout=self.timeout,
-            )
-        except requests.Timeout:
-            raise MailjetError(None, f"no answer within {self.timeout[1]:g} s") from None
-        except requests.RequestException as exc:
-            raise MailjetError(None, f"connection failed: {type(exc).__name__}") from None
+        """One call; its JSON answer, or UpstreamError with Mailjet's ``ErrorMessage``."""
+        response, _latency = send(
+            self.session, method, self.base_url().rstrip("/") + path, json=body, params=params,
+            auth=auth, headers={"User-Agent": USER_AGENT}, timeout=self.timeout,
+        )
         try:
             payload = response.json() if response.content else None
         except ValueError:
@@ -69,8 +55,8 @@ class MailjetClient:
             if isinstance(payload, dict):
                 message = str(payload.get("ErrorMessage") or message)
                 info = payload.get("ErrorInfo")
-            raise MailjetError(response.status_code, message, info,
-                               parse_retry_after(response.headers, time.time()))
+            raise UpstreamError(response.status_code, message, body=response.text[:1000], info=info,
+                                retry_after=parse_retry_after(response.headers, time.time()))
         return payload
 
     def contact_metadata(self, auth: Auth) -> dict[str, str]:
@@ -99,14 +85,14 @@ class MailjetClient:
         try:
             return int(answer["Data"][0]["JobID"])
         except (KeyError, IndexError, TypeError, ValueError):
-            raise MailjetError(201, f"no JobID in Mailjet's answer: {str(answer)[:300]}") from None
+            raise UpstreamError(201, f"no JobID in Mailjet's answer: {str(answer)[:300]}") from None
 
     def job(self, list_id: int, job_id: int, auth: Auth) -> dict[str, Any]:
         answer = self._call("GET", f"/v3/REST/contactslist/{list_id}/managemanycontacts/{job_id}", auth)
         try:
             return dict(answer["Data"][0])
         except (KeyError, IndexError, TypeError):
-            raise MailjetError(200, f"no job status in Mailjet's answer: {str(answer)[:300]}") from None
+            raise UpstreamError(200, f"no job status in Mailjet's answer: {str(answer)[:300]}") from None
 
     def job_errors(self, job_id: int, auth: Auth) -> Any:
         """The job's error file. Its format is not documented; the caller reads it leniently."""
@@ -114,7 +100,7 @@ class MailjetClient:
         return self._call("GET", path, auth)
 
     def check(self, auth: Auth) -> None:
-        """A harmless authenticated read; raises MailjetError if the key pair is refused."""
+        """A harmless authenticated read; raises UpstreamError if the key pair is refused."""
         self._call("GET", "/v3/REST/contactmetadata", auth, params={"Limit": 1})
 
     def event_callbacks(self, auth: Auth) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Pure mapping from a validated Mailjet event to a Segment ``track`` call (SPEC §2).
+"""Pure mapping from a validated Mailjet event to a Segment ``track`` call (docs/behaviour.md).
 
 No I/O here: the forwarder looks up the userId and hands it in, so a mapping is a function of its
 inputs and the same event always gives the same call (and the same ``messageId``).
@@ -12,25 +12,20 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from .mailjet_events import (
+from bridge import NAME, __version__
+from bridge.inbound.fields import (
     DEDUPE_FIELDS,
     ID_FIELDS,
     JS_SAFE_INTEGER,
     NOT_PROPERTIES,
     PROPERTY_FIELDS,
 )
-from .version import __version__
+from bridge.payloads.identity import normalize_email
 
-LIBRARY = {"name": "mailjet-segment-bridge", "version": __version__}
+#: ``context.library`` of every call the bridge makes to Segment.
+LIBRARY = {"name": NAME, "version": __version__}
 _KEY_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
 MESSAGE_ID_PREFIX = "mailjet-"
-
-
-def normalize_email(value: Any) -> str | None:
-    """Trim and lower-case an address; anything else (or an empty string) is no email."""
-    if not isinstance(value, str):
-        return None
-    return value.strip().lower() or None
 
 
 def dedupe_key(event: Mapping[str, Any]) -> str:

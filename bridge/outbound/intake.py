@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .mapping import LIBRARY, normalize_email
-from .storage.base import MAILJET_CONTACT, NewItem, QuarantineEntry
-from .validation import EventValidator
+from bridge import NAME
+from bridge.payloads.identity import normalize_email
+from bridge.payloads.schemas import EventValidator, quarantine_entry
+from bridge.storage.base import NewItem, QuarantineEntry
 
-SEGMENT_SOURCE = "segment"
+#: The outbox kind of an identify on its way to Mailjet as a contact.
+CONTACT_KIND = "mailjet_contact"
+#: Dead letters only: one contact property Mailjet could not take.
+PROPERTY_KIND = "mailjet_property"
+#: The quarantine source of Segment's events.
+SOURCE = "segment"
 #: ``integrations`` key of Segment's Mailjet destination; ``false`` means "not to Mailjet".
 MAILJET_INTEGRATION = "Mailjet"
 
@@ -39,7 +44,7 @@ def _skip_reason(event: dict[str, Any]) -> str | None:
     if (event.get("integrations") or {}).get(MAILJET_INTEGRATION) is False:
         return "integrations.Mailjet is false"
     library = ((event.get("context") or {}).get("library") or {}).get("name")
-    if library == LIBRARY["name"]:
+    if library == NAME:
         return "sent by this bridge"
     return None
 
@@ -66,8 +71,7 @@ def sort_segment_events(events: list[tuple[Any, str]], validator: EventValidator
     for event, text in events:
         errors = validator.errors(event)
         if errors:
-            intake.quarantined.append(QuarantineEntry(
-                SEGMENT_SOURCE, hashlib.sha256(text.encode()).hexdigest(), text, json.dumps(errors)))
+            intake.quarantined.append(quarantine_entry(SOURCE, text, errors))
             continue
         if event["type"] != "identify":
             intake.ignored += 1
@@ -78,5 +82,5 @@ def sort_segment_events(events: list[tuple[Any, str]], validator: EventValidator
         if _skip_reason(event):
             intake.skipped += 1
             continue
-        intake.items.append(NewItem(MAILJET_CONTACT, contact_key(event, text), "identify", text))
+        intake.items.append(NewItem(CONTACT_KIND, contact_key(event, text), "identify", text))
     return intake

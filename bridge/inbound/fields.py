@@ -1,6 +1,6 @@
 """Vendor knowledge about Mailjet's Event API and Segment's email spec, kept as data.
 
-The mapping code in ``bridge.mapping`` reads only these tables, so a new Mailjet field or a new naming
+The mapping code in ``bridge.inbound.track`` reads only these tables, so a new Mailjet field or a new naming
 preset is a change here, not in the logic. Sources: ``reference/mailjet.md`` §1, ``reference/segment.md``
 §2-3 and SPEC §2.
 """

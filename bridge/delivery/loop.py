@@ -1,0 +1,262 @@
+"""The delivery round both directions share: claim, prepare, send, settle, and give back.
+
+A direction (the Segment forwarder, the Mailjet contact sync) supplies only what is particular to it:
+its credential, how to group and render claimed items, how to send one group and read the answer,
+and how to dead-letter an item its upstream refused. Everything else lives here, once:
+
+- the credential gate: no credential, no claim; refused credentials pause until they change;
+- isolation of a bad item: a group the upstream rejects (400/413/422) is split in halves until the
+  one bad item is found, and only that one becomes a dead letter;
+- give-back: after a transient failure or refused credentials, the tried items and the untried rest
+  go back to the queue, nothing is dropped;
+- one log line and the counters per group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, Generic, Protocol, TypeVar
+
+from bridge.delivery.pacing import Pacer, PacingPolicy
+from bridge.delivery.upstream import UpstreamError, Verdict
+from bridge.errors import StorageUnavailable
+from bridge.storage.base import ClaimedItem, Outcome, Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+G = TypeVar("G")
+
+
+class Loop(Protocol):
+    """A loop a thread runs: the two delivery loops and the janitor."""
+
+    def run_once(self) -> int: ...
+
+    def run_forever(self, stop: threading.Event) -> None: ...
+
+
+def halves(group: Sequence[T]) -> tuple[list[T], list[T]]:
+    """Split a rejected group to isolate the bad item by bisection."""
+    middle = len(group) // 2
+    return list(group[:middle]), list(group[middle:])
+
+
+def _log_safely(level: int, message: str, *args: Any, exc_info: bool = False) -> None:
+    """Log, but never let a logging failure end a delivery loop."""
+    with contextlib.suppress(Exception):  # nothing sensible is left to report it to
+        log.log(level, message, *args, exc_info=exc_info)
+
+
+def run_until_stopped(
+    name: str, run_once: Callable[[], int], stop: threading.Event, idle_seconds: float
+) -> None:
+    """Call ``run_once`` until ``stop`` is set, resting when a round settled nothing.
+
+    Storage hiccups and unexpected errors are logged and retried, never fatal: the items stay in
+    the store and the next round takes them up.
+    """
+    log.info("%s started", name)
+    while not stop.is_set():
+        settled = 0
+        try:
+            settled = run_once()
+        except StorageUnavailable as exc:
+            _log_safely(logging.WARNING, "%s: storage unavailable: %s", name, exc)
+        except Exception:
+            _log_safely(logging.ERROR, "%s: unexpected error; continuing", name, exc_info=True)
+        if settled == 0:
+            stop.wait(idle_seconds)
+    log.info("%s stopped", name)
+
+
+def start_loops(loops: Sequence[Loop], stop: threading.Event) -> list[threading.Thread]:
+    """Run each loop in a daemon thread until ``stop`` is set."""
+    threads = [
+        threading.Thread(target=loop.run_forever, args=(stop,), name=type(loop).__name__, daemon=True)
+        for loop in loops
+    ]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+class DeliveryLoop(Generic[G]):
+    """One direction's delivery: claims its kind of item and settles each as delivered, dead or
+    given back. Several may run against one store: leases keep their work apart.
+
+    ``G`` is the direction's group: what one upstream call carries (a Segment batch, a Mailjet job).
+    """
+
+    #: Metrics label and the key of the stored delivery state: ``segment`` or ``mailjet``.
+    upstream = ""
+    #: The upstream and its credential in sentences: "Segment", "write key".
+    upstream_name = ""
+    credential_name = ""
+    #: What the items are, in sentences and log fields: "events", "identifies".
+    items_name = "items"
+    #: Prefix of this loop's lease owner id.
+    owner_prefix = "loop"
+    #: The stored state and its detail while no credential is set.
+    missing_credential: tuple[str, str] = ("no_credentials", "no credentials are set")
+
+    def __init__(
+        self, store: Store, *, kind: str, claim_limit: int, lease_seconds: float,
+        pacing: PacingPolicy, idle_seconds: float, clock: Callable[[], float],
+        rng: random.Random | None, owner: str | None, metrics: Any,
+    ) -> None:
+        self.store = store
+        self.kind = kind
+        self.claim_limit = claim_limit
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+        self.metrics = metrics
+        self.owner = owner or f"{self.owner_prefix}-{uuid.uuid4().hex[:12]}"
+        self.pacer = Pacer(store, self.upstream, pacing, clock, rng or random.Random())
+        self.idle_seconds = idle_seconds
+
+    # -- what a direction supplies ------------------------------------------------------------------
+
+    def credential(self) -> Hashable | None:
+        """The credential to call the upstream with, read at each round; None while none is set."""
+        raise NotImplementedError
+
+    def due(self, now: float) -> bool:
+        """Whether to claim now (the contact sync waits for a burst to settle)."""
+        return True
+
+    def prepare(self, items: list[ClaimedItem]) -> tuple[list[G], list[Outcome]]:
+        """Claimed items as groups to send, and the items that are dead before any call."""
+        raise NotImplementedError
+
+    def plan(self, groups: list[G], credential: Any) -> list[G]:
+        """Calls to make before sending (the contact sync's property definitions); may raise
+        UpstreamError, which gives every group back."""
+        return groups
+
+    def send(self, credential: Any, group: G) -> int:
+        """Deliver one group and record it; returns how many items were settled.
+
+        Raises UpstreamError when the upstream did not take the group.
+        """
+        raise NotImplementedError
+
+    def reject(self, group: G, error: UpstreamError) -> int:
+        """Dead-letter the one item left of a rejected group; returns how many items were settled."""
+        raise NotImplementedError
+
+    def items(self, group: G) -> list[ClaimedItem]:
+        """The claimed items a group stands for."""
+        raise NotImplementedError
+
+    def size(self, group: G) -> int:
+        """How many parts a group can be split into (items, or contacts of a job)."""
+        return len(group)  # type: ignore[arg-type]
+
+    def split(self, group: G) -> tuple[G, G]:
+        return halves(group)  # type: ignore[arg-type,return-value]
+
+    # -- the round ----------------------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """Claim one round of due items and try to deliver them. Returns how many were settled."""
+        credential = self.credential()
+        if not credential:
+            self.pacer.set_status(*self.missing_credential)
+            return 0
+        if not self.pacer.ready(credential):
+            return 0
+        now = self.clock()
+        if not self.due(now):
+            return 0
+        items = self.store.claim(self.kind, self.claim_limit, self.owner, self.lease_seconds, now)
+        if not items:
+            return 0
+        groups, dead = self.prepare(items)
+        if dead:
+            self.store.mark_dead(dead, self.owner, now)
+            types = {item.id: item.event_type for item in items}
+            self.report("dead", [types[o.id] for o in dead], error=dead[0].error)
+        try:
+            groups = self.plan(groups, credential)
+        except UpstreamError as exc:
+            self.give_back(exc, credential, [i for g in groups for i in self.items(g)], [])
+            return len(dead)
+        return len(dead) + self.deliver(credential, deque(groups))
+
+    def deliver(self, credential: Any, groups: deque[G]) -> int:
+        """Send group after group; a rejected group is bisected, any other failure ends the round."""
+        settled = 0
+        while groups:
+            group = groups.popleft()
+            try:
+                settled += self.send(credential, group)
+            except UpstreamError as exc:
+                if exc.verdict is Verdict.REJECTED:
+                    if self.size(group) > 1:
+                        first, second = self.split(group)
+                        groups.extendleft([second, first])
+                        self.report("split", [], status=exc.status, latency_ms=exc.latency_ms)
+                        continue
+                    settled += self.reject(group, exc)
+                    continue
+                untried = [i for g in groups for i in self.items(g)]
+                self.give_back(exc, credential, self.items(group), untried)
+                break
+        return settled
+
+    def give_back(self, exc: UpstreamError, credential: Hashable, tried: list[ClaimedItem],
+                  untried: list[ClaimedItem]) -> None:
+        """Release items after refused credentials or a transient failure, and pace the next try.
+
+        Refused credentials count no attempt and leave the items due at once, so corrected
+        credentials deliver them immediately. The untried rest of a round never counts an attempt.
+        """
+        now = self.clock()
+        if exc.verdict is Verdict.AUTH:
+            self.pacer.refused(credential, (
+                f"{self.upstream_name} refused the {self.credential_name} ({exc.status}); delivery is "
+                f"paused and {self.items_name} wait in the queue until a valid {self.credential_name} "
+                "is set"))
+            due, error, counted = now, f"{self.credential_name} refused ({exc.status})", False
+        else:
+            error = f"{self.upstream_name} unavailable: {exc.describe()}"[:500]
+            due, counted = now + self.pacer.failed(error[:300], exc.retry_after), True
+        self.store.release([i.id for i in tried], self.owner, due, error, count_attempt=counted,
+                           status=exc.status)
+        if untried:
+            self.store.release([i.id for i in untried], self.owner, due, None, count_attempt=False)
+        self.report("retried", [i.event_type for i in tried], status=exc.status,
+                    latency_ms=exc.latency_ms, error=error[:300])
+
+    def report(self, outcome: str, types: Sequence[str], **fields: Any) -> None:
+        """One log line per group (delivered, split, retried, dead), and the counters."""
+        if self.metrics and types and outcome != "split":
+            self.metrics.outcome(self.upstream, outcome, types)
+        line = {"upstream": self.upstream, "outcome": outcome, self.items_name: len(types)}
+        line.update((k, v) for k, v in fields.items() if v is not None)
+        level = logging.INFO if outcome in ("delivered", "split") else logging.WARNING
+        log.log(level, "%s %s", self.upstream, outcome, extra=line)
+
+    # -- running ------------------------------------------------------------------------------------
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Run until ``stop`` is set, then give back every lease still held (a clean shutdown)."""
+        run_until_stopped(f"{self.upstream} loop {self.owner}", self.run_once, stop, self.idle_seconds)
+        self.release_leases()
+
+    def release_leases(self) -> None:
+        try:
+            released = self.store.release_owner(self.owner, self.clock())
+        except StorageUnavailable as exc:
+            log.warning("%s: leases not released (they expire by themselves): %s", self.owner, exc)
+            return
+        if released:
+            log.info("%s: released %d leased item(s)", self.owner, released)
+

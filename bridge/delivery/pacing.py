@@ -1,0 +1,93 @@
+"""When an upstream (Segment, Mailjet) may be tried again, and its delivery state for other processes.
+
+Both delivery loops follow the same rules (docs/behaviour.md, "Delivery"): exponential backoff with
+jitter after a failure, at least as long as ``Retry-After`` asks; a pause when the credentials are
+refused, lifted at once by new credentials. The state is stored so that ``/healthz`` in a web process
+can report it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+from bridge.storage.base import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PacingPolicy:
+    backoff_base: float = 1.0
+    backoff_cap: float = 300.0
+    #: How often refused credentials are tried again (changed credentials are tried at once).
+    auth_retry_seconds: float = 60.0
+
+
+def backoff_delay(failures: int, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter: half the step fixed, half random (never near zero)."""
+    step = min(cap, base * (2 ** max(0, failures - 1)))
+    return step / 2 + rng.uniform(0, step / 2)
+
+
+def status_key(upstream: str) -> str:
+    """The stored setting that holds an upstream's delivery state."""
+    return f"status.{upstream}"
+
+
+class Pacer:
+    """One upstream's backoff, credential pause and stored delivery state."""
+
+    def __init__(
+        self, store: Store, upstream: str, policy: PacingPolicy, clock: Callable[[], float],
+        rng: random.Random,
+    ) -> None:
+        self.store = store
+        self.upstream = upstream
+        self.policy = policy
+        self.clock = clock
+        self.rng = rng
+        self.hold_until = 0.0
+        self._failures = 0
+        self._refused: Hashable | None = None
+        self._status: tuple[str, str] | None = None
+
+    def set_status(self, state: str, detail: str) -> None:
+        """Store the delivery state when it changes. Details never contain credentials."""
+        if self._status == (state, detail):
+            return
+        self._status = (state, detail)
+        now = self.clock()
+        record = json.dumps({"state": state, "detail": detail, "since": now})
+        self.store.put_setting(status_key(self.upstream), record, now)
+        level = logging.INFO if state == "ok" else logging.WARNING
+        log.log(level, "%s delivery %s: %s", self.upstream, state, detail)
+
+    def ready(self, credential: Hashable) -> bool:
+        """May we call the upstream now with this credential?"""
+        if self._refused is not None and credential != self._refused:
+            self._refused, self.hold_until = None, 0.0  # new credentials: try them at once
+        return self.clock() >= self.hold_until
+
+    def succeeded(self, detail: str) -> None:
+        self._failures = 0
+        self.set_status("ok", detail)
+
+    def failed(self, what: str, retry_after: float | None) -> float:
+        """A transient failure: hold for the next backoff step (or Retry-After); returns the delay."""
+        self._failures += 1
+        delay = backoff_delay(self._failures, self.policy.backoff_base, self.policy.backoff_cap, self.rng)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        self.hold_until = self.clock() + delay
+        self.set_status("retrying", f"{what}; next attempt in {delay:.1f} s")
+        return delay
+
+    def refused(self, credential: Hashable, detail: str) -> None:
+        """Credentials refused: pause until they change, or until the auth retry interval passes."""
+        self._refused = credential
+        self.hold_until = self.clock() + self.policy.auth_retry_seconds
+        self.set_status("auth_failed", detail)

@@ -1,0 +1,147 @@
+"""The forwarder: claims queued Mailjet events, maps them, and delivers them to Segment in batches.
+
+Nothing leaves the outbox except by a 2xx from Segment (delivered) or a permanent rejection of that
+one event (a dead letter, kept with Segment's answer). Everything else is given back for a later
+attempt by the shared delivery loop; this module holds only how to render a batch and read the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.delivery.loop import DeliveryLoop
+from bridge.delivery.pacing import PacingPolicy
+from bridge.delivery.upstream import UpstreamError
+from bridge.inbound.batching import MAX_EVENT_BYTES, pack
+from bridge.inbound.intake import KIND
+from bridge.inbound.segment import SegmentClient
+from bridge.inbound.track import track_call
+from bridge.metrics import Metrics
+from bridge.payloads.identity import normalize_email
+from bridge.storage.base import ClaimedItem, Outcome, Store
+
+
+@dataclass(frozen=True)
+class ForwarderPolicy:
+    claim_limit: int = 1000
+    lease_seconds: float = 60.0
+    idle_seconds: float = 0.5
+    pacing: PacingPolicy = field(default_factory=PacingPolicy)
+
+
+@dataclass
+class _Prepared:
+    """One claimed event, mapped and encoded once for every attempt of this round."""
+
+    item: ClaimedItem
+    call: str
+    encoded: bytes
+
+
+def _encode(call: Mapping[str, Any]) -> str:
+    return json.dumps(call, ensure_ascii=False, separators=(",", ":"))
+
+
+class Forwarder(DeliveryLoop[list[_Prepared]]):
+    """Mailjet events to Segment track calls, in ``/v1/batch`` requests within Segment's limits."""
+
+    upstream = "segment"
+    upstream_name = "Segment"
+    credential_name = "write key"
+    items_name = "events"
+    owner_prefix = "fwd"
+    missing_credential = ("no_write_key", "no Segment write key is set; events wait in the queue")
+
+    def __init__(
+        self,
+        store: Store,
+        client: SegmentClient,
+        *,
+        write_key: Callable[[], str | None],
+        event_names: Callable[[], Mapping[str, str]],
+        policy: ForwarderPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        owner: str | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.policy = policy or ForwarderPolicy()
+        super().__init__(store, kind=KIND, claim_limit=self.policy.claim_limit,
+                         lease_seconds=self.policy.lease_seconds, pacing=self.policy.pacing,
+                         idle_seconds=self.policy.idle_seconds, clock=clock, rng=rng, owner=owner,
+                         metrics=metrics)
+        self.client = client
+        self.write_key = write_key
+        self.event_names = event_names
+
+    def credential(self) -> str | None:
+        return self.write_key()
+
+    def prepare(self, items: list[ClaimedItem]) -> tuple[list[list[_Prepared]], list[Outcome]]:
+        """Map each item to its track call; userIds are looked up now, so a recent identify counts."""
+        events = [json.loads(item.payload) for item in items]
+        emails = {normalize_email(e.get("email")) for e in events} - {None}
+        user_ids = self.store.user_ids_for(emails)  # type: ignore[arg-type]
+        names = self.event_names()
+        prepared: list[_Prepared] = []
+        dead: list[Outcome] = []
+        for item, event in zip(items, events, strict=True):
+            try:
+                call = _encode(track_call(
+                    event, event_names=names,
+                    user_id=user_ids.get(normalize_email(event.get("email")) or ""),
+                ))
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
+                dead.append(Outcome(item.id, error=f"could not map the event: {exc!r}"))
+                continue
+            encoded = call.encode("utf-8")
+            if len(encoded) > MAX_EVENT_BYTES:
+                dead.append(Outcome(
+                    item.id, sent=call,
+                    error=f"event is {len(encoded):,} bytes, over Segment's 32 KB limit per event",
+                ))
+                continue
+            prepared.append(_Prepared(item, call, encoded))
+        return pack(prepared, lambda p: len(p.encoded)), dead
+
+    def send(self, credential: str, group: list[_Prepared]) -> int:
+        try:
+            answer = self.client.post_batch(credential, [p.encoded for p in group])
+        except UpstreamError as exc:
+            self._observe(exc.latency_ms)
+            raise
+        self._observe(answer.latency_ms)
+        # state first: whoever sees the rows delivered also sees the state "ok"
+        self.pacer.succeeded(f"last batch of {len(group)} delivered")
+        self.store.mark_delivered([self._outcome(p, answer.status, answer.body, answer.latency_ms)
+                                   for p in group], self.clock())
+        self.report("delivered", [p.item.event_type for p in group], status=answer.status,
+                    latency_ms=answer.latency_ms)
+        return len(group)
+
+    def reject(self, group: list[_Prepared], error: UpstreamError) -> int:
+        (bad,) = group
+        reason = f"Segment rejected the event ({error.status}): {error.body[:300]}"
+        self.store.mark_dead([self._outcome(bad, error.status, error.body, error.latency_ms, reason)],
+                             self.owner, self.clock())
+        self.report("dead", [bad.item.event_type], status=error.status, latency_ms=error.latency_ms,
+                    error=reason)
+        return 1
+
+    def items(self, group: list[_Prepared]) -> list[ClaimedItem]:
+        return [p.item for p in group]
+
+    def _observe(self, latency_ms: float | None) -> None:
+        if self.metrics and latency_ms is not None:
+            self.metrics.observe_latency(self.upstream, latency_ms)
+
+    @staticmethod
+    def _outcome(p: _Prepared, status: int | None, body: str, latency_ms: float | None,
+                 error: str | None = None) -> Outcome:
+        return Outcome(p.item.id, sent=p.call, status=status, response=body, latency_ms=latency_ms,
+                       error=error)

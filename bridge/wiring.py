@@ -1,0 +1,118 @@
+"""The composition root without Flask: ``build(settings)`` makes the objects one bridge works with.
+
+The web app, the CLI and the server all start here, so they share one store, one set of validators
+and one view of the settings in force. Building opens and migrates the store and settles the
+webhook credentials and admin password; it starts nothing. Delivery loops are made only on request
+(``Bridge.loops()``), each with its own HTTP session, for one thread each.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bridge import logs
+from bridge.config import Effective, Settings
+from bridge.credentials import (
+    AdminLogin,
+    WebhookCredentials,
+    admin_login,
+    callback_url,
+    webhook_credentials,
+)
+from bridge.delivery.janitor import Janitor
+from bridge.delivery.loop import Loop
+from bridge.inbound.forwarder import Forwarder, ForwarderPolicy
+from bridge.inbound.segment import SegmentClient
+from bridge.metrics import Metrics
+from bridge.outbound.contact_sync import ContactSync
+from bridge.outbound.mailjet import MailjetClient
+from bridge.payloads.schemas import EventValidator
+from bridge.storage import open_store
+from bridge.storage.base import Store
+
+log = logging.getLogger(__name__)
+
+
+def announce_on_stderr(line: str) -> None:
+    """Shown once to whoever starts the bridge; on stderr, so CLI output stays clean for pipes."""
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Bridge:
+    """The objects one bridge instance works with, shared by the web layer, the CLI and the server."""
+
+    settings: Settings
+    store: Store
+    #: The settings in force (stored first, then the environment), read at each use.
+    current: Effective
+    mailjet_validator: EventValidator
+    segment_validator: EventValidator
+    credentials: WebhookCredentials
+    admin: AdminLogin
+    metrics: Metrics
+
+    def loops(self) -> list[Loop]:
+        """The forwarder, the contact sync and the janitor, each new, to run in a thread each."""
+        settings, current = self.settings, self.current
+        forwarder = Forwarder(
+            self.store,
+            SegmentClient(current.segment_api_url, timeout=(5.0, settings.http_timeout)),
+            write_key=current.write_key,
+            event_names=current.event_names,
+            policy=ForwarderPolicy(lease_seconds=settings.lease_seconds),
+            metrics=self.metrics,
+        )
+        contact_sync = ContactSync(
+            self.store,
+            MailjetClient(current.mailjet_api_url, timeout=(5.0, max(settings.http_timeout, 30.0))),
+            credentials=current.mailjet_credentials,
+            target=current.mailjet_target,
+            metrics=self.metrics,
+        )
+        return [forwarder, contact_sync, Janitor(self.store, settings.retention_days)]
+
+    def callback_url(self) -> str:
+        """The URL to paste into Mailjet, with the webhook credentials in it."""
+        return callback_url(self.settings.public_url, self.credentials)
+
+    def secret_values(self) -> list[str | None]:
+        """Every secret the process knows, so logs can never show one."""
+        credentials = self.current.mailjet_credentials() or (None, None)
+        return [self.current.write_key(), credentials[1], self.credentials.password,
+                self.settings.admin_password, self.settings.segment_shared_secret]
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def build(settings: Settings, *, announce: Callable[[str], None] = announce_on_stderr) -> Bridge:
+    """Open and migrate the store, load the schemas, settle credentials; start nothing.
+
+    Raises ConfigError (one line per bad value) or StorageUnavailable.
+    """
+    store = open_store(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    store.migrate()
+    mailjet_validator = EventValidator.mailjet(settings.schema_dir)
+    segment_validator = EventValidator.segment(settings.schema_dir)
+    credentials = webhook_credentials(settings, store, time.time())
+    if credentials.origin == "generated":
+        announce(
+            "Webhook credentials were generated and stored. Paste this callback URL into Mailjet "
+            f"(shown once; `mailjet-bridge callback-url` prints it again): "
+            f"{callback_url(settings.public_url, credentials)}"
+        )
+    login = admin_login(settings, store, time.time())
+    if login.generated:
+        announce(f"Admin password generated (shown once): {login.generated} "
+                 f"- log in at {settings.public_url}/admin")
+    if not settings.segment_shared_secret:
+        log.warning("SEGMENT_SHARED_SECRET is not set: /webhooks/segment accepts unsigned requests")
+    bridge = Bridge(settings, store, Effective(settings, store), mailjet_validator, segment_validator,
+                    credentials, login, Metrics())
+    logs.guard_secrets(bridge.secret_values)
+    return bridge
