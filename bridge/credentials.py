@@ -1,7 +1,7 @@
 """The Basic-auth credentials Mailjet must present, and the callback URL that carries them.
 
 Mailjet signs nothing; its only documented protection is HTTPS plus credentials in the callback URL
-(reference/mailjet.md §1.6). When none are configured they are generated once and stored, so every
+(Mailjet's Event API guide). When none are configured they are generated once and stored, so every
 process and restart agrees on them.
 """
 

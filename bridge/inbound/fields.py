@@ -1,8 +1,8 @@
 """Vendor knowledge about Mailjet's Event API and Segment's email spec, kept as data.
 
 The mapping code in ``bridge.inbound.track`` reads only these tables, so a new Mailjet field or a new naming
-preset is a change here, not in the logic. Sources: ``reference/mailjet.md`` §1, ``reference/segment.md``
-§2-3 and SPEC §2.
+preset is a change here, not in the logic. Mailjet's Event API guide and Segment's email spec are
+the sources; docs/behaviour.md, "Inbound mapping", has the table as a reader sees it.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ NOT_PROPERTIES: frozenset[str] = frozenset(
     {"event", "time", "email", "ip", "agent", "geo", "mj_message_id", "Payload"}
 )
 
-#: The fields of the dedupe key, in order (SPEC §2). MessageID falls back to Message_GUID.
+#: The fields of the dedupe key, in order. MessageID falls back to Message_GUID.
 DEDUPE_FIELDS: tuple[str, ...] = ("event", "MessageID", "email", "time", "url")
 
 #: Largest integer a JavaScript consumer can read exactly; larger unknown integers become strings.

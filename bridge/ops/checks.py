@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 
-from bridge.delivery.upstream import UpstreamError
+from bridge.delivery.upstream import UpstreamError, Verdict
 from bridge.inbound.intake import sort_events
 from bridge.inbound.segment import SegmentClient
 from bridge.outbound.mailjet import MailjetClient
@@ -16,39 +17,43 @@ from bridge.wiring import Bridge
 CHECK_TIMEOUT = (5.0, 10.0)
 
 
+def _verdict(upstream: str, credential: str, url: str, call: Callable[[], object],
+             refused_hint: str = "") -> tuple[bool, str]:
+    """Make one harmless authenticated call and say, in one sentence, what it showed."""
+    try:
+        call()
+    except UpstreamError as exc:
+        if exc.verdict is Verdict.AUTH:
+            return False, f"{upstream}: the {credential} was refused ({exc.status}){refused_hint}"
+        return False, f"{upstream}: no good answer from {url}: {exc.describe()}"
+    return True, f"{upstream}: the {credential} works ({url})"
+
+
 def check_segment(bridge: Bridge) -> tuple[bool, str]:
     """Try the write key with a harmless call: an empty batch."""
     key = bridge.current.write_key()
-    url = bridge.current.segment_api_url()
     if not key:
         return False, "Segment: no write key is set (SEGMENT_WRITE_KEY or config set segment.write_key)"
+    url = bridge.current.segment_api_url()
     client = SegmentClient(url, timeout=CHECK_TIMEOUT)
     try:
-        client.post_batch(key, [])
-    except UpstreamError as exc:
-        if exc.status in (401, 403):
-            return False, f"Segment: the write key was refused ({exc.status}); check it and the region"
-        return False, f"Segment: no good answer from {url}: {exc.describe()}"
+        return _verdict("Segment", "write key", url, lambda: client.post_batch(key, []),
+                        "; check it and the region")
     finally:
         client.close()
-    return True, f"Segment: the write key works ({url})"
 
 
 def check_mailjet(bridge: Bridge) -> tuple[bool, str]:
+    """Try the API key pair with a harmless read of one contact property definition."""
     auth = bridge.current.mailjet_credentials()
-    url = bridge.current.mailjet_api_url()
     if not auth:
         return False, "Mailjet: no API key pair is set (MAILJET_API_KEY and MAILJET_API_SECRET)"
+    url = bridge.current.mailjet_api_url()
     client = MailjetClient(url, timeout=CHECK_TIMEOUT)
     try:
-        client.check(auth)
-    except UpstreamError as exc:
-        if exc.status in (401, 403):
-            return False, f"Mailjet: the API key pair was refused ({exc.status})"
-        return False, f"Mailjet: no good answer from {url}: {exc}"
+        return _verdict("Mailjet", "API key pair", url, lambda: client.check(auth))
     finally:
         client.close()
-    return True, f"Mailjet: the API key pair works ({url})"
 
 
 def send_test_event(bridge: Bridge) -> str:

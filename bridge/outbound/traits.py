@@ -1,4 +1,6 @@
-"""Segment identify traits -> Mailjet contact Name and typed contact properties (SPEC §3). Pure.
+"""Segment identify traits -> Mailjet contact Name and typed contact properties. Pure.
+
+The rules, with examples, are in docs/behaviour.md, "Outbound mapping".
 
 Mailjet stores a property only if a ``/contactmetadata`` definition of that name exists, and only if
 the value matches the definition's type. This module names, flattens and types the traits, and plans
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-#: Mailjet contact property datatypes (reference/mailjet.md §2.4).
+#: Mailjet contact property datatypes (``/contactmetadata`` ``Datatype``).
 DATATYPES = ("str", "int", "float", "bool", "datetime")
 
 #: Traits that give the contact ``Name`` (camelCase or snake_case, as Segment allows).

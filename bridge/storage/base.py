@@ -100,9 +100,7 @@ class Store(ABC):
     settings, what operators read and replay, admin logins, and the store's own upkeep.
     """
 
-    @abstractmethod
-    def migrate(self) -> None:
-        """Apply pending schema migrations (safe to call from many processes at once)."""
+    # -- the outbox: what the webhooks and the delivery loops call -----------------------------
 
     @abstractmethod
     def accept(
@@ -138,12 +136,22 @@ class Store(ABC):
         """Give leased items back for a later attempt; only the lease owner's rows are touched."""
 
     @abstractmethod
+    def release_owner(self, owner: str, now: float) -> int:
+        """Give back every lease an owner holds, due now (a clean shutdown). Returns how many."""
+
+    @abstractmethod
     def mark_dead(self, outcomes: Iterable[Outcome], owner: str, now: float) -> None:
         """Move items to dead letters with their reason (``Outcome.error``)."""
 
     @abstractmethod
     def add_dead_letters(self, entries: Sequence[DeadLetter], now: float) -> None:
         """Record dead letters directly; an entry whose dedupe key exists already is skipped."""
+
+    @abstractmethod
+    def prune_delivered(self, before: float, batch: int = 1000) -> int:
+        """Delete delivered rows finished before ``before``, in small transactions; how many."""
+
+    # -- identities: userId <-> email, learned from identifies ---------------------------------
 
     @abstractmethod
     def user_ids_for(self, emails: Iterable[str]) -> dict[str, str]:
@@ -153,6 +161,8 @@ class Store(ABC):
     def emails_for(self, user_ids: Iterable[str]) -> dict[str, str]:
         """The email last seen with each userId."""
 
+    # -- settings stored by admins, and runtime records such as delivery states ----------------
+
     @abstractmethod
     def get_setting(self, key: str) -> str | None:
         """A stored setting or runtime record, or None."""
@@ -161,17 +171,11 @@ class Store(ABC):
     def put_setting(self, key: str, value: str, now: float, *, only_if_absent: bool = False) -> bool:
         """Store a setting; with ``only_if_absent`` an existing value wins. True if written."""
 
+    # -- what operators read and replay (CLI, admin page, metrics) -----------------------------
+
     @abstractmethod
     def stats(self, now: float) -> dict[str, Any]:
         """Counts by state, quarantine size and the age of the oldest pending item."""
-
-    @abstractmethod
-    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Newest dead letters first."""
-
-    @abstractmethod
-    def quarantine_entries(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Newest quarantine entries first."""
 
     @abstractmethod
     def item(self, item_id: int) -> dict[str, Any] | None:
@@ -183,6 +187,10 @@ class Store(ABC):
         """Newest outbox rows first, optionally filtered (the live debugger)."""
 
     @abstractmethod
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Newest dead letters first."""
+
+    @abstractmethod
     def dead_ids(self, after_id: int = 0, limit: int = 1000) -> list[int]:
         """Ids of dead letters in ascending order, for paging through all of them."""
 
@@ -191,6 +199,10 @@ class Store(ABC):
                 rewrite: Mapping[int, tuple[str, str]] | None = None) -> int:
         """Dead letters back to pending, due now, attempts reset; ``rewrite`` gives some a new
         (kind, payload). Returns how many were requeued (ids that are not dead are left alone)."""
+
+    @abstractmethod
+    def quarantine_entries(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Newest quarantine entries first."""
 
     @abstractmethod
     def quarantine_entry(self, entry_id: int) -> dict[str, Any] | None:
@@ -209,6 +221,8 @@ class Store(ABC):
     def latencies(self, since: float, limit: int = 20_000) -> list[float]:
         """Delivery latencies (ms) of items delivered since ``since``."""
 
+    # -- admin logins --------------------------------------------------------------------------
+
     @abstractmethod
     def login_failures(self, client: str, since: float, now: float, *, record: bool = False) -> int:
         """Failed admin logins of a client since ``since``; with ``record``, count one more first."""
@@ -217,13 +231,11 @@ class Store(ABC):
     def clear_login_failures(self, client: str) -> None:
         """Forget a client's failures after a successful login."""
 
-    @abstractmethod
-    def release_owner(self, owner: str, now: float) -> int:
-        """Give back every lease an owner holds, due now (a clean shutdown). Returns how many."""
+    # -- the store's own upkeep ----------------------------------------------------------------
 
     @abstractmethod
-    def prune_delivered(self, before: float, batch: int = 1000) -> int:
-        """Delete delivered rows finished before ``before``, in small transactions; how many."""
+    def migrate(self) -> None:
+        """Apply pending schema migrations (safe to call from many processes at once)."""
 
     @abstractmethod
     def schema_version(self) -> int:

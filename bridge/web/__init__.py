@@ -1,15 +1,12 @@
-"""HTTP entry points. Views reach their collaborators through ``current_app.extensions['bridge']``."""
+"""HTTP entry points: the two webhooks, health, metrics and the admin page, as blueprints.
+
+Views reach their collaborators through ``bridge.web.current.current_bridge()``, never through
+module globals, so one process can hold several apps (the tests do).
+"""
 
 from __future__ import annotations
 
-from flask import Flask, current_app
-
-from bridge.wiring import Bridge
-
-
-def current_bridge() -> Bridge:
-    """The bridge's objects, built once per app by ``wiring.build``."""
-    return current_app.extensions["bridge"]
+from flask import Flask
 
 
 def register(app: Flask) -> None:

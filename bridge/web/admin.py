@@ -35,8 +35,8 @@ from bridge.inbound.fields import EVENT_NAME_PRESETS, EVENT_TYPES
 from bridge.ops import checks, replay
 from bridge.ops import overview as overviews
 from bridge.storage.base import DEAD, DELIVERED, LEASED, PENDING
-from bridge.web import current_bridge
 from bridge.web.chart import events_per_minute
+from bridge.web.current import current_bridge
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates",
                static_folder="static", static_url_path="/static")

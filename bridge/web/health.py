@@ -13,7 +13,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from bridge.errors import StorageUnavailable
 from bridge.ops.overview import delivery_states
-from bridge.web import current_bridge
+from bridge.web.current import current_bridge
 
 bp = Blueprint("health", __name__)
 

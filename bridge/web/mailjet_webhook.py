@@ -1,4 +1,4 @@
-"""``POST /webhooks/mailjet``: Mailjet's Event API callback (SPEC §2).
+"""``POST /webhooks/mailjet``: Mailjet's Event API callback (docs/behaviour.md, "Webhooks").
 
 Answers 200 only after the events are committed; nothing here waits on the network.
 """
@@ -12,7 +12,7 @@ from flask import Blueprint, Response, jsonify, request
 from bridge.errors import StorageUnavailable
 from bridge.inbound.intake import sort_events
 from bridge.payloads.body import BodyError, parse_body
-from bridge.web import current_bridge
+from bridge.web.current import current_bridge
 from bridge.web.errors import json_error, storage_unavailable
 
 bp = Blueprint("mailjet_webhook", __name__)

@@ -8,7 +8,7 @@ import time
 from flask import Blueprint, Flask, Response, g, request
 
 from bridge.errors import StorageUnavailable
-from bridge.web import current_bridge
+from bridge.web.current import current_bridge
 from bridge.web.errors import json_error
 
 bp = Blueprint("observability", __name__)

@@ -1,4 +1,5 @@
-"""``POST /webhooks/segment``: the target of Segment's Webhooks (Actions) destination (SPEC §3).
+"""``POST /webhooks/segment``: the target of Segment's Webhooks (Actions) destination
+(docs/behaviour.md, "Webhooks").
 
 Answers 200 only after the identifies are committed. Segment drops events answered 400/401/403 and
 retries 5xx for four hours, so storage trouble is a 503 and only bad input is a 4xx.
@@ -13,7 +14,7 @@ from flask import Blueprint, Response, jsonify, request
 from bridge.errors import StorageUnavailable
 from bridge.outbound.intake import signature_matches, sort_segment_events
 from bridge.payloads.body import BodyError, parse_body
-from bridge.web import current_bridge
+from bridge.web.current import current_bridge
 from bridge.web.errors import json_error, storage_unavailable
 
 bp = Blueprint("segment_webhook", __name__)
