@@ -28,8 +28,11 @@ class PacingPolicy:
 
 
 def backoff_delay(failures: int, base: float, cap: float, rng: random.Random) -> float:
-    """Exponential backoff with jitter: half the step fixed, half random (never near zero)."""
-    step = min(cap, base * (2 ** max(0, failures - 1)))
+    """Exponential backoff with jitter: half the step fixed, half random (never near zero).
+
+    The exponent is bounded, so a very long outage never overflows the step.
+    """
+    step = min(cap, base * (2 ** min(max(0, failures - 1), 60)))
     return step / 2 + rng.uniform(0, step / 2)
 
 
