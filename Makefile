@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test test-fast screenshots lint bench clean
 
 install: $(STAMP)
 
@@ -22,6 +22,15 @@ lint: install
 
 test: lint
 	$(BIN)/pytest -q
+
+# The tests that start no process, browser or database server (see `slow` in tests/conftest.py).
+test-fast: lint
+	$(BIN)/pytest -q -m 'not slow'
+
+# Refresh the README's screenshots in docs/img/ (the suite itself writes them to a temporary folder).
+screenshots: install
+	@command -v chromium >/dev/null || { echo "screenshots need Debian's chromium: apt-get install chromium"; exit 1; }
+	BRIDGE_SCREENSHOTS_DIR=docs/img $(BIN)/pytest -q tests/test_browser.py
 
 bench: install
 	$(BIN)/python bench/accept.py

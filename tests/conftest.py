@@ -17,11 +17,29 @@ from bridge.storage import open_store
 from bridge.storage.base import Store
 from tests.fakes.mailjet import FakeMailjet
 from tests.fakes.segment import FakeSegment
-from tests.processes import make_run, start_make_run  # noqa: F401  (fixtures)
+from tests.pg_cluster import pg_cluster  # noqa: F401  (fixture)
+from tests.processes import make_run, missing, start_make_run  # noqa: F401  (fixtures)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 T0 = 1_800_000_000.0
 PREFIXES = ("SEGMENT_", "MAILJET_", "BRIDGE_")
+
+
+#: Fixtures that start a process, a browser or reach a database server; these modules spawn processes.
+SLOW_FIXTURES = {"start_make_run", "make_run", "pg_database", "pg_url", "pg_cluster", "browser"}
+SLOW_MODULES = {"test_faults.py", "test_end_to_end.py", "test_browser.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `slow` what `make test-fast` leaves out, so a new test is fast unless it needs a server.
+
+    A ``postgres`` parameter (fetching pg_url or pg_cluster inside) makes only that case slow.
+    """
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if (item.path.name in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
+                or "postgres" in [v for v in params.values() if isinstance(v, str)]):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
@@ -70,8 +88,7 @@ def pg_database() -> Iterator[str]:
     """A database of its own for this test session, migrated once; dropped at the end."""
     reason = _pg_answers()
     if reason:
-        print(f"\nSKIPPING PostgreSQL tests: {reason}")
-        pytest.skip(reason)
+        missing(reason)
     import psycopg
 
     name = f"mjbridge_test_{os.getpid()}"

@@ -133,6 +133,7 @@ print(json.dumps({"code": code, "flask": "flask" in sys.modules, "threads": thre
 """
 
 
+@pytest.mark.slow  # starts a Python process
 def test_a_read_only_command_builds_no_app_and_starts_no_loop(tmp_path: Path) -> None:
     """``dead-letters list`` goes through ``wiring.build``: no Flask imported, no thread started."""
     env = {"PATH": os.environ.get("PATH", ""), "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}",

@@ -1,8 +1,8 @@
 """The operator round in a real headless Chromium against ``make run``, and the CLI beside it.
 
 A new user registers the Mailjet callbacks, fixes a wrong write key while events wait, sees the
-events delivered in the live debugger, and replays a dead letter. Screenshots of each page go to
-docs/img/ for the README.
+events delivered in the live debugger, and replays a dead letter. Screenshots of each page go to a
+temporary folder; ``make screenshots`` sets BRIDGE_SCREENSHOTS_DIR=docs/img to refresh the README's.
 """
 
 from __future__ import annotations
@@ -21,19 +21,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge.inbound.track import dedupe_key, message_id
 from tests.fakes.mailjet import FakeMailjet
 from tests.fakes.segment import FakeSegment
-from tests.processes import BIN, ROOT, Process, callback_auth, poll
+from tests.processes import BIN, ROOT, Process, callback_auth, missing, poll
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SHOTS = ROOT / "docs" / "img"
+#: Read at import: the autouse fixture in conftest.py clears BRIDGE_* before each test.
+SHOTS_DIR = os.environ.get("BRIDGE_SCREENSHOTS_DIR")
 WRONG_KEY, GOOD_KEY = "wrong-write-key-0001", "good-write-key-0002"
 MJ_SECRET = "mj-secret-browser-01"
-
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason="Debian's chromium is not installed (.ci/run installs it)")
 
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
+    if not os.path.exists(CHROMIUM):
+        missing(f"Debian's chromium is not installed ({CHROMIUM}): apt-get install chromium (.ci/run does)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -44,6 +44,14 @@ def browser() -> Iterator[Any]:
         )
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    """A temporary folder, so a test run leaves docs/img/ as it was; BRIDGE_SCREENSHOTS_DIR overrides."""
+    folder = ROOT / SHOTS_DIR if SHOTS_DIR else tmp_path / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def admin_password(process: Process) -> str:
@@ -57,8 +65,8 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60, check=False)
 
 
-def test_operator_round_in_the_browser(start_make_run: Any, browser: Any, fake_segment: FakeSegment,
-                                       fake_mailjet: FakeMailjet, tmp_path: Path) -> None:
+def test_operator_round_in_the_browser(browser: Any, start_make_run: Any, fake_segment: FakeSegment,
+                                       fake_mailjet: FakeMailjet, tmp_path: Path, shots: Path) -> None:
     fake_segment.write_keys = {GOOD_KEY}
     fake_mailjet.credentials = {("mj-key", MJ_SECRET)}
     env = {"BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'bridge.db'}", "SEGMENT_WRITE_KEY": WRONG_KEY,
@@ -83,7 +91,7 @@ def test_operator_round_in_the_browser(start_make_run: Any, browser: Any, fake_s
 
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(f"{base}/admin/")
-    page.screenshot(path=str(SHOTS / "login.png"))
+    page.screenshot(path=str(shots / "login.png"))
     page.fill("#password", password)
     page.click("button[type=submit]")
     page.wait_for_selector("text=Overview")
@@ -94,7 +102,7 @@ def test_operator_round_in_the_browser(start_make_run: Any, browser: Any, fake_s
     page.fill("input[name='segment.write_key']", GOOD_KEY)
     page.click("#save")
     page.wait_for_selector("text=Saved: segment.write_key")
-    page.screenshot(path=str(SHOTS / "settings.png"), full_page=True)
+    page.screenshot(path=str(shots / "settings.png"), full_page=True)
     fake_segment.wait_for(lambda f: len(f.accepted) == 3, timeout=90)
 
     # 4. a new event appears in the live debugger without a reload
@@ -107,7 +115,7 @@ def test_operator_round_in_the_browser(start_make_run: Any, browser: Any, fake_s
     page.wait_for_selector("#debugger-rows tr.state-delivered td.type:text-is('click')", timeout=30_000)
     page.click("#debugger-rows tr[data-id] summary")  # open the newest: as received, as sent, answer
     page.wait_for_selector("text=As sent")
-    page.screenshot(path=str(SHOTS / "debugger.png"), full_page=True)
+    page.screenshot(path=str(shots / "debugger.png"), full_page=True)
 
     # 5. a dead letter, replayed from the dead-letters page
     doomed = {"event": "bounce", "time": 1_800_000_200, "MessageID": 8888, "email": "gone@example.com",
@@ -118,7 +126,7 @@ def test_operator_round_in_the_browser(start_make_run: Any, browser: Any, fake_s
     fake_segment.reject_message_ids = set()
     page.click("text=Dead letters")
     page.wait_for_selector("text=Segment rejected the event (400)")
-    page.screenshot(path=str(SHOTS / "dead-letters.png"), full_page=True)
+    page.screenshot(path=str(shots / "dead-letters.png"), full_page=True)
     page.click("button.replay")
     page.wait_for_selector("text=1 dead letter(s) queued again.")
     fake_segment.wait_for(lambda f: message_id(dedupe_key(doomed)) in [c["messageId"] for c in f.accepted],
@@ -129,10 +137,10 @@ def test_operator_round_in_the_browser(start_make_run: Any, browser: Any, fake_s
                   timeout=10)
     page.click("text=Quarantine")
     page.wait_for_selector("text=is not of type")
-    page.screenshot(path=str(SHOTS / "quarantine.png"), full_page=True)
+    page.screenshot(path=str(shots / "quarantine.png"), full_page=True)
     page.click("text=Overview")
     page.wait_for_selector("svg[role=img]")
-    page.screenshot(path=str(SHOTS / "overview.png"), full_page=True)
+    page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
     # no page, log line or metric shows a secret
     for path in ("/admin/", "/admin/settings", "/admin/debugger", "/admin/dead-letters", "/admin/quarantine"):

@@ -49,6 +49,7 @@ def test_every_command_has_a_one_line_help() -> None:
         assert result.exit_code == 0
 
 
+@pytest.mark.slow  # starts a Python process
 def test_python_dash_m_bridge_is_the_same_cli() -> None:
     result = subprocess.run([sys.executable, "-m", "bridge", "--help"], capture_output=True, text=True,
                             timeout=30, check=False)

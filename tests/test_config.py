@@ -1,4 +1,4 @@
-"""Configuration: SPEC §1 defaults, and one clear line per bad value."""
+"""Configuration: the defaults of docs/behaviour.md, and one clear line per bad value."""
 
 from __future__ import annotations
 

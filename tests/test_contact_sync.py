@@ -1,4 +1,5 @@
-"""The contact sync against a real fake-Mailjet HTTP server: every SPEC §3 rule, errors and bursts."""
+"""The contact sync against a real fake-Mailjet HTTP server: every rule of docs/behaviour.md,
+"Outbound mapping", errors and bursts."""
 
 from __future__ import annotations
 

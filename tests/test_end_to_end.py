@@ -111,8 +111,8 @@ def test_wsgi_app_starts_no_thread(tmp_path: Path, fake_segment: FakeSegment) ->
 
 def test_identifies_become_contacts_and_identity_flows_back_inbound(
         start_make_run: Any, fake_segment: FakeSegment, fake_mailjet: FakeMailjet, tmp_path: Path) -> None:
-    """SPEC §3 end to end, through ``make run``: signed identifies in, typed contacts in list 7,
-    dead letters for what cannot go, and a later Mailjet event carrying the learned userId."""
+    """The outbound direction end to end, through ``make run``: signed identifies in, typed contacts in
+    list 7, dead letters for what cannot go, and a later Mailjet event carrying the learned userId."""
     secret = "e2e-shared-secret"
     fake_mailjet.lists[7] = {}
     base, process = start_make_run({

@@ -1,4 +1,5 @@
-"""The forwarder against a real fake-Segment HTTP server: delivery and every retry rule of SPEC §2.
+"""The forwarder against a real fake-Segment HTTP server: delivery and every retry rule
+of docs/behaviour.md, "Delivery".
 
 Time is a controlled clock, so backoff and Retry-After are checked without sleeping.
 """

@@ -14,7 +14,7 @@ from bridge.errors import ConfigError
 from bridge.inbound.fields import EVENT_TYPES
 from bridge.payloads.schemas import EventValidator
 
-#: The type table of reference/mailjet.md §1.3.
+#: The field types of Mailjet's Event API guide.
 INTEGERS = {"time", "MessageID", "mj_campaign_id", "mj_contact_id", "mj_list_id"}
 BOOLEANS = {"blocked", "hard_bounce"}
 STRINGS = {"Message_GUID", "email", "customcampaign", "CustomID", "Payload", "mj_message_id",

@@ -1,4 +1,5 @@
-"""SPEC §3 trait rules: naming, flattening, Name, types, lossless conversion and the property plan."""
+"""The trait rules of docs/behaviour.md, "Outbound mapping": naming, flattening, Name, types,
+lossless conversion and the property plan."""
 
 from __future__ import annotations
 

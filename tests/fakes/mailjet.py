@@ -1,4 +1,4 @@
-"""A fake Mailjet API v3: a real HTTP server on 127.0.0.1, modelled on reference/mailjet.md §2.
+"""A fake Mailjet API v3: a real HTTP server on 127.0.0.1, modelled on Mailjet's published API v3 docs.
 
 What it enforces, as Mailjet documents it:
 - Basic auth with the API key pair, else 401 with Mailjet's error body

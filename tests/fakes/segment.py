@@ -1,6 +1,6 @@
 """A fake Segment HTTP Tracking API: a real HTTP server on 127.0.0.1, modelled on the reference.
 
-What it checks, as Segment documents it (reference/segment.md §1): ``POST /v1/batch`` with
+What it checks, as Segment documents it (its HTTP Tracking API): ``POST /v1/batch`` with
 ``Content-Type: application/json``; Basic auth with the write key as user name; 500 KB per request
 and 32 KB per call (400 when over); a batch of more than 2,500 calls is answered 200 but dropped
 (recorded so tests can prove the bridge never does that); invalid JSON gives 400.

@@ -1,4 +1,4 @@
-"""The Mailjet event -> Segment track mapping of SPEC §2, field by field."""
+"""The Mailjet event -> Segment track mapping (docs/behaviour.md, "Inbound mapping"), field by field."""
 
 from __future__ import annotations
 
