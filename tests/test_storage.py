@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from bridge.errors import StorageUnavailable
 from bridge.storage import open_store
 from bridge.storage.base import (
+    ClaimedItem,
     DeadLetter,
     DueSummary,
     NewItem,
@@ -33,6 +35,11 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     s.migrate()
     yield s
     s.close()
+
+
+def json_key(item: ClaimedItem) -> str:
+    """The key an ``items()`` payload carries."""
+    return json.loads(item.payload)["k"]
 
 
 def items(*keys: str) -> list[NewItem]:
@@ -291,3 +298,50 @@ def test_operator_queries(store: Store) -> None:
     assert store.login_failures("1.2.3.4", T0, T0 + 1, record=True) == 2
     store.clear_login_failures("1.2.3.4")
     assert store.login_failures("1.2.3.4", T0, T0 + 2) == 0
+
+
+def test_recover_expired_gives_back_only_expired_leases_of_the_kind(store: Store) -> None:
+    store.accept(items("a", "b"), [], T0)
+    store.accept([NewItem(MAILJET_CONTACT, "c", "identify", "{}")], [], T0)
+    store.claim(SEGMENT_TRACK, 1, "dead-process", 10, T0)
+    store.claim(MAILJET_CONTACT, 1, "dead-process", 10, T0)
+    assert store.recover_expired(SEGMENT_TRACK, T0 + 5) == 0  # not expired yet
+    assert store.recover_expired(SEGMENT_TRACK, T0 + 11) == 1
+    assert store.stats(T0 + 11)["leased"] == 1  # the contact's lease is another loop's to recover
+    assert store.recover_expired(MAILJET_CONTACT, T0 + 11) == 1
+    assert store.stats(T0 + 11)["leased"] == 0
+
+
+def test_make_due_brings_held_items_forward_oldest_first(store: Store) -> None:
+    store.accept(items("a"), [], T0)
+    store.accept(items("b"), [], T0 + 1)
+    claimed = store.claim(SEGMENT_TRACK, 10, "w", 60, T0 + 2)
+    store.release([i.id for i in claimed], "w", T0 + 300, "Segment unavailable")
+    store.accept(items("c"), [], T0 + 3)
+    assert store.make_due(SEGMENT_TRACK, T0 + 4) == 2
+    order = [json_key(i) for i in store.claim(SEGMENT_TRACK, 10, "w", 60, T0 + 4)]
+    assert order == ["a", "b", "c"]
+
+
+def test_stats_count_stuck_items(store: Store) -> None:
+    store.accept(items("a", "b", "c"), [], T0)
+    store.claim(SEGMENT_TRACK, 1, "dead-process", 10, T0)
+    stuck = store.stats(T0 + 400, stuck_after=300)["stuck"]
+    assert stuck == {"leased_past_lease": 1, "due_unclaimed": 2}
+    assert store.stats(T0 + 5, stuck_after=300)["stuck"] == {"leased_past_lease": 0, "due_unclaimed": 0}
+
+
+def test_an_item_whose_legacy_key_is_stored_is_a_duplicate(store: Store) -> None:
+    store.accept([NewItem(SEGMENT_TRACK, "old-key", "sent", "{}", 7)], [], T0)
+    again = NewItem(SEGMENT_TRACK, "new-key", "sent", "{}", 7, legacy_keys=("old-key",))
+    other = NewItem(SEGMENT_TRACK, "other-key", "sent", "{}", 7, legacy_keys=("never-stored",))
+    result = store.accept([again, other], [], T0 + 1)
+    assert (result.accepted, result.duplicate) == (1, 1)
+
+
+def test_accept_records_intake_dead_letters_in_the_same_transaction(store: Store) -> None:
+    dead = DeadLetter(MAILJET_CONTACT, "k1", "identify", '{"type":"identify"}', "a lone surrogate")
+    result = store.accept(items("a"), [], T0, dead=[dead])
+    assert (result.accepted, result.dead) == (1, 1)
+    (row,) = store.dead_letters()
+    assert row["last_error"] == "a lone surrogate"

@@ -26,6 +26,8 @@ class NewItem:
     event_type: str
     payload: str
     event_time: int = 0
+    #: Keys the same item had under an earlier dedupe rule: if one is stored, this is a duplicate.
+    legacy_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class AcceptResult:
     quarantined: int
     #: Newly queued items per event type (the rest of each type were duplicates).
     accepted_by_type: dict[str, int] = field(default_factory=dict)
+    #: Dead letters recorded at intake (items that can never be sent faithfully).
+    dead: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,13 +109,13 @@ class Store(ABC):
     @abstractmethod
     def accept(
         self, items: Sequence[NewItem], quarantined: Sequence[QuarantineEntry], now: float,
-        identities: Sequence[tuple[str, str]] = (),
+        identities: Sequence[tuple[str, str]] = (), dead: Sequence[DeadLetter] = (),
     ) -> AcceptResult:
-        """Queue items, quarantine entries and (userId, email) pairs in one transaction.
+        """Queue items, quarantine entries, dead letters and (userId, email) pairs in one transaction.
 
-        Known dedupe keys are skipped. Pairs are recorded in order, so the last pair of a userId is
-        its current email. Returns only after the commit; raises StorageUnavailable if nothing could
-        be committed.
+        Known dedupe keys (and items whose legacy key is stored) are skipped. Pairs are recorded in
+        order, so the last pair of a userId is its current email. Returns only after the commit;
+        raises StorageUnavailable if nothing could be committed.
         """
 
     @abstractmethod
@@ -138,6 +142,15 @@ class Store(ABC):
     @abstractmethod
     def release_owner(self, owner: str, now: float) -> int:
         """Give back every lease an owner holds, due now (a clean shutdown). Returns how many."""
+
+    @abstractmethod
+    def recover_expired(self, kind: str, now: float) -> int:
+        """Give back the expired leases of a kind, due now (a process died holding them). How many."""
+
+    @abstractmethod
+    def make_due(self, kind: str, now: float) -> int:
+        """Make every pending item of a kind that waits for a later attempt due now, oldest first
+        (its upstream has recovered). Returns how many."""
 
     @abstractmethod
     def mark_dead(self, outcomes: Iterable[Outcome], owner: str, now: float) -> None:
@@ -174,8 +187,9 @@ class Store(ABC):
     # -- what operators read and replay (CLI, admin page, metrics) -----------------------------
 
     @abstractmethod
-    def stats(self, now: float) -> dict[str, Any]:
-        """Counts by state, quarantine size and the age of the oldest pending item."""
+    def stats(self, now: float, stuck_after: float = 300.0) -> dict[str, Any]:
+        """Counts by state, quarantine size, the age of the oldest pending item, and stuck items:
+        leased past their lease, or due for longer than ``stuck_after`` seconds and not taken."""
 
     @abstractmethod
     def item(self, item_id: int) -> dict[str, Any] | None:

@@ -97,13 +97,14 @@ class SqlStore(Store):
 
     def accept(
         self, items: Sequence[NewItem], quarantined: Sequence[QuarantineEntry], now: float,
-        identities: Sequence[tuple[str, str]] = (),
+        identities: Sequence[tuple[str, str]] = (), dead: Sequence[DeadLetter] = (),
     ) -> AcceptResult:
-        by_type: dict[str, list[NewItem]] = {}
-        for item in items:
-            by_type.setdefault(item.event_type, []).append(item)
         accepted_by_type: dict[str, int] = {}
         with self._write() as tx:
+            fresh = self._without_legacy_duplicates(tx, items)
+            by_type: dict[str, list[NewItem]] = {}
+            for item in fresh:
+                by_type.setdefault(item.event_type, []).append(item)
             if identities:
                 tx.executemany(
                     "INSERT INTO identities (email, user_id, updated_at) VALUES (?, ?, ?) "
@@ -125,8 +126,30 @@ class SqlStore(Store):
                     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO NOTHING",
                     [(q.source, q.fingerprint, q.body, q.errors, now) for q in quarantined],
                 )
+            if dead:
+                self._insert_dead(tx, dead, now)
         accepted = sum(accepted_by_type.values())
-        return AcceptResult(accepted, len(items) - accepted, len(quarantined), accepted_by_type)
+        return AcceptResult(accepted, len(items) - accepted, len(quarantined), accepted_by_type,
+                            len(dead))
+
+    @staticmethod
+    def _without_legacy_duplicates(tx: Tx, items: Sequence[NewItem]) -> list[NewItem]:
+        """Drop the items one of whose legacy keys is stored (accepted under an earlier rule)."""
+        if not any(item.legacy_keys for item in items):
+            return list(items)
+        fresh = []
+        for item in items:
+            if item.legacy_keys:
+                marks = ",".join("?" * len(item.legacy_keys))
+                found = tx.execute(
+                    "SELECT 1 FROM outbox WHERE kind = ? AND event_time = ? "
+                    f"AND dedupe_key IN ({marks}) LIMIT 1",
+                    (item.kind, item.event_time, *item.legacy_keys),
+                ).fetchall()
+                if found:
+                    continue
+            fresh.append(item)
+        return fresh
 
     def due_summary(self, kind: str, now: float) -> DueSummary:
         row = self._rows(
@@ -158,6 +181,28 @@ class SqlStore(Store):
                  for i in ids],
             )
 
+    def recover_expired(self, kind: str, now: float) -> int:
+        expired = self._rows(
+            "SELECT 1 FROM outbox WHERE kind = ? AND state = ? AND lease_expires_at <= ? LIMIT 1",
+            (kind, LEASED, now),
+        )
+        if not expired:  # the usual case: a read, no write transaction
+            return 0
+        with self._write() as tx:
+            return tx.execute(
+                "UPDATE outbox SET state = ?, next_attempt_at = ?, lease_owner = NULL, "
+                "lease_expires_at = NULL WHERE kind = ? AND state = ? AND lease_expires_at <= ?",
+                (PENDING, now, kind, LEASED, now),
+            ).rowcount
+
+    def make_due(self, kind: str, now: float) -> int:
+        with self._write() as tx:
+            return tx.execute(
+                "UPDATE outbox SET next_attempt_at = created_at "
+                "WHERE kind = ? AND state = ? AND next_attempt_at > ?",
+                (kind, PENDING, now),
+            ).rowcount
+
     def release_owner(self, owner: str, now: float) -> int:
         """Give back every lease this owner holds, due now (a clean shutdown)."""
         with self._write() as tx:
@@ -180,13 +225,17 @@ class SqlStore(Store):
 
     def add_dead_letters(self, entries: Sequence[DeadLetter], now: float) -> None:
         with self._write() as tx:
-            tx.executemany(
-                "INSERT INTO outbox (kind, dedupe_key, event_type, payload, state, next_attempt_at, "
-                "last_error, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (kind, event_time, dedupe_key) DO NOTHING",
-                [(e.kind, e.dedupe_key, e.event_type, e.payload, DEAD, now, e.reason, now, now)
-                 for e in entries],
-            )
+            self._insert_dead(tx, entries, now)
+
+    @staticmethod
+    def _insert_dead(tx: Tx, entries: Sequence[DeadLetter], now: float) -> None:
+        tx.executemany(
+            "INSERT INTO outbox (kind, dedupe_key, event_type, payload, state, next_attempt_at, "
+            "last_error, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (kind, event_time, dedupe_key) DO NOTHING",
+            [(e.kind, e.dedupe_key, e.event_type, e.payload, DEAD, now, e.reason, now, now)
+             for e in entries],
+        )
 
     def _lookup(self, sql: str, keys: Iterable[str]) -> dict[str, str]:
         """Run ``sql`` (with one ``IN ({marks})``) over ``keys`` in chunks; later rows win."""
@@ -222,18 +271,25 @@ class SqlStore(Store):
                 (key, value, now),
             ).rowcount > 0
 
-    def stats(self, now: float) -> dict[str, Any]:
+    def stats(self, now: float, stuck_after: float = 300.0) -> dict[str, Any]:
         counts = {state: 0 for state in (PENDING, LEASED, DELIVERED, DEAD)}
         for state, count in self._rows("SELECT state, COUNT(*) FROM outbox GROUP BY state"):
             counts[state] = count
         oldest = self._rows(
             "SELECT MIN(created_at) FROM outbox WHERE state IN (?, ?)", (PENDING, LEASED)
         )[0][0]
+        stuck_leased, stuck_pending = self._rows(
+            "SELECT COALESCE(SUM(CASE WHEN state = ? AND lease_expires_at <= ? THEN 1 ELSE 0 END), 0), "
+            "COALESCE(SUM(CASE WHEN state = ? AND next_attempt_at <= ? THEN 1 ELSE 0 END), 0) "
+            "FROM outbox WHERE state IN (?, ?)",
+            (LEASED, now, PENDING, now - stuck_after, PENDING, LEASED),
+        )[0]
         quarantined = self._rows("SELECT COUNT(*) FROM quarantine")[0][0]
         return {
             **counts,
             "quarantined": quarantined,
             "oldest_pending_age_seconds": round(now - oldest, 3) if oldest is not None else None,
+            "stuck": {"leased_past_lease": int(stuck_leased), "due_unclaimed": int(stuck_pending)},
         }
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
