@@ -12,7 +12,12 @@ import pytest
 
 from bridge.app import create_app
 from bridge.config import Settings, load_settings
-from tests.conftest import basic
+from bridge.inbound.fields import EVENT_NAME_PRESETS
+from bridge.inbound.intake import KIND
+from bridge.inbound.track import track_call
+from bridge.storage.base import NewItem
+from tests.conftest import T0, basic
+from tests.test_track import grouped_sample, old_rule_key
 
 URL = "/webhooks/mailjet"
 
@@ -101,7 +106,7 @@ def test_invalid_events_are_quarantined_valid_ones_accepted(client: Any, auth: d
     store = client.application.extensions["bridge"].store
     entries = store.quarantine_entries()
     reasons = {json.loads(e["errors"])[0]["message"] for e in entries}
-    assert '"not-a-number" is not of type "integer"' in reasons
+    assert '"not-a-number" does not match "^(0|-?[1-9][0-9]{0,39})$"' in reasons
     assert any(r.startswith('unknown event type "typofix"') for r in reasons)
     assert "'event' is a required property" in reasons
     assert "an event must be a JSON object" in reasons
@@ -177,3 +182,87 @@ def test_other_errors_are_json_too(client: Any) -> None:
     assert client.get("/nowhere").json["error"] == "not_found"
     response = client.get(URL)
     assert response.status_code == 405 and response.json["error"] == "method_not_allowed"
+
+
+# -- lenient intake, strict output (issue #9) --------------------------------------------------
+
+
+def test_nulls_and_text_ids_are_accepted(client: Any, auth: dict[str, str],
+                                         mailjet_events: dict[str, Any]) -> None:
+    lenient = {**mailjet_events["open"], "geo": None, "Payload": None, "CustomID": None,
+               "MessageID": "19421777396190490", "mj_campaign_id": "7173", "mj_contact_id": "320"}
+    response = post(client, [lenient], auth)
+    assert response.json == {"accepted": 1, "duplicate": 0, "quarantined": 0}
+    # the same event with numbers is the same event
+    assert post(client, [mailjet_events["open"]], auth).json["duplicate"] == 1
+
+
+@pytest.mark.parametrize(("raw_event", "path", "fragment"), [
+    (rb'{"event":"click","time":1,"email":"a\ud800@x.com"}', "$.email", "lone surrogate"),
+    (rb'{"event":"click","time":1,"url":"https://x.example/\udfff"}', "$.url", "lone surrogate"),
+    (rb'{"event":"sent","time":1,"MessageID":1,"\ud800":"key"}', '$["\\ud800"]', "the key holds"),
+    (rb'{"event":"sent","time":1,"MessageID":1,"extra":{"n":[1e400]}}', "$.extra.n[0]", "not a finite"),
+    (rb'{"event":"sent","time":-1e400}', "$.time", "not a finite"),
+    (b'{"event":"sent","time":1,"x":' + b"[" * 40 + b"]" * 40 + b"}", "$.x" + "[0]" * 31,
+     "deeper than 32"),
+    (b'{"event":"sent","time":1,"x":' + b"[" * 900 + b"]" * 900 + b"}", "$.x" + "[0]" * 31,
+     "deeper than 32"),
+])
+def test_values_a_call_cannot_carry_are_quarantined_never_500(
+    client: Any, auth: dict[str, str], mailjet_events: dict[str, Any], raw_event: bytes, path: str,
+    fragment: str,
+) -> None:
+    raw = b"[" + json.dumps(mailjet_events["sent"]).encode() + b"," + raw_event + b"]"
+    response = post(client, None, auth, raw=raw)
+    assert response.status_code == 200
+    assert response.json == {"accepted": 1, "duplicate": 0, "quarantined": 1}
+    (entry,) = client.application.extensions["bridge"].store.quarantine_entries()
+    (error,) = json.loads(entry["errors"])
+    assert error["path"] == path and fragment in error["message"]
+    assert entry["body"] == raw_event.decode()
+    assert post(client, None, auth, raw=raw_event).json["quarantined"] == 1  # again: once kept
+
+
+def test_deep_payload_text_is_accepted_and_sent_as_text(client: Any, auth: dict[str, str]) -> None:
+    """A Payload string is any text: only when it holds JSON a call can carry is it parsed."""
+    payload = "[" * 5000
+    event = {"event": "sent", "time": 1, "MessageID": 5, "Payload": payload}
+    assert post(client, [event], auth).json["accepted"] == 1
+    (item,) = client.application.extensions["bridge"].store.claim(KIND, 10, "t", 60, T0)
+    call = track_call(json.loads(item.payload), event_names=EVENT_NAME_PRESETS["mailjet"],
+                      key=item.dedupe_key)
+    assert call["properties"]["payload"] == payload
+
+
+# -- dedupe across the rule change ---------------------------------------------------------------
+
+
+def accept_under_old_rule(store: Any, events: list[dict[str, Any]]) -> None:
+    """What the bridge stored before issue #9: each event under its old key, the first of a clash."""
+    store.accept([NewItem(KIND, old_rule_key(e), e["event"], json.dumps(e), e["time"]) for e in events],
+                 [], T0)
+
+
+def test_redelivery_of_an_event_accepted_under_the_old_rule_is_a_duplicate(
+    client: Any, auth: dict[str, str], mailjet_events: dict[str, Any],
+) -> None:
+    store = client.application.extensions["bridge"].store
+    grouped = grouped_sample()
+    no_id = {"event": "bounce", "time": 1430812195, "email": "b@x.com", "error": "user unknown"}
+    accept_under_old_rule(store, [*grouped, no_id, mailjet_events["open"]])
+    assert store.stats(T0)["pending"] == 5  # the old rule merged the first two of the group
+    response = post(client, [*grouped, no_id, mailjet_events["open"]], auth)
+    assert response.json == {"accepted": 0, "duplicate": 6, "quarantined": 0}
+    # an event the old rule never saw is new, even beside old ones
+    other = {**no_id, "time": no_id["time"] + 1}
+    assert post(client, [other], auth).json == {"accepted": 1, "duplicate": 0, "quarantined": 0}
+    # The limit of a legacy key: it finds what the old rule would have found. An id-less event that
+    # the old rule merged with a stored row (same type, email, second, url) still counts as that row
+    # until the row is pruned, as it did before the change.
+    merged = {**no_id, "error": "mailbox inactive"}
+    assert post(client, [merged], auth).json["duplicate"] == 1
+
+
+def test_grouped_sample_is_four_events_and_a_redelivery_none(client: Any, auth: dict[str, str]) -> None:
+    assert post(client, grouped_sample(), auth).json == {"accepted": 4, "duplicate": 0, "quarantined": 0}
+    assert post(client, grouped_sample(), auth).json == {"accepted": 0, "duplicate": 4, "quarantined": 0}

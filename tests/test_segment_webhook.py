@@ -12,6 +12,7 @@ import pytest
 from bridge.app import create_app
 from bridge.config import load_settings
 from bridge.outbound.intake import CONTACT_KIND as MAILJET_CONTACT
+from bridge.outbound.intake import contact_key
 
 URL = "/webhooks/segment"
 SECRET = "shh-segment-secret"
@@ -49,7 +50,7 @@ def test_signed_single_identify_is_accepted(signed_app: Any) -> None:
     response = post(signed_app.test_client(), body, sign(body))
     assert response.status_code == 200
     assert response.json == {"accepted": 1, "duplicate": 0, "quarantined": 0, "ignored": 0,
-                             "skipped": 0}
+                             "skipped": 0, "dead": 0}
 
 
 def test_batch_is_verified_on_its_first_element(signed_app: Any) -> None:
@@ -94,7 +95,7 @@ def test_only_identify_is_queued_other_types_are_counted(client: Any) -> None:
               {"type": "page", "userId": "u-1"}, {"type": "group", "groupId": "g"}]
     response = post(client, stringify(events))
     assert response.json == {"accepted": 1, "duplicate": 0, "quarantined": 0, "ignored": 3,
-                             "skipped": 0}
+                             "skipped": 0, "dead": 0}
 
 
 def test_mailjet_false_sends_nothing_but_learns_the_pair(client: Any) -> None:
@@ -128,3 +129,60 @@ def test_bad_events_are_quarantined_good_ones_kept(client: Any) -> None:
 def test_unusable_body_is_400(client: Any, raw: str) -> None:
     response = post(client, raw)
     assert response.status_code == 400 and response.json["error"] == "bad_request"
+
+
+# -- values a call cannot carry (issue #9) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("trait", "fragment"), [
+    ('"name": "Zo\\ud800"', "$.traits.name holds a lone surrogate"),
+    ('"\\udc00": 1', '$.traits["\\udc00"] the key holds a lone surrogate'),
+    ('"ltv": 1e400', "$.traits.ltv inf is not a finite number"),
+    ('"deep": ' + "[" * 40 + "]" * 40, "nests deeper than 32 levels"),
+    ('"email": "a\\ud800@x.com"', "$.traits.email holds a lone surrogate"),
+])
+def test_identify_a_call_cannot_carry_is_a_dead_letter(client: Any, trait: str, fragment: str) -> None:
+    text = '{"type":"identify","userId":"u-7","messageId":"m-7","traits":{"email":"a@x.com",' + trait + "}}"
+    body = "[" + stringify(IDENTIFY) + "," + text + "]"
+    response = post(client, body)
+    assert response.status_code == 200
+    assert response.json == {"accepted": 1, "duplicate": 0, "quarantined": 0, "ignored": 0,
+                             "skipped": 0, "dead": 1}
+    store = client.application.extensions["bridge"].store
+    (dead,) = store.dead_letters()
+    assert (dead["kind"], dead["event_type"], dead["payload"]) == (MAILJET_CONTACT, "identify", text)
+    assert dead["last_error"].startswith("cannot be sent faithfully: ") and fragment in dead["last_error"]
+    assert store.user_ids_for(["a@x.com"]) == {}  # a refused identify teaches nothing
+    # Segment's retry: counted again in the answer, kept once
+    assert post(client, text).json["dead"] == 1
+    assert len(store.dead_letters()) == 1
+
+
+def test_refused_identify_is_keyed_like_a_queued_one(client: Any) -> None:
+    """By Segment's messageId, so its retries are one dead letter; a surrogate there is no 500."""
+    text = '{"type":"identify","messageId":"m-\\ud800","traits":{"email":"a@x.com"}}'
+    assert post(client, text).json["dead"] == 1
+    assert post(client, text.replace("traits", "context")).json["dead"] == 1
+    assert len(client.application.extensions["bridge"].store.dead_letters()) == 1
+    assert contact_key(json.loads(text), text) == contact_key(json.loads(text), "other text")
+
+
+def test_other_calls_a_call_cannot_carry_are_ignored_or_quarantined(client: Any) -> None:
+    events = ['{"type":"track","event":"x","properties":{"v":1e400}}',
+              '{"type":"page","name":"\\ud800"}',
+              '{"type":"\\ud800"}',
+              '{"no_type":-1e400}']
+    response = post(client, "[" + ",".join(events) + "]")
+    assert response.status_code == 200
+    assert response.json == {"accepted": 0, "duplicate": 0, "quarantined": 2, "ignored": 2,
+                             "skipped": 0, "dead": 0}
+    entries = client.application.extensions["bridge"].store.quarantine_entries()
+    assert {json.loads(e["errors"])[0]["path"] for e in entries} == {"$.type", "$.no_type"}
+
+
+@pytest.mark.parametrize("context", ['{"library": "x"}', '{"library": ["x"]}', '"text"'])
+def test_odd_shapes_outside_the_schema_are_never_a_500(client: Any, context: str) -> None:
+    text = '{"type":"identify","traits":{"email":"a@x.com"},"context":' + context + "}"
+    response = post(client, text)
+    assert response.status_code == 200
+    assert response.json["accepted"] + response.json["quarantined"] == 1

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import pytest
 
 from bridge.inbound.fields import EVENT_NAME_PRESETS, EVENT_TYPES
-from bridge.inbound.track import dedupe_key, message_id, track_call
+from bridge.inbound.track import dedupe_key, legacy_dedupe_key, legacy_keys, message_id, track_call
+from bridge.payloads.faithful import MAX_DEPTH
 from bridge.payloads.identity import normalize_email
+from tests.conftest import FIXTURES
 
 NAMES = EVENT_NAME_PRESETS["mailjet"]
 LIBRARY = {"name": "mailjet-segment-bridge", "version": "0.1.0"}
@@ -216,3 +220,138 @@ def test_mj_message_id_and_time_are_not_copied(mailjet_events: dict[str, Any]) -
 def test_timestamp_is_utc_iso() -> None:
     call = track_call({"event": "sent", "time": 0}, event_names=NAMES)
     assert call["timestamp"] == "1970-01-01T00:00:00Z"
+
+
+# -- the dedupe key (issue #9): message id, else content; old keys kept ------------------------
+
+
+def grouped_sample() -> list[dict[str, Any]]:
+    """Mailjet's own grouped sample: four ``sent`` events with mj_message_id and no MessageID."""
+    payloads = json.loads((FIXTURES / "peers" / "mailjet-event-api-guide.json").read_text())["payloads"]
+    return next(p["body"] for p in payloads if p["name"].startswith("Grouping events"))
+
+
+def old_rule_key(event: dict[str, Any]) -> str:
+    """The pre-#9 key, written out: sha256 of [event, MessageID or Message_GUID, email, time, url]."""
+    ident = event.get("MessageID")
+    parts = [event.get("event"), event.get("Message_GUID") if ident is None else ident,
+             normalize_email(event.get("email")), event.get("time"), event.get("url")]
+    return hashlib.sha256(json.dumps(parts, separators=(",", ":"), ensure_ascii=False)
+                          .encode()).hexdigest()
+
+
+def test_grouped_sample_is_four_events_with_four_keys() -> None:
+    events = grouped_sample()
+    assert events[0]["time"] == events[1]["time"] and events[0]["email"] == events[1]["email"]
+    calls = [track_call(e, event_names=NAMES) for e in events]
+    assert len({dedupe_key(e) for e in events}) == 4
+    assert len({c["messageId"] for c in calls}) == 4
+    assert [c["properties"]["email_id"] for c in calls] == [e["mj_message_id"] for e in events]
+    assert all("mj_message_id" not in c["properties"] for c in calls)
+    # the old rule merged the first two: they keep that key as a legacy key, to find old rows
+    assert legacy_dedupe_key(events[0]) == legacy_dedupe_key(events[1]) == old_rule_key(events[0])
+    assert all(legacy_keys(e, dedupe_key(e)) == (old_rule_key(e),) for e in events)
+
+
+def test_events_with_message_id_or_guid_keep_their_old_keys(mailjet_events: dict[str, Any]) -> None:
+    events = [*mailjet_events.values(),
+              {"event": "click", "time": 7, "Message_GUID": "g-1", "email": " Zoë@X.com ", "url": "u"},
+              {**mailjet_events["open"], "email": "日本@例え.jp", "Message_GUID": None},
+              {"event": "sent", "time": 1, "MessageID": 2**64 + 1, "mj_message_id": "1"}]
+    for event in events:
+        assert dedupe_key(event) == old_rule_key(event), event
+        assert legacy_keys(event, dedupe_key(event)) == ()
+
+
+def test_message_id_falls_back_to_mj_message_id_then_guid() -> None:
+    base = {"event": "sent", "time": 5, "email": "a@x.com"}
+    both = {**base, "MessageID": 42, "mj_message_id": "43", "Message_GUID": "g"}
+    assert dedupe_key(both) == dedupe_key({**base, "MessageID": 42})
+    only_mj = {**base, "mj_message_id": "42", "Message_GUID": "g"}
+    assert dedupe_key(only_mj) == dedupe_key({**base, "MessageID": 42})  # the same message
+    assert dedupe_key({**base, "Message_GUID": "g"}) != dedupe_key({**base, "Message_GUID": "h"})
+    assert dedupe_key({**base, "Message_GUID": "42"}) != dedupe_key({**base, "MessageID": 42})
+    assert dedupe_key({**base, "MessageID": 0, "Message_GUID": "g"}) == dedupe_key(
+        {**base, "Message_GUID": "g"})  # 0 means none
+
+
+def test_integer_like_string_ids_equal_integers() -> None:
+    as_number = {"event": "unsub", "time": 9, "MessageID": 1210245103, "mj_campaign_id": 1210245103,
+                 "mj_contact_id": 0, "mj_list_id": 7, "email": "a@x.com"}
+    as_text = {**as_number, "MessageID": "1210245103", "mj_campaign_id": "1210245103",
+               "mj_contact_id": "0", "mj_list_id": "7"}
+    assert dedupe_key(as_text) == dedupe_key(as_number) == old_rule_key(as_number)
+    assert track_call(as_text, event_names=NAMES) == track_call(as_number, event_names=NAMES)
+    props = track_call(as_text, event_names=NAMES)["properties"]
+    assert (props["email_id"], props["campaign_id"], props["list_id"]) == ("1210245103", "1210245103", "7")
+    assert "contact_id" not in props
+
+
+def test_without_any_id_the_whole_event_is_the_key() -> None:
+    """Two different id-less events never share a key; an exact redelivery does."""
+    first = {"event": "sent", "time": 5, "email": "a@x.com", "smtp_reply": "250 one"}
+    second = {**first, "smtp_reply": "250 two"}
+    assert dedupe_key(first) != dedupe_key(second)
+    assert legacy_dedupe_key(first) == legacy_dedupe_key(second)  # what the old rule merged
+    assert dedupe_key(dict(reversed(first.items()))) == dedupe_key(first)
+    assert dedupe_key({**first, "geo": None}) == dedupe_key(first)  # null is absent
+    assert dedupe_key({**first, "n": 1}) != dedupe_key({**first, "n": 1.0})  # exact values
+    assert dedupe_key({**first, "x": {"b": 1, "a": 2}}) == dedupe_key({**first, "x": {"a": 2, "b": 1}})
+    assert legacy_keys(first, dedupe_key(first)) == (old_rule_key(first),)
+
+
+def test_keys_never_raise_on_lone_surrogates() -> None:
+    """Intake refuses such events first; the keys still must not be the thing that fails."""
+    event = {"event": "click", "time": 1, "email": "a\ud800@x.com", "url": "https://x/\udfff"}
+    assert dedupe_key(event) != dedupe_key({**event, "url": "https://x/"})
+    assert legacy_dedupe_key(event)
+    assert dedupe_key({"event": "sent", "time": 1, "\ud800": "x"})
+
+
+def test_stored_key_sets_message_id_and_event_identity() -> None:
+    event = {"event": "blocked", "time": 1}
+    call = track_call(event, event_names=NAMES, key="a" * 64)
+    assert call["messageId"] == "mailjet-" + "a" * 64
+    assert call["anonymousId"] == "mailjet-event:" + "a" * 64
+    assert track_call(event, event_names=NAMES)["messageId"] == message_id(dedupe_key(event))
+
+
+def test_anonymous_id_uses_the_same_message_id() -> None:
+    grouped = {"event": "sent", "time": 1, "mj_message_id": "18858825588804172"}
+    assert track_call(grouped, event_names=NAMES)["anonymousId"] == "mailjet-message:18858825588804172"
+    text_id = {"event": "sent", "time": 1, "MessageID": "77"}
+    assert track_call(text_id, event_names=NAMES)["anonymousId"] == "mailjet-message:77"
+
+
+# -- lenient input: null is absent -------------------------------------------------------------
+
+
+def test_null_fields_are_absent(mailjet_events: dict[str, Any]) -> None:
+    event = {**mailjet_events["unsub"], "geo": None, "ip": None, "agent": None, "Payload": None,
+             "CustomID": None, "Message_GUID": None, "customcampaign": None, "mj_list_id": None}
+    call = track_call(event, event_names=NAMES)
+    assert set(call["context"]) == {"traits", "library"}
+    assert call["properties"] == {"email_id": "20547674933128000", "campaign_id": "7276",
+                                  "contact_id": "126", "mailjet_event": "unsub"}
+    assert call["messageId"] == track_call(mailjet_events["unsub"], event_names=NAMES)["messageId"]
+
+
+@pytest.mark.parametrize("payload", [
+    "[" * 5000,  # RecursionError, not ValueError
+    "[" * 5000 + "]" * 5000,
+    '{"a": NaN}', '{"a": Infinity}', '{"a": 1e400}', '["\\ud800"]', '{"\\udc00": 1}',
+    json.dumps({"deep": [[[]]]}).replace("[]", "[" * MAX_DEPTH + "]" * MAX_DEPTH),
+])
+def test_payload_that_a_call_cannot_carry_stays_text(payload: str) -> None:
+    call = track_call({"event": "sent", "time": 1, "Payload": payload}, event_names=NAMES)
+    assert call["properties"]["payload"] == payload
+    json.dumps(call, allow_nan=False).encode("utf-8")
+
+
+def test_payload_within_the_bound_is_parsed() -> None:
+    deepest = "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1)  # level 32 in the event: allowed
+    call = track_call({"event": "sent", "time": 1, "Payload": deepest}, event_names=NAMES)
+    assert isinstance(call["properties"]["payload"], list)
+    too_deep = "[" + deepest + "]"
+    call = track_call({"event": "sent", "time": 1, "Payload": too_deep}, event_names=NAMES)
+    assert call["properties"]["payload"] == too_deep

@@ -48,19 +48,35 @@ PROPERTY_FIELDS: dict[str, str] = {
     "source": "source",
 }
 
-#: Integer Mailjet ids, sent to Segment as strings.
+#: A property the table above left unset is taken from these fields, the first present.
+#: ``email_id`` is MessageID, else mj_message_id (which is otherwise copied nowhere).
+PROPERTY_FALLBACKS: dict[str, tuple[str, ...]] = {"email_id": ("mj_message_id",)}
+
+#: Integer Mailjet ids, sent to Segment as strings. Each may also arrive as an integer-like string
+#: (older posts send ``"mj_campaign_id": "1210245103"``); both give the same string.
 ID_FIELDS: frozenset[str] = frozenset({"MessageID", "mj_campaign_id", "mj_contact_id", "mj_list_id"})
+
+#: Where an event's message id comes from, first present wins. ``mj_message_id`` is MessageID as a
+#: string (deprecated by Mailjet, but the only id in its grouped sample); ``Message_GUID`` is a
+#: different id space and is never read as a number.
+MESSAGE_ID_FIELDS: tuple[str, ...] = ("MessageID", "mj_message_id", "Message_GUID")
+
+#: Message id fields whose integer-like strings are read as integers (so "42" and 42 agree).
+NUMERIC_MESSAGE_ID_FIELDS: frozenset[str] = frozenset({"MessageID", "mj_message_id"})
 
 #: Fields with their own place in the Segment call, or repeated elsewhere: never copied into properties.
 #: ``ip``/``agent``/``geo`` go to ``context``; ``email`` to identity and ``context.traits``;
-#: ``time`` to ``timestamp``; ``mj_message_id`` repeats MessageID; ``event`` becomes ``mailjet_event``;
+#: ``time`` to ``timestamp``; ``mj_message_id`` repeats MessageID (it stands in for ``email_id`` only
+#: when MessageID is absent); ``event`` becomes ``mailjet_event``;
 #: ``Payload`` becomes ``payload`` (parsed when it is JSON).
 NOT_PROPERTIES: frozenset[str] = frozenset(
     {"event", "time", "email", "ip", "agent", "geo", "mj_message_id", "Payload"}
 )
 
-#: The fields of the dedupe key, in order. MessageID falls back to Message_GUID.
-DEDUPE_FIELDS: tuple[str, ...] = ("event", "MessageID", "email", "time", "url")
+#: The dedupe key is event, message id (MESSAGE_ID_FIELDS), email, time and url, or the whole event
+#: when it has no message id (``bridge.inbound.track.dedupe_key``). Before issue #9 it was these
+#: fields, MessageID falling back to Message_GUID only (``legacy_dedupe_key``).
+LEGACY_DEDUPE_FIELDS: tuple[str, ...] = ("event", "MessageID", "email", "time", "url")
 
 #: Largest integer a JavaScript consumer can read exactly; larger unknown integers become strings.
 JS_SAFE_INTEGER: int = 2**53 - 1

@@ -8,33 +8,97 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from bridge import NAME, __version__
 from bridge.inbound.fields import (
-    DEDUPE_FIELDS,
     ID_FIELDS,
     JS_SAFE_INTEGER,
+    LEGACY_DEDUPE_FIELDS,
+    MESSAGE_ID_FIELDS,
     NOT_PROPERTIES,
+    NUMERIC_MESSAGE_ID_FIELDS,
+    PROPERTY_FALLBACKS,
     PROPERTY_FIELDS,
 )
+from bridge.payloads.body import loads_strict
+from bridge.payloads.faithful import MAX_DEPTH, problem
 from bridge.payloads.identity import normalize_email
 
 #: ``context.library`` of every call the bridge makes to Segment.
 LIBRARY = {"name": NAME, "version": __version__}
 _KEY_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+_CONTENT_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str
+)
 MESSAGE_ID_PREFIX = "mailjet-"
+#: An integer written as text, in the one form a JSON number has (no sign +, no leading zero).
+#: ``schemas/mailjet/*.json`` accept the same strings for ids ($defs/id).
+INTEGER_TEXT = re.compile(r"(?:0|-?[1-9][0-9]{0,39})\Z")
+
+
+def _sha256(text: str) -> str:
+    """Hex SHA-256 of text; a lone surrogate is hashed as is rather than raising (never a 500)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def id_value(value: Any) -> int | str | None:
+    """A Mailjet integer id as an int, also when sent as ``"42"`` or ``42.0``; other text as it is.
+
+    Zero, empty text, null, booleans and anything else that is not an id mean "none".
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, float):
+        value = int(value) if value.is_integer() else None
+    elif isinstance(value, str) and INTEGER_TEXT.match(value):
+        value = int(value)
+    if value == 0 or value == "" or not isinstance(value, int | str):
+        return None
+    return value
+
+
+def message_id_value(event: Mapping[str, Any]) -> int | str | None:
+    """The event's message id: MessageID, else mj_message_id, else Message_GUID (fields.py)."""
+    for field in MESSAGE_ID_FIELDS:
+        value = event.get(field)
+        if field in NUMERIC_MESSAGE_ID_FIELDS:
+            value = id_value(value)
+        elif not isinstance(value, str) or not value:
+            value = None
+        if value is not None:
+            return value
+    return None
 
 
 def dedupe_key(event: Mapping[str, Any]) -> str:
-    """Stable hash of event, MessageID (or Message_GUID), normalised email, time and url.
+    """Stable hash of event, message id, normalised email, time and url; without any message id, of
+    the whole event (sorted keys, exact values, nulls left out as absent).
 
     Mailjet sends no event id and redelivers on timeouts; this key makes a redelivery recognisable.
+    An id stays a JSON number in the key, so events with a MessageID keep their pre-#9 keys.
+    """
+    ident = message_id_value(event)
+    if ident is None:
+        content = {name: value for name, value in event.items() if value is not None}
+        return _sha256(_CONTENT_ENCODER.encode(content))
+    parts = [event.get("event"), ident, normalize_email(event.get("email")), event.get("time"),
+             event.get("url")]
+    return _sha256(_KEY_ENCODER.encode(parts))
+
+
+def legacy_dedupe_key(event: Mapping[str, Any]) -> str:
+    """The dedupe key before issue #9: MessageID (else Message_GUID), email, time, url, no fallback.
+
+    Rows accepted before then keep this key, so a redelivery of one of them must still be found by
+    it (``NewItem.legacy_keys``). Remove it once no such row can be redelivered: when every row
+    accepted before this release is older than BRIDGE_RETENTION_DAYS (Mailjet retries for 24 h).
     """
     parts: list[Any] = []
-    for field in DEDUPE_FIELDS:
+    for field in LEGACY_DEDUPE_FIELDS:
         if field == "MessageID":
             value = event.get("MessageID")
             parts.append(event.get("Message_GUID") if value is None else value)
@@ -42,8 +106,13 @@ def dedupe_key(event: Mapping[str, Any]) -> str:
             parts.append(normalize_email(event.get("email")))
         else:
             parts.append(event.get(field))
-    canonical = _KEY_ENCODER.encode(parts)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return _sha256(_KEY_ENCODER.encode(parts))
+
+
+def legacy_keys(event: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    """The old-rule key when it differs from ``key`` (no MessageID, or no id at all), else none."""
+    old = legacy_dedupe_key(event)
+    return () if old == key else (old,)
 
 
 def message_id(key: str) -> str:
@@ -58,37 +127,35 @@ def iso_timestamp(unix_seconds: int | float) -> str:
 
 
 def _id_string(value: Any) -> str | None:
-    """A Mailjet integer id as a string; zero means "none" and gives None."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if value == 0 or value == "":
-        return None
-    return str(value)
+    """A Mailjet id as a property string: ``42`` and ``"42"`` both give ``"42"``; zero gives None."""
+    ident = id_value(value)
+    return None if ident is None else str(ident)
 
 
-def anonymous_id(event: Mapping[str, Any], email: str | None) -> str:
-    """Identity when no userId is known: the email, else the Mailjet contact, else the message."""
+def anonymous_id(event: Mapping[str, Any], email: str | None, key: str | None = None) -> str:
+    """Identity when no userId is known: the email, else the Mailjet contact, else the message, else
+    the event's dedupe key (``key`` when the caller has the stored one)."""
     if email:
         return email
     contact = _id_string(event.get("mj_contact_id"))
     if contact:
         return f"mailjet-contact:{contact}"
-    message = _id_string(event.get("MessageID")) or event.get("Message_GUID")
-    if message:
+    message = message_id_value(event)
+    if message is not None:
         return f"mailjet-message:{message}"
-    return f"mailjet-event:{dedupe_key(event)}"
+    return f"mailjet-event:{key or dedupe_key(event)}"
 
 
 def _payload(value: Any) -> Any:
-    """Payload as sent: an object or array when it holds JSON text for one, else the string."""
-    if isinstance(value, str) and value[:1] in ("{", "["):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
+    """Payload as sent: an object or array when it holds JSON text for one that Segment can carry
+    (strict JSON, within the depth bound as the event's field), else the string."""
+    if not isinstance(value, str) or value[:1] not in ("{", "["):
+        return value
+    try:
+        parsed = loads_strict(value)
+    except (ValueError, RecursionError):
+        return value
+    return value if problem(parsed, MAX_DEPTH - 1) else parsed
 
 
 def _unknown_value(value: Any) -> Any:
@@ -114,6 +181,10 @@ def properties(event: Mapping[str, Any]) -> dict[str, Any]:
                 props[name] = text
         else:
             props[name] = value
+    for name, fallbacks in PROPERTY_FALLBACKS.items():
+        for field in fallbacks:
+            if name not in props and (text := _id_string(event.get(field))) is not None:
+                props[name] = text
     payload = event.get("Payload")
     if payload not in (None, ""):
         props["payload"] = _payload(payload)
@@ -139,20 +210,22 @@ def context(event: Mapping[str, Any], email: str | None) -> dict[str, Any]:
 
 
 def track_call(
-    event: Mapping[str, Any], *, event_names: Mapping[str, str], user_id: str | None = None
+    event: Mapping[str, Any], *, event_names: Mapping[str, str], user_id: str | None = None,
+    key: str | None = None,
 ) -> dict[str, Any]:
     """The Segment ``track`` call for one validated Mailjet event.
 
     ``user_id`` is the recipient's userId when the bridge knows it; otherwise the call carries an
-    ``anonymousId`` (Mailjet's own rule: one or the other).
+    ``anonymousId`` (Mailjet's own rule: one or the other). ``key`` is the dedupe key the event was
+    stored with: a row keeps the ``messageId`` it was accepted with, whatever the rule is now.
     """
     email = normalize_email(event.get("email"))
     call: dict[str, Any] = {"type": "track", "event": event_names[event["event"]]}
     if user_id:
         call["userId"] = user_id
     else:
-        call["anonymousId"] = anonymous_id(event, email)
-    call["messageId"] = message_id(dedupe_key(event))
+        call["anonymousId"] = anonymous_id(event, email, key)
+    call["messageId"] = message_id(key or dedupe_key(event))
     call["timestamp"] = iso_timestamp(event["time"])
     call["context"] = context(event, email)
     call["integrations"] = {"Mailjet": False}

@@ -1,7 +1,9 @@
 """Turning a Segment Webhooks (Actions) body into queue items for Mailjet. No I/O, no Flask.
 
 Only identify calls are acted on; other types are acknowledged and counted. Each identify that carries
-both a userId and an email teaches the bridge that pair, even when it sends nothing to Mailjet.
+both a userId and an email teaches the bridge that pair, even when it sends nothing to Mailjet. An
+identify holding a value that cannot be sent faithfully (``bridge.payloads.faithful``) becomes a dead
+letter at once, with the reason, and teaches nothing.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge import NAME
+from bridge.payloads.faithful import problem
 from bridge.payloads.identity import normalize_email
 from bridge.payloads.schemas import EventValidator, quarantine_entry
-from bridge.storage.base import NewItem, QuarantineEntry
+from bridge.storage.base import DeadLetter, NewItem, QuarantineEntry
 
 #: The outbox kind of an identify on its way to Mailjet as a contact.
 CONTACT_KIND = "mailjet_contact"
@@ -39,12 +42,16 @@ def identify_email(event: dict[str, Any]) -> str | None:
     return normalize_email(traits.get("email")) or normalize_email(context_traits.get("email"))
 
 
+def _member(value: Any, name: str) -> Any:
+    """``value[name]`` when value is an object, else None: unlisted fields may have any type."""
+    return value.get(name) if isinstance(value, dict) else None
+
+
 def _skip_reason(event: dict[str, Any]) -> str | None:
     """Why an identify is not for Mailjet: switched off for it, or the bridge's own output."""
-    if (event.get("integrations") or {}).get(MAILJET_INTEGRATION) is False:
+    if _member(event.get("integrations"), MAILJET_INTEGRATION) is False:
         return "integrations.Mailjet is false"
-    library = ((event.get("context") or {}).get("library") or {}).get("name")
-    if library == NAME:
+    if _member(_member(event.get("context"), "library"), "name") == NAME:
         return "sent by this bridge"
     return None
 
@@ -54,6 +61,7 @@ class SegmentIntake:
     items: list[NewItem] = field(default_factory=list)
     quarantined: list[QuarantineEntry] = field(default_factory=list)
     identities: list[tuple[str, str]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)  # identifies refused at intake
     ignored: int = 0  # not identify calls
     skipped: int = 0  # identifies not meant for Mailjet
 
@@ -62,13 +70,20 @@ def contact_key(event: dict[str, Any], text: str) -> str:
     """Dedupe key: Segment's ``messageId`` (kept across its retries), else the exact text."""
     message_id = event.get("messageId")
     basis = f"messageId:{message_id}" if isinstance(message_id, str) and message_id else f"text:{text}"
-    return hashlib.sha256(basis.encode("utf-8")).hexdigest()
+    return hashlib.sha256(basis.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def sort_segment_events(events: list[tuple[Any, str]], validator: EventValidator) -> SegmentIntake:
-    """Validate each event on its own; identifies for Mailjet become queue items."""
+    """Validate each event on its own; identifies for Mailjet become queue items.
+
+    Values a call cannot carry are looked for first: the validator and the keys need sound values.
+    """
     intake = SegmentIntake()
     for event, text in events:
+        unfaithful = problem(event)
+        if unfaithful:
+            _refuse(intake, event, text, unfaithful)
+            continue
         errors = validator.errors(event)
         if errors:
             intake.quarantined.append(quarantine_entry(SOURCE, text, errors))
@@ -84,3 +99,16 @@ def sort_segment_events(events: list[tuple[Any, str]], validator: EventValidator
             continue
         intake.items.append(NewItem(CONTACT_KIND, contact_key(event, text), "identify", text))
     return intake
+
+
+def _refuse(intake: SegmentIntake, event: Any, text: str, unfaithful: dict[str, str]) -> None:
+    """An identify becomes a dead letter; another call is ignored as any non-identify is; an event
+    without a usable type is quarantined, since nothing else can be said of it."""
+    reason = f"cannot be sent faithfully: {unfaithful['path']} {unfaithful['message']}"
+    kind = _member(event, "type")
+    if kind == "identify":
+        intake.dead.append(DeadLetter(CONTACT_KIND, contact_key(event, text), "identify", text, reason))
+    elif isinstance(kind, str) and not problem(kind):
+        intake.ignored += 1
+    else:
+        intake.quarantined.append(quarantine_entry(SOURCE, text, [unfaithful]))

@@ -27,6 +27,11 @@ def _skip(text: str, index: int) -> int:
     return _SPACE.match(text, index).end()  # type: ignore[union-attr]
 
 
+def loads_strict(text: str) -> Any:
+    """JSON text parsed as webhook bodies are: ``NaN`` and ``Infinity`` are not JSON."""
+    return _DECODER.decode(text)
+
+
 def split_json(text: str) -> tuple[list[tuple[Any, str]], bool]:
     """Parse a JSON object or array, keeping each top-level value's exact source text.
 

@@ -41,17 +41,18 @@ def receive() -> tuple[Response, int]:
     intake = sort_segment_events(events, bridge.segment_validator)
     try:
         result = bridge.store.accept(
-            intake.items, intake.quarantined, time.time(), identities=intake.identities
+            intake.items, intake.quarantined, time.time(), identities=intake.identities,
+            dead=intake.dead,
         )
     except StorageUnavailable:
         return storage_unavailable()
     bridge.metrics.intake(
         "segment",
         ["identify"] * (len(intake.items) + intake.skipped) + ["other"] * intake.ignored
-        + ["invalid"] * len(intake.quarantined),
+        + ["invalid"] * (len(intake.quarantined) + len(intake.dead)),
         result.accepted_by_type, result.quarantined,
     )
     return jsonify(
         accepted=result.accepted, duplicate=result.duplicate, quarantined=result.quarantined,
-        ignored=intake.ignored, skipped=intake.skipped,
+        ignored=intake.ignored, skipped=intake.skipped, dead=result.dead,
     ), 200

@@ -1,0 +1,59 @@
+"""The check for values a Segment call cannot carry (bridge/payloads/faithful.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from bridge.payloads.body import parse_body
+from bridge.payloads.faithful import MAX_DEPTH, problem
+
+
+def nested(levels: int) -> Any:
+    """An object whose deepest container is at ``levels`` (the object itself is level 1)."""
+    value: Any = 1
+    for _ in range(levels - 1):
+        value = [value]
+    return {"deep": value}
+
+
+@pytest.mark.parametrize("value", [
+    {"event": "sent", "email": "zoë@exämple.com", "n": 2**70, "f": 1.5, "ok": [None, True, "🎉"]},
+    nested(MAX_DEPTH), [], {}, "text", 0,
+])
+def test_sound_values_pass(value: Any) -> None:
+    assert problem(value) is None
+
+
+@pytest.mark.parametrize(("text", "path", "fragment"), [
+    ('{"email": "a\\ud800@x.com"}', "$.email", "lone surrogate (\\ud800)"),
+    ('{"a": [1, {"b": "\\udfff"}]}', "$.a[1].b", "lone surrogate (\\udfff)"),
+    ('{"ok": 1, "\\ud800": 1}', '$["\\ud800"]', "the key holds a lone surrogate"),
+    ('{"a": {"x-y": 1e400}}', '$.a["x-y"]', "inf is not a finite number"),
+    ('{"a": -1e400}', "$.a", "-inf is not a finite number"),
+])
+def test_each_problem_is_named_with_its_path(text: str, path: str, fragment: str) -> None:
+    ((value, _),) = parse_body(text.encode())
+    found = problem(value)
+    assert found is not None and found["path"] == path
+    assert fragment in found["message"]
+    json.dumps(found).encode("utf-8")  # a reason can itself be stored and shown
+
+
+def test_nan_is_refused_too() -> None:
+    assert problem({"a": float("nan")}) == {"path": "$.a",
+                                            "message": "nan is not a finite number (JSON cannot carry it)"}
+
+
+def test_depth_bound_is_exact() -> None:
+    assert problem(nested(MAX_DEPTH)) is None
+    found = problem(nested(MAX_DEPTH + 1))
+    assert found is not None and found["message"] == f"nests deeper than {MAX_DEPTH} levels"
+    assert found["path"] == "$.deep" + "[0]" * (MAX_DEPTH - 1)  # the container at level 33
+
+
+def test_nesting_near_the_parser_limit_is_refused_without_recursion() -> None:
+    ((value, _),) = parse_body(b'{"a": ' + b"[" * 900 + b"]" * 900 + b"}")
+    assert problem(value)["message"] == f"nests deeper than {MAX_DEPTH} levels"  # type: ignore[index]
