@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from bridge.errors import ConfigError
 from bridge.inbound.fields import EVENT_NAME_PRESETS
 from bridge.inbound.segment import SEGMENT_REGIONS
+from bridge.inbound.source import stored_check
 from bridge.outbound.mailjet import MAILJET_ACTIONS
 from bridge.storage.base import Store
 
@@ -38,8 +39,12 @@ class Settings:
     """Everything the bridge is configured with. Secrets are kept out of ``repr``."""
 
     segment_write_key: str | None = field(default=None, repr=False)
-    segment_region: str = "us"
-    segment_api_url: str = SEGMENT_REGIONS["us"]
+    #: ``auto``: the region of the write key's source, read from Segment's settings CDN.
+    segment_region: str = "auto"
+    #: An explicit API base URL; it beats any region (and makes the region check moot).
+    segment_api_url: str | None = None
+    #: Where write keys are verified (``GET {url}/v1/projects/{key}/settings``).
+    segment_cdn_url: str = "https://cdn.segment.com"
     mailjet_api_key: str | None = None
     mailjet_api_secret: str | None = field(default=None, repr=False)
     mailjet_api_url: str = "https://api.mailjet.com"
@@ -60,6 +65,8 @@ class Settings:
     retention_days: int = 7
     #: Seconds to wait for Segment's or Mailjet's answer before the attempt counts as failed.
     http_timeout: float = 15.0
+    #: Longest wait between tries after an upstream-wide failure with no ``Retry-After``.
+    retry_max_seconds: float = 60.0
     #: ``full``: a 200 survives power loss. ``normal``: survives a crash of the bridge, and is faster.
     sqlite_synchronous: str = "full"
     workers: int = 2
@@ -125,7 +132,7 @@ class _Reader:
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Build validated settings from environment variables; raise ConfigError listing every problem."""
     r = _Reader(environ)
-    region = r.choice("SEGMENT_REGION", tuple(SEGMENT_REGIONS), "us")
+    region = r.choice("SEGMENT_REGION", ("auto", *SEGMENT_REGIONS), "auto")
     username = r.text("BRIDGE_WEBHOOK_USERNAME")
     password = r.text("BRIDGE_WEBHOOK_PASSWORD")
     if (username is None) != (password is None):
@@ -148,7 +155,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     settings = Settings(
         segment_write_key=r.text("SEGMENT_WRITE_KEY"),
         segment_region=region,
-        segment_api_url=r.url("SEGMENT_API_URL", SEGMENT_REGIONS[region]) or SEGMENT_REGIONS[region],
+        segment_api_url=r.url("SEGMENT_API_URL", None),
+        segment_cdn_url=r.url("SEGMENT_CDN_URL", "https://cdn.segment.com") or "https://cdn.segment.com",
         mailjet_api_key=r.text("MAILJET_API_KEY"),
         mailjet_api_secret=r.text("MAILJET_API_SECRET"),
         mailjet_api_url=r.url("MAILJET_API_URL", "https://api.mailjet.com") or "",
@@ -167,6 +175,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         lease_seconds=r.integer("BRIDGE_LEASE_SECONDS", 60, 1, 3600),
         retention_days=r.integer("BRIDGE_RETENTION_DAYS", 7, 0, 3650),
         http_timeout=r.integer("BRIDGE_HTTP_TIMEOUT", 15, 1, 300),
+        retry_max_seconds=r.integer("BRIDGE_RETRY_MAX_SECONDS", 60, 1, 3600),
         sqlite_synchronous=r.choice("BRIDGE_SQLITE_SYNCHRONOUS", ("full", "normal"), "full"),
         workers=r.integer("BRIDGE_WORKERS", 2, 1, 64),
         proxy_count=r.integer("BRIDGE_PROXY_COUNT", 0, 0, 5),
@@ -241,13 +250,27 @@ class Effective:
     def write_key(self) -> str | None:
         return self._stored("segment.write_key") or self.settings.segment_write_key
 
-    def segment_api_url(self) -> str:
-        """Stored URL, else the stored region's URL, else the configured one."""
-        url = self._stored("segment.api_url")
-        if url:
-            return url
+    def explicit_api_url(self) -> str | None:
+        """An API URL someone set (stored, else the environment); it beats any region."""
+        return self._stored("segment.api_url") or self.settings.segment_api_url
+
+    def segment_region(self) -> str:
+        """``auto``, ``us`` or ``eu``: stored first, then the environment."""
         region = self._stored("segment.region")
-        return SEGMENT_REGIONS.get(region or "", self.settings.segment_api_url)
+        return region if region in ("auto", *SEGMENT_REGIONS) else self.settings.segment_region
+
+    def segment_api_url(self) -> str:
+        """Where events go: an explicit URL, else the region's; with ``auto``, the region of the
+        write key's source as Segment's settings CDN last said (US until it has said)."""
+        explicit = self.explicit_api_url()
+        if explicit:
+            return explicit
+        region = self.segment_region()
+        if region != "auto":
+            return SEGMENT_REGIONS[region]
+        key = self.write_key()
+        check = stored_check(self.store, key) if key else None
+        return (check.api_url if check and check.api_url else None) or SEGMENT_REGIONS["us"]
 
     def mailjet_api_url(self) -> str:
         return self._stored("mailjet.api_url") or self.settings.mailjet_api_url

@@ -78,6 +78,8 @@ def configure(level: int = logging.INFO) -> logging.Handler:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # urllib3 logs every request URL at DEBUG, and the settings CDN's URL holds the write key.
+    logging.getLogger("urllib3").setLevel(max(level, logging.WARNING))
     return handler
 
 

@@ -44,6 +44,8 @@ class Metrics:
         self.retried = counter("bridge_events_retried", "Event deliveries to be tried again",
                                ["upstream", "type"])
         self.dead = counter("bridge_events_dead", "Events moved to dead letters", ["upstream", "type"])
+        self.loop_errors = counter("bridge_loop_errors", "Delivery rounds released after an unexpected "
+                                   "error outside any one item", ["upstream"])
         self.latency = Histogram("bridge_delivery_latency_seconds",
                                  "Time of one delivery: a Segment batch request, a Mailjet job",
                                  ["upstream"],
@@ -74,11 +76,15 @@ class Metrics:
         self._count({"delivered": self.delivered, "retried": self.retried, "dead": self.dead}[result],
                     (upstream,), types)
 
+    def loop_error(self, upstream: str) -> None:
+        self.loop_errors.labels(upstream).inc()
+
     def observe_latency(self, upstream: str, milliseconds: float) -> None:
         self.latency.labels(upstream).observe(milliseconds / 1000)
 
-    def render(self, store: Store) -> bytes:
-        """The text exposition: counters (all processes in multiprocess mode) and queue gauges."""
+    def render(self, store: Store, states: dict[str, dict[str, Any]] | None = None) -> bytes:
+        """The text exposition: counters (all processes in multiprocess mode), queue gauges, and
+        each upstream's delivery state as stored (e.g. Segment does not know the write key)."""
         from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
         if self.multiprocess:
@@ -87,15 +93,16 @@ class Metrics:
         else:
             registry = self.registry
         gauges = CollectorRegistry()
-        gauges.register(_QueueCollector(store))
+        gauges.register(_QueueCollector(store, states or {}))
         return generate_latest(registry) + generate_latest(gauges)
 
 
 class _QueueCollector:
     """Queue depth and oldest pending age, read from the store at scrape time."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, states: dict[str, dict[str, Any]]) -> None:
         self.store = store
+        self.states = states
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
@@ -106,6 +113,22 @@ class _QueueCollector:
             depth.add_metric([state], stats[state])
         depth.add_metric(["quarantined"], stats["quarantined"])
         yield depth
+        stuck = GaugeMetricFamily("bridge_stuck_items", "Items nobody is working on: leased past their "
+                                  "lease, or due and not taken for 5 minutes", labels=["reason"])
+        for reason, count in stats["stuck"].items():
+            stuck.add_metric([reason], count)
+        yield stuck
+        state = GaugeMetricFamily("bridge_delivery_state", "1 for each upstream's current delivery "
+                                  "state (ok, retrying, auth_failed, unknown_write_key, ...)",
+                                  labels=["upstream", "state"])
+        key = GaugeMetricFamily("bridge_segment_write_key", "1 for what Segment's settings CDN last "
+                                "said of the write key: known, unknown or unverified", labels=["verdict"])
+        for upstream, record in self.states.items():
+            state.add_metric([upstream, str(record.get("state"))], 1)
+            if "write_key" in record:
+                key.add_metric([str(record["write_key"].get("verdict"))], 1)
+        yield state
+        yield key
         age = stats["oldest_pending_age_seconds"]
         yield GaugeMetricFamily("bridge_oldest_pending_age_seconds",
                                 "Age of the oldest item not yet delivered", value=age or 0.0)

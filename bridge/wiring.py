@@ -25,10 +25,12 @@ from bridge.credentials import (
 )
 from bridge.delivery.janitor import Janitor
 from bridge.delivery.loop import Loop
+from bridge.delivery.pacing import PacingPolicy
 from bridge.inbound.forwarder import Forwarder, ForwarderPolicy
 from bridge.inbound.segment import SegmentClient
+from bridge.inbound.source import KeyVerifier, hold_for
 from bridge.metrics import Metrics
-from bridge.outbound.contact_sync import ContactSync
+from bridge.outbound.contact_sync import ContactSync, ContactSyncPolicy
 from bridge.outbound.mailjet import MailjetClient
 from bridge.payloads.schemas import EventValidator
 from bridge.storage import open_store
@@ -59,12 +61,20 @@ class Bridge:
     def loops(self) -> list[Loop]:
         """The forwarder, the contact sync and the janitor, each new, to run in a thread each."""
         settings, current = self.settings, self.current
+        pacing = PacingPolicy(backoff_cap=settings.retry_max_seconds)
+        verifier = KeyVerifier(self.store, lambda: settings.segment_cdn_url)
+
+        def gate(key: str) -> tuple[str, str] | None:
+            return hold_for(verifier.check(key), current.segment_region(),
+                            current.explicit_api_url() is not None)
+
         forwarder = Forwarder(
             self.store,
             SegmentClient(current.segment_api_url, timeout=(5.0, settings.http_timeout)),
             write_key=current.write_key,
             event_names=current.event_names,
-            policy=ForwarderPolicy(lease_seconds=settings.lease_seconds),
+            gate=gate,
+            policy=ForwarderPolicy(lease_seconds=settings.lease_seconds, pacing=pacing),
             metrics=self.metrics,
         )
         contact_sync = ContactSync(
@@ -72,6 +82,7 @@ class Bridge:
             MailjetClient(current.mailjet_api_url, timeout=(5.0, max(settings.http_timeout, 30.0))),
             credentials=current.mailjet_credentials,
             target=current.mailjet_target,
+            policy=ContactSyncPolicy(lease_seconds=settings.lease_seconds, pacing=pacing),
             metrics=self.metrics,
         )
         return [forwarder, contact_sync, Janitor(self.store, settings.retention_days)]

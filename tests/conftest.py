@@ -149,6 +149,7 @@ def env(tmp_path: Path, fake_segment: FakeSegment) -> dict[str, str]:
         "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'bridge.db'}",
         "SEGMENT_WRITE_KEY": "good-key",
         "SEGMENT_API_URL": fake_segment.url,
+        "SEGMENT_CDN_URL": fake_segment.url,
         "BRIDGE_WEBHOOK_USERNAME": "mailjet",
         "BRIDGE_WEBHOOK_PASSWORD": "s3cret-pass",
     }

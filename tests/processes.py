@@ -100,6 +100,7 @@ def start_make_run(tmp_path: Path, fake_segment: FakeSegment) -> Iterator[Any]:
             "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'bridge.db'}",
             "SEGMENT_WRITE_KEY": "good-key",
             "SEGMENT_API_URL": fake_segment.url,
+            "SEGMENT_CDN_URL": fake_segment.url,
             **(extra_env or {}),
         })
         started.append(process)

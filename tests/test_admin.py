@@ -100,7 +100,10 @@ def test_settings_are_validated_and_stored(admin_app: Any) -> None:
     store = admin_app.extensions["bridge"].store
     assert store.get_setting("segment.region") == "eu"
     assert store.get_setting("segment.write_key") is None  # blank keeps the current key
-    assert admin_app.extensions["bridge"].current.segment_api_url() == "https://events.eu1.segmentapis.com"
+    current = admin_app.extensions["bridge"].current
+    assert current.segment_region() == "eu"
+    # SEGMENT_API_URL is set (to the fake): an explicit API URL beats any region, stored or not
+    assert current.segment_api_url() == admin_app.extensions["bridge"].settings.segment_api_url
 
 
 def test_security_headers(admin_app: Any) -> None:

@@ -23,7 +23,7 @@ def test_bad_configuration_stops_with_one_line_per_problem(command: str) -> None
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert lines == [
-        "configuration error: SEGMENT_REGION='mars' is not valid: use one of us, eu",
+        "configuration error: SEGMENT_REGION='mars' is not valid: use one of auto, us, eu",
         "configuration error: MAILJET_ACTION='subscribe' is not valid: use one of "
         "addnoforce, addforce, unsub, remove",
     ]
@@ -93,11 +93,12 @@ def test_check_names_the_service_that_failed(cli_env: dict[str, str], fake_segme
     fake_segment.write_keys.add("good-key-0000001")
     good = run(cli_env, "check")
     assert good.exit_code == 0, good.output
-    assert "ok   Segment: the write key works" in good.output
+    assert "ok   Segment: Segment knows this write key" in good.output
     assert "ok   Mailjet: the API key pair works" in good.output
     bad_segment = run({**cli_env, "SEGMENT_WRITE_KEY": "wrong-key-123456"}, "check")
     assert bad_segment.exit_code == 1
-    assert "FAIL Segment: the write key was refused (401)" in bad_segment.output
+    # the tracking API would answer 200 to this key; the settings CDN says Segment does not know it
+    assert "FAIL Segment: Segment does not know this write key" in bad_segment.output
     bad_mailjet = run({**cli_env, "MAILJET_API_SECRET": "nope"}, "check")
     assert bad_mailjet.exit_code == 1 and "FAIL Mailjet: the API key pair was refused" in bad_mailjet.output
     assert "nope" not in bad_mailjet.output.replace("FAIL", "")

@@ -11,7 +11,9 @@ from bridge.errors import ConfigError
 def test_defaults() -> None:
     s = load_settings({})
     assert s.segment_write_key is None
-    assert s.segment_region == "us" and s.segment_api_url == "https://api.segment.io"
+    # auto: the region of the write key's source, as Segment's settings CDN says; no explicit URL
+    assert s.segment_region == "auto" and s.segment_api_url is None
+    assert s.segment_cdn_url == "https://cdn.segment.com"
     assert s.mailjet_api_url == "https://api.mailjet.com"
     assert s.mailjet_list_id == 1 and s.mailjet_action == "addnoforce"
     assert s.database_url == "sqlite:///./var/bridge.db"
@@ -21,8 +23,9 @@ def test_defaults() -> None:
     assert s.max_body_bytes == 5 * 1024 * 1024
 
 
-def test_eu_region_picks_the_eu_endpoint_and_api_url_overrides() -> None:
-    assert load_settings({"SEGMENT_REGION": "EU"}).segment_api_url == "https://events.eu1.segmentapis.com"
+def test_region_is_read_and_an_api_url_is_kept_as_given() -> None:
+    # which URL is used (explicit URL > region > the key's region) is Effective's: tests/test_settings.py
+    assert load_settings({"SEGMENT_REGION": "EU"}).segment_region == "eu"
     custom = load_settings({"SEGMENT_REGION": "eu", "SEGMENT_API_URL": "http://127.0.0.1:9/"})
     assert custom.segment_api_url == "http://127.0.0.1:9"
 
@@ -39,7 +42,7 @@ def test_secrets_stay_out_of_repr() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "expected"),
     [
-        ("SEGMENT_REGION", "mars", "SEGMENT_REGION='mars' is not valid: use one of us, eu"),
+        ("SEGMENT_REGION", "mars", "SEGMENT_REGION='mars' is not valid: use one of auto, us, eu"),
         ("SEGMENT_API_URL", "ftp://x", "SEGMENT_API_URL='ftp://x' is not a valid URL"),
         ("MAILJET_API_URL", "not a url", "MAILJET_API_URL='not a url' is not a valid URL"),
         ("MAILJET_ACTION", "subscribe", "MAILJET_ACTION='subscribe' is not valid: use one of "

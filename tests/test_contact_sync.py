@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import threading
@@ -19,7 +20,7 @@ from bridge.outbound.intake import sort_segment_events
 from bridge.outbound.mailjet import MailjetClient
 from bridge.payloads.body import parse_body
 from bridge.payloads.schemas import EventValidator
-from bridge.storage.base import Store
+from bridge.storage.base import NewItem, Store
 from tests.conftest import Clock
 from tests.fakes.mailjet import FakeMailjet, Scripted
 
@@ -341,3 +342,90 @@ def test_a_property_dead_letter_replays_once_the_definition_is_fixed(rig: Rig) -
     assert rig.run() == 1
     assert rig.fake.contacts["a@x.com"]["Properties"] == {"plan": "pro", "age": "thirty"}
     assert rig.dead() == []
+
+
+# -- poison values, stranded rounds, leases, recovery (issue #9) ------------------------------------
+
+
+def store_raw(rig: Rig, *texts: str) -> None:
+    """Queue identifies as stored text, bypassing intake (rows accepted before intake refused such
+    values, or anything intake may miss): the loop must isolate them by itself."""
+    rig.store.accept([NewItem(MAILJET_CONTACT, hashlib.sha256(t.encode()).hexdigest(), "identify", t)
+                      for t in texts], [], rig.clock())
+
+
+POISON_TRAITS = {
+    "infinite": '{"type":"identify","traits":{"email":"inf@x.com","score":1e400,"plan":"pro"}}',
+    "surrogate": '{"type":"identify","traits":{"email":"sur@x.com","nick":"\\ud800","plan":"pro"}}',
+    "before year 1": '{"type":"identify","traits":{"email":"old@x.com","since":"0001-01-01T00:00:00+05:00",'
+                     '"plan":"pro"}}',
+    "5,000 digits": '{"type":"identify","traits":{"email":"big@x.com","age":"' + "9" * 5000
+                    + '","plan":"pro"}}',
+}
+
+
+def test_poison_traits_dead_letter_the_property_and_apply_the_rest(rig: Rig) -> None:
+    """No trait value can stall the direction: each bad property is a dead letter with its reason;
+    its contact and every innocent contact beside it are applied in one job."""
+    rig.fake.define("age", "int")
+    store_raw(rig, *POISON_TRAITS.values(), json.dumps(identify("fine@x.com", plan="pro")))
+    assert rig.run() == 5
+    assert len(rig.fake.jobs) == 1
+    for email in ("inf@x.com", "sur@x.com", "old@x.com", "big@x.com", "fine@x.com"):
+        assert rig.fake.contacts[email]["Properties"]["plan"] == "pro"
+    reasons = {json.loads(d["payload"])["property"]: d["last_error"] for d in rig.dead()}
+    assert "not a finite number" in reasons["score"]
+    assert "lone surrogate" in reasons["nick"]
+    assert "defined as int" in reasons["age"]
+    # a date before year 1 in UTC is no datetime: it is kept as the text it is
+    assert rig.fake.contacts["old@x.com"]["Properties"]["since"] == "0001-01-01T00:00:00+05:00"
+    assert rig.stats()["leased"] == 0
+
+
+def test_an_email_that_cannot_be_encoded_dead_letters_only_that_contact(rig: Rig) -> None:
+    store_raw(rig, '{"type":"identify","traits":{"email":"a\\ud800@x.com","plan":"pro"}}',
+              json.dumps(identify("fine@x.com", plan="pro")))
+    assert rig.run() == 2
+    (dead,) = rig.dead()
+    assert "cannot be sent to Mailjet" in dead["last_error"] and "lone surrogate" in dead["last_error"]
+    assert list(rig.fake.contacts) == ["fine@x.com"]
+
+
+def test_an_unreadable_stored_identify_is_a_dead_letter_not_a_stall(rig: Rig) -> None:
+    store_raw(rig, "[1, 2]", json.dumps(identify("fine@x.com", plan="pro")))
+    assert rig.run() == 2
+    (dead,) = rig.dead()
+    assert dead["last_error"].startswith("could not prepare the item: TypeError")
+    assert "fine@x.com" in rig.fake.contacts
+
+
+def test_an_error_outside_any_item_releases_the_round_with_a_backoff(rig: Rig) -> None:
+    rig.accept(identify("a@x.com", plan="pro"))
+
+    def broken() -> tuple[int, str]:
+        raise RuntimeError("a bug in the target")
+
+    rig.sync.target = broken
+    assert rig.run() == 0
+    stats = rig.stats()
+    assert (stats["leased"], stats["pending"]) == (0, 1)  # given back at once, not left to expire
+    assert rig.status()["state"] == "retrying" and "RuntimeError" in rig.status()["detail"]
+    rig.sync.target = lambda: rig.target
+    rig.clock.advance(rig.sync.pacer.hold_until - rig.clock())
+    assert rig.run() == 1
+
+
+def test_expired_leases_come_back_without_new_identifies(rig: Rig) -> None:
+    rig.accept(identify("a@x.com", plan="pro"))
+    rig.store.claim(MAILJET_CONTACT, 10, "process-killed-mid-job", 60, rig.clock())
+    rig.clock.advance(61)
+    assert rig.run() == 1  # no new identify arrived: the expired lease alone brings it back
+    assert rig.fake.contacts["a@x.com"]["Properties"] == {"plan": "pro"}
+
+
+def test_a_long_job_renews_its_leases(store: Store, fake_mailjet: FakeMailjet) -> None:
+    fake_mailjet.polls_per_job = 12  # polled for longer than a lease (0.5 s, then 10 s steps)
+    rig = Rig(store, fake_mailjet, lease_seconds=30.0)
+    rig.accept(identify("a@x.com", plan="pro"))
+    assert rig.run() == 1
+    assert rig.clock() - 1_800_000_000.0 > 30  # the job outlived one lease and still settled

@@ -91,6 +91,7 @@ def test_worker_resumes_rows_left_pending_or_leased(tmp_path: Path, fake_segment
     worker = spawn([str(BIN / "mailjet-bridge"), "worker"], {
         "BRIDGE_DATABASE_URL": db, "BRIDGE_WEBHOOK_USERNAME": "u", "BRIDGE_WEBHOOK_PASSWORD": "p",
         "SEGMENT_WRITE_KEY": "good-key", "SEGMENT_API_URL": fake_segment.url,
+        "SEGMENT_CDN_URL": fake_segment.url,
     })
     try:
         fake_segment.wait_for(lambda f: len(f.accepted) == 20, timeout=30)
@@ -101,7 +102,7 @@ def test_worker_resumes_rows_left_pending_or_leased(tmp_path: Path, fake_segment
 
 def test_wsgi_app_starts_no_thread(tmp_path: Path, fake_segment: FakeSegment) -> None:
     env = {"BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}", "SEGMENT_WRITE_KEY": "good-key",
-           "SEGMENT_API_URL": fake_segment.url}
+           "SEGMENT_API_URL": fake_segment.url, "SEGMENT_CDN_URL": fake_segment.url}
     code = ("import threading, wsgi, json; "
             "print(json.dumps([threading.active_count(), type(wsgi.app).__name__]))")
     process = spawn([sys.executable, "-c", code], env)

@@ -6,6 +6,7 @@ Time is a controlled clock, so backoff and Retry-After are checked without sleep
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import socket
@@ -21,10 +22,11 @@ from bridge.inbound.forwarder import Forwarder, ForwarderPolicy
 from bridge.inbound.intake import KIND as SEGMENT_TRACK
 from bridge.inbound.intake import sort_events
 from bridge.inbound.segment import SegmentClient
+from bridge.inbound.source import KeyVerifier, hold_for, stored_check
 from bridge.inbound.track import dedupe_key, message_id
 from bridge.payloads.body import parse_body
 from bridge.payloads.schemas import EventValidator
-from bridge.storage.base import Store
+from bridge.storage.base import NewItem, Store
 from tests.conftest import T0, Clock
 from tests.fakes.segment import FakeSegment, Scripted
 
@@ -38,11 +40,15 @@ class Rig:
                  read_timeout: float = 2.0) -> None:
         self.store, self.fake, self.clock = store, fake, clock
         self.key: str | None = "good-key"
+        #: As configured: a region, and whether an explicit API URL makes it moot.
+        self.region, self.explicit_url = "auto", url is not None
+        self.verifier = KeyVerifier(store, lambda: fake.url, clock=clock)
         self.forwarder = Forwarder(
             store,
             SegmentClient(url or fake.url, timeout=(1.0, read_timeout), clock=clock),
             write_key=lambda: self.key,
             event_names=lambda: EVENT_NAME_PRESETS["mailjet"],
+            gate=lambda key: hold_for(self.verifier.check(key), self.region, self.explicit_url),
             policy=ForwarderPolicy(pacing=PacingPolicy(backoff_base=2.0, backoff_cap=60.0,
                                                        auth_retry_seconds=30.0)),
             clock=clock,
@@ -178,12 +184,73 @@ def test_refused_write_key_pauses_and_drops_nothing(rig: Rig, status: int) -> No
     assert rig.status()["state"] == "ok"
 
 
-def test_wrong_key_against_the_fake_is_a_real_401(rig: Rig) -> None:
-    rig.key = "not-a-key"
+def test_a_key_segment_does_not_know_sends_nothing_and_events_wait(rig: Rig) -> None:
+    """Segment's tracking API would answer 200 to a typo'd key and drop every event: the settings
+    CDN's 404 holds delivery instead, and a known key delivers everything at once."""
+    rig.key = "good-kye"
+    rig.accept(numbered(3))
+    assert rig.run() == 0
+    assert rig.fake.requests == []  # nothing sent with that key
+    assert rig.status()["state"] == "unknown_write_key"
+    assert "Segment does not know this write key" in rig.status()["detail"]
+    assert rig.stats()["pending"] == 3
+    rig.key = "good-key"  # corrected (environment, CLI or admin): checked at once
+    assert rig.run() == 3
+    assert rig.status()["state"] == "ok" and len(rig.fake.accepted) == 3
+
+
+def test_the_key_is_checked_at_start_on_change_and_every_ten_minutes(rig: Rig) -> None:
     rig.accept(numbered(1))
     rig.run()
-    assert rig.fake.requests[0].status == 401
+    rig.clock.advance(599)
+    rig.run()
+    assert rig.fake.cdn_counts["good-key"] == 1
+    rig.clock.advance(2)
+    rig.run()
+    assert rig.fake.cdn_counts["good-key"] == 2
+    rig.key = "good-key-2"
+    rig.fake.write_keys.add("good-key-2")
+    rig.run()
+    assert rig.fake.cdn_counts["good-key-2"] == 1
+
+
+def test_an_unreachable_cdn_never_stops_delivery(rig: Rig) -> None:
+    rig.fake.cdn_fail(times=1, status=503)
+    rig.accept(numbered(2))
+    assert rig.run() == 2  # never verified: delivered, with a visible warning
+    check = stored_check(rig.store, "good-key")
+    assert check is not None and check.verdict == "unverified"
+    assert "not verified" in check.detail
+
+
+def test_an_unreachable_cdn_keeps_the_last_verdict(rig: Rig) -> None:
+    rig.key = "good-kye"
+    rig.accept(numbered(1))
+    rig.run()
+    rig.clock.advance(601)
+    rig.fake.cdn_fail(times=5, status=503)
+    assert rig.run() == 0  # still unknown: the CDN being down proves nothing
+    assert rig.status()["state"] == "unknown_write_key"
+
+
+def test_an_explicit_region_that_contradicts_the_key_holds_delivery(rig: Rig) -> None:
+    rig.fake.regions["good-key"] = "eu"
+    rig.region, rig.explicit_url = "us", False
+    rig.accept(numbered(1))
+    assert rig.run() == 0
+    assert rig.status()["state"] == "region_mismatch"
+    assert "SEGMENT_REGION is us but this write key's source is in eu" in rig.status()["detail"]
+    rig.region = "auto"
+    assert rig.run() == 1
+
+
+def test_a_400_naming_the_write_key_pauses_instead_of_bisecting(rig: Rig) -> None:
+    rig.accept(numbered(8))
+    rig.fake.then(Scripted(400, body={"code": "invalid_request", "message": "Invalid write key"}))
+    assert rig.run() == 0
+    assert len(rig.fake.requests) == 1  # not split into 15 requests and 8 dead letters
     assert rig.status()["state"] == "auth_failed"
+    assert rig.stats()["dead"] == 0 and rig.stats()["pending"] == 8
 
 
 def test_no_write_key_means_events_wait(rig: Rig) -> None:
@@ -287,6 +354,98 @@ def test_write_key_never_reaches_the_log(rig: Rig, caplog: pytest.LogCaptureFixt
         rig.run()
         rig.key = "good-key"
         rig.run()
-    assert caplog.records
-    assert "secret-write-key-123" not in caplog.text
+    ours = [r for r in caplog.records if r.name.startswith("bridge")]
+    assert ours
+    leaked = [r for r in ours if "secret-write-key-123" in json.dumps(vars(r), default=str)]
+    assert not leaked
     assert "secret-write-key-123" not in json.dumps(rig.status())
+    assert "secret-write-key-123" not in (rig.store.get_setting("segment.key_check") or "")
+
+
+def test_the_cdn_url_with_the_key_stays_out_of_production_logs() -> None:
+    """urllib3 logs request URLs at DEBUG; the settings CDN's URL holds the write key. The bridge's
+    log configuration keeps urllib3 at WARNING (and the redaction filter would scrub it anyway)."""
+    import logging
+
+    from bridge import logs
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logging.getLogger("urllib3").level)
+    try:
+        logs.configure(logging.DEBUG)
+        assert logging.getLogger("urllib3.connectionpool").getEffectiveLevel() == logging.WARNING
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        logging.getLogger("urllib3").setLevel(saved[2])
+
+
+# -- poison values, stranded rounds, recovery (issue #9) --------------------------------------------
+
+
+def store_raw(rig: Rig, *texts: str) -> None:
+    """Queue events as stored text, bypassing intake (rows accepted before intake refused such
+    values, or anything intake may miss): the forwarder must isolate them by itself."""
+    rig.store.accept([NewItem(SEGMENT_TRACK, hashlib.sha256(t.encode()).hexdigest(), "sent", t, 1)
+                      for t in texts], [], rig.clock())
+
+
+POISON_EVENTS = {
+    "lone surrogate": '{"event":"sent","time":1700000000,"MessageID":1,"CustomID":"\\ud800"}',
+    "non-finite": '{"event":"sent","time":1700000000,"MessageID":2,"extra":1e400}',
+    "not an object": '[1, 2]',
+}
+
+
+def test_a_poison_event_is_a_dead_letter_and_its_batch_goes_on(rig: Rig) -> None:
+    store_raw(rig, *POISON_EVENTS.values(), *(json.dumps(e) for e in numbered(3)))
+    assert rig.run() == 6
+    assert len(rig.fake.accepted) == 3
+    reasons = sorted(d["last_error"] for d in rig.store.dead_letters())
+    assert [r.split(":")[1].strip() for r in reasons] == ["TypeError", "UnicodeEncodeError", "ValueError"]
+    assert rig.stats()["leased"] == rig.stats()["pending"] == 0
+
+
+def test_a_deep_payload_is_no_poison(rig: Rig) -> None:
+    deep = {"event": "sent", "time": 1_700_000_000, "MessageID": 3, "Payload": "[" * 5000}
+    store_raw(rig, json.dumps(deep), json.dumps(numbered(1)[0]))
+    assert rig.run() == 2
+    assert rig.stats()["leased"] == rig.stats()["pending"] == 0
+
+
+def test_an_error_outside_any_event_releases_the_round_at_once(rig: Rig) -> None:
+    rig.accept(numbered(2))
+
+    def broken() -> dict[str, str]:
+        raise RuntimeError("a bug in the naming preset")
+
+    rig.forwarder.event_names = broken
+    assert rig.run() == 0
+    assert (rig.stats()["leased"], rig.stats()["pending"]) == (0, 2)
+    assert rig.status()["state"] == "retrying" and "RuntimeError" in rig.status()["detail"]
+    rig.forwarder.event_names = lambda: EVENT_NAME_PRESETS["mailjet"]
+    rig.clock.advance(rig.forwarder.pacer.hold_until - rig.clock())
+    assert rig.run() == 2
+
+
+def test_rows_held_by_an_earlier_process_are_due_once_segment_answers(rig: Rig) -> None:
+    """A process killed during an outage left rows due minutes later; the next delivery that
+    succeeds makes them due at once, oldest first."""
+    rig.accept(numbered(3))
+    held = rig.store.claim(SEGMENT_TRACK, 10, "killed-during-outage", 60, rig.clock())
+    rig.store.release([i.id for i in held], "killed-during-outage", rig.clock() + 300, "HTTP 500")
+    rig.accept([{**e, "MessageID": e["MessageID"] + 100} for e in numbered(2)])
+    assert rig.run() == 2  # the new ones; success ends the hold of the others...
+    assert rig.run() == 3  # ...so they go in the next round, not in 5 minutes
+    assert rig.stats()["delivered"] == 5
+
+
+def test_retry_after_sets_the_wait_even_when_shorter_than_the_backoff(rig: Rig) -> None:
+    rig.accept(numbered(1))
+    rig.fake.then(Scripted(500), Scripted(500), Scripted(500), Scripted(429, headers={"Retry-After": "1"}))
+    for _ in range(3):
+        rig.run()
+        rig.clock.advance(rig.forwarder.pacer.hold_until - rig.clock())
+    assert rig.run() == 0  # the 429
+    assert rig.forwarder.pacer.hold_until - rig.clock() == 1.0  # not the 16 s backoff step
+    rig.clock.advance(1.0)
+    assert rig.run() == 1

@@ -6,12 +6,13 @@ import json
 import logging
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.app import create_app
 from bridge.config import load_settings
 from bridge.logs import JsonFormatter, RedactSecrets
-from tests.fakes.segment import FakeSegment
+from tests.fakes.segment import FakeSegment, Scripted
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -38,19 +39,27 @@ def test_metrics_count_events_by_type_and_stage(app: Any, client: Any, auth: dic
     assert ("bridge_oldest_pending_age_seconds", ()) in found
 
 
-def test_healthz_is_503_when_segment_refuses_the_key_but_accept_scope_stays_200(
+@pytest.mark.parametrize(("key", "script", "state", "reason"), [
+    ("typo-key-123", None, "unknown_write_key", "Segment does not know the write key"),
+    ("good-key", 401, "auth_failed", "Segment refused the write key"),
+], ids=["unknown-to-the-cdn", "refused-by-the-api"])
+def test_healthz_is_503_while_the_key_holds_delivery_but_accept_scope_stays_200(
         env: dict[str, str], fake_segment: FakeSegment, auth: dict[str, str],
-        mailjet_events: dict[str, Any]) -> None:
-    app = create_app(load_settings({**env, "SEGMENT_WRITE_KEY": "refused-key-123"}), announce=lambda _: None)
+        mailjet_events: dict[str, Any], key: str, script: int | None, state: str, reason: str) -> None:
+    app = create_app(load_settings({**env, "SEGMENT_WRITE_KEY": key}), announce=lambda _: None)
     client = app.test_client()
     client.post("/webhooks/mailjet", json=mailjet_events["sent"], headers=auth)
+    if script:
+        fake_segment.then(Scripted(script))
     app.extensions["bridge"].loops()[0].run_once()
     health = client.get("/healthz")
     assert health.status_code == 503
-    assert health.json["reason"] == "Segment refused the write key"
-    assert health.json["segment"]["state"] == "auth_failed"
+    assert health.json["reason"] == reason
+    assert health.json["segment"]["state"] == state
     assert client.get("/healthz?scope=accept").status_code == 200
     assert client.post("/webhooks/mailjet", json=mailjet_events["open"], headers=auth).status_code == 200
+    found = samples(client.get("/metrics").text)
+    assert found[("bridge_delivery_state", (("state", state), ("upstream", "segment")))] == 1
     app.extensions["bridge"].store.close()
 
 

@@ -63,20 +63,29 @@ def test_failed_holds_for_the_backoff_step(pacer: Pacer, clock: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("retry_after", "wins"),
+    ("retry_after", "expected"),
     [
-        pytest.param(120.0, True, id="longer-retry-after-wins"),
-        pytest.param(1.0, False, id="shorter-retry-after-ignored"),
-        pytest.param(0.0, False, id="zero-retry-after-ignored"),
+        pytest.param(120.0, 120.0, id="longer-than-the-step-obeyed"),
+        pytest.param(1.0, 1.0, id="shorter-than-the-step-obeyed"),
+        pytest.param(0.0, 0.5, id="zero-raised-to-the-floor"),
+        pytest.param(1e12, 600.0, id="huge-capped"),
+        pytest.param(float("inf"), 600.0, id="infinite-capped"),
     ],
 )
-def test_retry_after_versus_backoff(pacer: Pacer, clock: Any, retry_after: float, wins: bool) -> None:
+def test_retry_after_sets_the_wait_within_bounds(pacer: Pacer, clock: Any, retry_after: float,
+                                                 expected: float) -> None:
+    """A server that says "1 s" is tried again after 1 s, not after the backoff step."""
     delay = pacer.failed("HTTP 429", retry_after)
-    if wins:
-        assert delay == retry_after
-    else:
-        assert 5.0 <= delay <= 10.0
+    assert delay == expected
     assert pacer.hold_until == clock() + delay
+
+
+def test_succeeded_says_when_it_ends_a_run_of_failures(pacer: Pacer) -> None:
+    assert pacer.succeeded("first") is True  # a new process may find rows an earlier one held
+    assert pacer.succeeded("second") is False
+    pacer.failed("HTTP 503", None)
+    assert pacer.succeeded("back") is True
+    assert pacer.succeeded("again") is False
 
 
 def test_succeeded_resets_the_failure_count(pacer: Pacer) -> None:

@@ -10,6 +10,7 @@ import pytest
 from bridge.config import Effective, check_stored_setting, load_settings
 from bridge.errors import ConfigError
 from bridge.inbound.fields import EVENT_NAME_PRESETS
+from bridge.inbound.source import KNOWN, KeyCheck, key_hash
 from bridge.storage.base import Store
 
 US = "https://api.segment.io"
@@ -42,8 +43,8 @@ def test_write_key(store: Store, env: dict[str, str], stored: dict[str, str], ex
     case({}, {}, US, "default"),
     case({"SEGMENT_REGION": "eu"}, {}, EU, "environment-region"),
     case({"SEGMENT_API_URL": "http://127.0.0.1:9"}, {}, "http://127.0.0.1:9", "environment-url"),
-    case({"SEGMENT_API_URL": "http://127.0.0.1:9"}, {"segment.region": "eu"}, EU,
-         "stored-region-beats-environment-url"),
+    case({"SEGMENT_API_URL": "http://127.0.0.1:9"}, {"segment.region": "eu"}, "http://127.0.0.1:9",
+         "environment-url-beats-stored-region"),
     case({"SEGMENT_REGION": "eu"}, {"segment.region": "us"}, US, "stored-region-beats-environment-region"),
     case({"SEGMENT_API_URL": "http://127.0.0.1:9"},
          {"segment.region": "eu", "segment.api_url": "http://127.0.0.1:7"}, "http://127.0.0.1:7",
@@ -52,6 +53,24 @@ def test_write_key(store: Store, env: dict[str, str], stored: dict[str, str], ex
          "unknown-stored-region-falls-back"),
 ])
 def test_segment_api_url(store: Store, env: dict[str, str], stored: dict[str, str], expected: Any) -> None:
+    assert effective(store, env, stored).segment_api_url() == expected
+
+
+EU_KEY_CHECK = KeyCheck(key_hash("eu-key"), KNOWN, T0, "known", EU, "eu").to_json()
+
+
+@pytest.mark.parametrize(("env", "stored", "expected"), [
+    case({"SEGMENT_WRITE_KEY": "eu-key"}, {"segment.key_check": EU_KEY_CHECK}, EU, "auto-follows-the-key"),
+    case({"SEGMENT_WRITE_KEY": "other-key"}, {"segment.key_check": EU_KEY_CHECK}, US,
+         "auto-ignores-another-key's-verdict"),
+    case({"SEGMENT_WRITE_KEY": "eu-key"}, {}, US, "auto-before-any-verdict-is-us"),
+    case({"SEGMENT_WRITE_KEY": "eu-key", "SEGMENT_REGION": "us"}, {"segment.key_check": EU_KEY_CHECK}, US,
+         "explicit-region-is-used-as-given"),
+    case({"SEGMENT_WRITE_KEY": "eu-key", "SEGMENT_API_URL": "http://127.0.0.1:9"},
+         {"segment.key_check": EU_KEY_CHECK}, "http://127.0.0.1:9", "explicit-url-beats-the-key"),
+])
+def test_auto_region_follows_the_write_key(store: Store, env: dict[str, str], stored: dict[str, str],
+                                           expected: Any) -> None:
     assert effective(store, env, stored).segment_api_url() == expected
 
 
@@ -112,7 +131,7 @@ def test_mailjet_target(store: Store, env: dict[str, str], stored: dict[str, str
 
 @pytest.mark.parametrize(("env", "stored", "expected"), [
     case({}, {}, {"segment.write_key": (None, "default"), "mailjet.list_id": ("1", "default"),
-                  "segment.api_url": (US, "default")}, "defaults"),
+                  "segment.api_url": (None, "default")}, "defaults"),
     case({"SEGMENT_WRITE_KEY": "env-key", "MAILJET_LIST_ID": "7"}, {},
          {"segment.write_key": ("env-key", "environment"), "mailjet.list_id": ("7", "environment")},
          "environment"),

@@ -5,22 +5,28 @@ its credential, how to group and render claimed items, how to send one group and
 and how to dead-letter an item its upstream refused. Everything else lives here, once:
 
 - the credential gate: no credential, no claim; refused credentials pause until they change;
-- isolation of a bad item: a group the upstream rejects (400/413/422) is split in halves until the
-  one bad item is found, and only that one becomes a dead letter;
+- isolation of a bad item: an item that cannot be prepared (mapped, encoded) becomes a dead letter
+  with the exception's class and message; a group the upstream rejects (400/413/422) is split in
+  halves until the one bad item is found, and only that one becomes a dead letter;
 - give-back: after a transient failure or refused credentials, the tried items and the untried rest
-  go back to the queue, nothing is dropped;
+  go back to the queue, nothing is dropped; once the upstream answers again, everything it held back
+  is due at once;
+- no stranded rows: an error outside any item releases the whole round with a backoff, and expired
+  leases (a process that died holding them) are taken back on idle ticks, with or without new items;
 - one log line and the counters per group.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from bridge.delivery.pacing import Pacer, PacingPolicy
@@ -32,6 +38,20 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 G = TypeVar("G")
+X = TypeVar("X")
+R = TypeVar("R")
+
+#: How often a loop looks for expired leases of its kind while it has nothing else to do.
+RECOVER_EVERY_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Held:
+    """Why a direction may not deliver now although a credential is set: a stored state and a
+    sentence for operators (Segment does not know the write key, the region is wrong)."""
+
+    state: str
+    detail: str
 
 
 class Loop(Protocol):
@@ -46,6 +66,19 @@ def halves(group: Sequence[T]) -> tuple[list[T], list[T]]:
     """Split a rejected group to isolate the bad item by bisection."""
     middle = len(group) // 2
     return list(group[:middle]), list(group[middle:])
+
+
+def stored_object(text: str) -> dict[str, Any]:
+    """A stored payload as the JSON object it must be (a direction reads its items with this)."""
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise TypeError(f"a stored item must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as operators read it: its class and message, short."""
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
 def _log_safely(level: int, message: str, *args: Any, exc_info: bool = False) -> None:
@@ -120,11 +153,13 @@ class DeliveryLoop(Generic[G]):
         self.owner = owner or f"{self.owner_prefix}-{uuid.uuid4().hex[:12]}"
         self.pacer = Pacer(store, self.upstream, pacing, clock, rng or random.Random())
         self.idle_seconds = idle_seconds
+        self._next_recovery = 0.0
 
     # -- what a direction supplies ------------------------------------------------------------------
 
-    def credential(self) -> Hashable | None:
-        """The credential to call the upstream with, read at each round; None while none is set."""
+    def credential(self) -> Hashable | Held | None:
+        """The credential to call the upstream with, read at each round; None while none is set, and
+        Held while it is set but must not be used."""
         raise NotImplementedError
 
     def due(self, now: float) -> bool:
@@ -166,18 +201,49 @@ class DeliveryLoop(Generic[G]):
 
     def run_once(self) -> int:
         """Claim one round of due items and try to deliver them. Returns how many were settled."""
+        now = self.clock()
+        self._recover_expired(now)
         credential = self.credential()
         if not credential:
             self.pacer.set_status(*self.missing_credential)
             return 0
+        if isinstance(credential, Held):
+            self.pacer.set_status(credential.state, credential.detail)
+            return 0
         if not self.pacer.ready(credential):
             return 0
-        now = self.clock()
         if not self.due(now):
             return 0
         items = self.store.claim(self.kind, self.claim_limit, self.owner, self.lease_seconds, now)
         if not items:
             return 0
+        try:
+            return self._round(credential, items, now)
+        except StorageUnavailable:
+            raise  # nothing can be released either; the leases expire and are taken back
+        except Exception as exc:  # a bug outside any one item: never leave the round stranded
+            self._release_stranded(items, exc)
+            return 0
+
+    def isolate(self, work: Callable[[ClaimedItem, X], R | Outcome],
+                pairs: Iterable[tuple[ClaimedItem, X]]) -> tuple[list[R], list[Outcome]]:
+        """Run ``work`` on each item alone. An item whose work raises becomes a dead letter naming
+        the exception; one for which ``work`` returns an Outcome is dead with that reason."""
+        done: list[R] = []
+        dead: list[Outcome] = []
+        for item, value in pairs:
+            try:
+                result = work(item, value)
+            except Exception as exc:
+                dead.append(Outcome(item.id, error=f"could not prepare the item: {describe(exc)}"))
+                continue
+            if isinstance(result, Outcome):
+                dead.append(result)
+            else:
+                done.append(result)
+        return done, dead
+
+    def _round(self, credential: Hashable, items: list[ClaimedItem], now: float) -> int:
         groups, dead = self.prepare(items)
         if dead:
             self.store.mark_dead(dead, self.owner, now)
@@ -210,6 +276,29 @@ class DeliveryLoop(Generic[G]):
                 self.give_back(exc, credential, self.items(group), untried)
                 break
         return settled
+
+    def delivered(self, detail: str) -> None:
+        """Record a success; when it ends a run of failures, whatever they held back is due now."""
+        if self.pacer.succeeded(detail):
+            self.store.make_due(self.kind, self.clock())
+
+    def _recover_expired(self, now: float) -> None:
+        if now < self._next_recovery:
+            return
+        self._next_recovery = now + RECOVER_EVERY_SECONDS
+        recovered = self.store.recover_expired(self.kind, now)
+        if recovered:
+            log.warning("%s: took back %d item(s) whose lease had expired", self.owner, recovered)
+
+    def _release_stranded(self, items: list[ClaimedItem], exc: Exception) -> None:
+        """Give a whole round back after an unexpected error, with a backoff, and count it."""
+        error = f"internal error in the {self.upstream} loop: {describe(exc)}"[:500]
+        _log_safely(logging.ERROR, "%s: %s; the round is released", self.owner, error, exc_info=True)
+        if self.metrics:
+            self.metrics.loop_error(self.upstream)
+        delay = self.pacer.failed(error[:300], None)
+        self.store.release([i.id for i in items], self.owner, self.clock() + delay, error,
+                           count_attempt=False)
 
     def give_back(self, exc: UpstreamError, credential: Hashable, tried: list[ClaimedItem],
                   untried: list[ClaimedItem]) -> None:

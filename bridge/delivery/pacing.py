@@ -1,9 +1,9 @@
 """When an upstream (Segment, Mailjet) may be tried again, and its delivery state for other processes.
 
-Both delivery loops follow the same rules (docs/behaviour.md, "Delivery"): exponential backoff with
-jitter after a failure, at least as long as ``Retry-After`` asks; a pause when the credentials are
-refused, lifted at once by new credentials. The state is stored so that ``/healthz`` in a web process
-can report it.
+Both delivery loops follow the same rules (docs/behaviour.md, "Delivery"): after an upstream-wide
+failure, wait as long as ``Retry-After`` says (within bounds) or else back off exponentially with
+jitter, capped at a minute by default; pause when the credentials are refused, and lift the pause at
+once for new credentials. The state is stored so that ``/healthz`` in a web process can report it.
 """
 
 from __future__ import annotations
@@ -19,10 +19,16 @@ from bridge.storage.base import Store
 log = logging.getLogger(__name__)
 
 
+#: A ``Retry-After`` is obeyed within these bounds: never a busy loop, never a pause of hours.
+RETRY_AFTER_MIN, RETRY_AFTER_MAX = 0.5, 600.0
+
+
 @dataclass(frozen=True)
 class PacingPolicy:
     backoff_base: float = 1.0
-    backoff_cap: float = 300.0
+    #: Longest wait after an upstream-wide failure without ``Retry-After`` (BRIDGE_RETRY_MAX_SECONDS):
+    #: an upstream that is back is found within a minute.
+    backoff_cap: float = 60.0
     #: How often refused credentials are tried again (changed credentials are tried at once).
     auth_retry_seconds: float = 60.0
 
@@ -55,6 +61,7 @@ class Pacer:
         self.rng = rng
         self.hold_until = 0.0
         self._failures = 0
+        self._succeeded_before = False
         self._refused: Hashable | None = None
         self._status: tuple[str, str] | None = None
 
@@ -75,16 +82,24 @@ class Pacer:
             self._refused, self.hold_until = None, 0.0  # new credentials: try them at once
         return self.clock() >= self.hold_until
 
-    def succeeded(self, detail: str) -> None:
+    def succeeded(self, detail: str) -> bool:
+        """A delivery went through. True when it ends a run of failures (the upstream is back), and
+        on this process's first success: a process that died during an outage left rows held."""
+        recovered = self._failures > 0 or not self._succeeded_before
         self._failures = 0
+        self._succeeded_before = True
         self.set_status("ok", detail)
+        return recovered
 
     def failed(self, what: str, retry_after: float | None) -> float:
-        """A transient failure: hold for the next backoff step (or Retry-After); returns the delay."""
+        """An upstream-wide failure: hold for ``Retry-After`` when given (bounded), else for the next
+        backoff step; returns the delay."""
         self._failures += 1
-        delay = backoff_delay(self._failures, self.policy.backoff_base, self.policy.backoff_cap, self.rng)
         if retry_after is not None:
-            delay = max(delay, retry_after)
+            delay = min(max(retry_after, RETRY_AFTER_MIN), RETRY_AFTER_MAX)
+        else:
+            delay = backoff_delay(self._failures, self.policy.backoff_base, self.policy.backoff_cap,
+                                  self.rng)
         self.hold_until = self.clock() + delay
         self.set_status("retrying", f"{what}; next attempt in {delay:.1f} s")
         return delay

@@ -53,8 +53,10 @@ class UpstreamError(Exception):
 
     def __init__(self, status: int | None, message: str = "", *, body: str = "",
                  retry_after: float | None = None, latency_ms: float | None = None,
-                 info: Any = None) -> None:
+                 info: Any = None, verdict: Verdict | None = None) -> None:
         self.status = status
+        #: Set when the answer means more than its status (a 400 that names the credentials).
+        self._verdict = verdict
         self.message = message
         self.body = body
         self.retry_after = retry_after
@@ -64,7 +66,7 @@ class UpstreamError(Exception):
 
     @property
     def verdict(self) -> Verdict:
-        return classify(self.status)
+        return self._verdict or classify(self.status)
 
     def describe(self) -> str:
         """``HTTP 503``, ``HTTP 400: Invalid email``, or ``no answer within 15 s``."""

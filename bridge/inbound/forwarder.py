@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.delivery.loop import DeliveryLoop
+from bridge.delivery.loop import DeliveryLoop, Held, stored_object
 from bridge.delivery.pacing import PacingPolicy
 from bridge.delivery.upstream import UpstreamError
 from bridge.inbound.batching import MAX_EVENT_BYTES, pack
@@ -44,7 +44,9 @@ class _Prepared:
 
 
 def _encode(call: Mapping[str, Any]) -> str:
-    return json.dumps(call, ensure_ascii=False, separators=(",", ":"))
+    """Strict JSON: a non-finite number raises here, for this one event, instead of reaching Segment."""
+    return json.dumps(call, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
 
 
 class Forwarder(DeliveryLoop[list[_Prepared]]):
@@ -64,6 +66,7 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         *,
         write_key: Callable[[], str | None],
         event_names: Callable[[], Mapping[str, str]],
+        gate: Callable[[str], tuple[str, str] | None] | None = None,
         policy: ForwarderPolicy | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -78,36 +81,38 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         self.client = client
         self.write_key = write_key
         self.event_names = event_names
+        #: Whether a key may be used (Segment knows it, the region agrees); None trusts every key.
+        self.gate = gate
 
-    def credential(self) -> str | None:
-        return self.write_key()
+    def credential(self) -> str | Held | None:
+        key = self.write_key()
+        hold = self.gate(key) if key and self.gate else None
+        return Held(*hold) if hold else key
 
     def prepare(self, items: list[ClaimedItem]) -> tuple[list[list[_Prepared]], list[Outcome]]:
-        """Map each item to its track call; userIds are looked up now, so a recent identify counts."""
-        events = [json.loads(item.payload) for item in items]
-        emails = {normalize_email(e.get("email")) for e in events} - {None}
+        """Map each item to its track call; userIds are looked up now, so a recent identify counts.
+
+        Each item is parsed, mapped and encoded on its own: one that cannot be becomes a dead letter
+        and the rest of the round goes on.
+        """
+        parsed, dead = self.isolate(lambda item, text: (item, stored_object(text)),
+                                    ((i, i.payload) for i in items))
+        emails = {normalize_email(event.get("email")) for _, event in parsed} - {None}
         user_ids = self.store.user_ids_for(emails)  # type: ignore[arg-type]
         names = self.event_names()
-        prepared: list[_Prepared] = []
-        dead: list[Outcome] = []
-        for item, event in zip(items, events, strict=True):
-            try:
-                call = _encode(track_call(
-                    event, event_names=names,
-                    user_id=user_ids.get(normalize_email(event.get("email")) or ""),
-                ))
-            except (KeyError, TypeError, ValueError, OverflowError) as exc:
-                dead.append(Outcome(item.id, error=f"could not map the event: {exc!r}"))
-                continue
+
+        def prepare_one(item: ClaimedItem, event: dict[str, Any]) -> _Prepared | Outcome:
+            user_id = user_ids.get(normalize_email(event.get("email")) or "")
+            # the stored key: a row keeps the messageId it was accepted with, whatever the rule now
+            call = _encode(track_call(event, event_names=names, user_id=user_id, key=item.dedupe_key))
             encoded = call.encode("utf-8")
             if len(encoded) > MAX_EVENT_BYTES:
-                dead.append(Outcome(
-                    item.id, sent=call,
-                    error=f"event is {len(encoded):,} bytes, over Segment's 32 KB limit per event",
-                ))
-                continue
-            prepared.append(_Prepared(item, call, encoded))
-        return pack(prepared, lambda p: len(p.encoded)), dead
+                return Outcome(item.id, sent=call, error=(
+                    f"event is {len(encoded):,} bytes, over Segment's 32 KB limit per event"))
+            return _Prepared(item, call, encoded)
+
+        prepared, unsendable = self.isolate(prepare_one, parsed)
+        return pack(prepared, lambda p: len(p.encoded)), dead + unsendable
 
     def send(self, credential: str, group: list[_Prepared]) -> int:
         try:
@@ -117,7 +122,7 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
             raise
         self._observe(answer.latency_ms)
         # state first: whoever sees the rows delivered also sees the state "ok"
-        self.pacer.succeeded(f"last batch of {len(group)} delivered")
+        self.delivered(f"last batch of {len(group)} delivered")
         self.store.mark_delivered([self._outcome(p, answer.status, answer.body, answer.latency_ms)
                                    for p in group], self.clock())
         self.report("delivered", [p.item.event_type for p in group], status=answer.status,

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import requests
 
 from bridge import USER_AGENT
-from bridge.delivery.upstream import RESPONSE_EXCERPT, UpstreamError, parse_retry_after, send
+from bridge.delivery.upstream import RESPONSE_EXCERPT, UpstreamError, Verdict, parse_retry_after, send
 
 #: Segment's HTTP API base URL per data-processing region.
 SEGMENT_REGIONS: dict[str, str] = {
@@ -27,6 +27,15 @@ class Accepted:
     status: int
     body: str
     latency_ms: float
+
+
+def _credential_refusal(status: int, body: str) -> Verdict | None:
+    """A 400 that names the write key is about the key, not the batch: pause, never bisect it into
+    thousands of dead letters. (Segment answers 400 to a missing or empty key.)"""
+    text = body.lower().replace("_", " ").replace("-", " ")
+    if status == 400 and ("write key" in text or "writekey" in text):
+        return Verdict.AUTH
+    return None
 
 
 def basic_auth(write_key: str) -> str:
@@ -70,7 +79,8 @@ class SegmentClient:
         text = response.text[:RESPONSE_EXCERPT]
         if not 200 <= response.status_code < 300:
             raise UpstreamError(response.status_code, body=text, latency_ms=latency,
-                                retry_after=parse_retry_after(response.headers, self.clock()))
+                                retry_after=parse_retry_after(response.headers, self.clock()),
+                                verdict=_credential_refusal(response.status_code, text))
         return Accepted(response.status_code, text, latency)
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from bridge.delivery.upstream import UpstreamError, Verdict
 from bridge.inbound.intake import sort_events
 from bridge.inbound.segment import SegmentClient
+from bridge.inbound.source import UNVERIFIED, KeyVerifier, hold_for
 from bridge.outbound.mailjet import MailjetClient
 from bridge.wiring import Bridge
 
@@ -30,17 +31,31 @@ def _verdict(upstream: str, credential: str, url: str, call: Callable[[], object
 
 
 def check_segment(bridge: Bridge) -> tuple[bool, str]:
-    """Try the write key with a harmless call: an empty batch."""
+    """Ask Segment's settings CDN whether it knows the write key (and where its source is), then
+    try the tracking API with a harmless empty batch. The CDN's verdict is stored for every process."""
     key = bridge.current.write_key()
     if not key:
         return False, "Segment: no write key is set (SEGMENT_WRITE_KEY or config set segment.write_key)"
+    verifier = KeyVerifier(bridge.store, lambda: bridge.settings.segment_cdn_url, clock=time.time)
+    try:
+        verdict = verifier.ask(key, time.time())
+    finally:
+        verifier.close()
+    hold = hold_for(verdict, bridge.current.segment_region(), bridge.current.explicit_api_url() is not None)
+    if hold:
+        return False, f"Segment: {hold[1]}"
     url = bridge.current.segment_api_url()
     client = SegmentClient(url, timeout=CHECK_TIMEOUT)
     try:
-        return _verdict("Segment", "write key", url, lambda: client.post_batch(key, []),
-                        "; check it and the region")
+        ok, sentence = _verdict("Segment", "write key", url, lambda: client.post_batch(key, []),
+                                "; check it and the region")
     finally:
         client.close()
+    if ok and verdict.verdict == UNVERIFIED:
+        sentence += f", but it is not verified: {verdict.detail}"
+    elif ok:
+        sentence = f"Segment: {verdict.detail}; the tracking API answers ({url})"
+    return ok, sentence
 
 
 def check_mailjet(bridge: Bridge) -> tuple[bool, str]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from bridge.delivery.pacing import status_key
 from bridge.inbound import intake as inbound
+from bridge.inbound.source import stored_check
 from bridge.outbound import intake as outbound
 from bridge.wiring import Bridge
 
@@ -23,8 +24,14 @@ def delivery_states(bridge: Bridge) -> dict[str, dict[str, Any]]:
         record = bridge.store.get_setting(status_key(upstream))
         starting = {"state": "starting", "detail": "no delivery yet"}
         states[upstream] = json.loads(record) if record else starting
-    if not bridge.current.write_key():
+    key = bridge.current.write_key()
+    if not key:
         states["segment"] = {"state": "no_write_key", "detail": "no Segment write key is set"}
+    else:
+        check = stored_check(bridge.store, key)
+        states["segment"]["write_key"] = (
+            {"verdict": check.verdict, "detail": check.detail, "checked_at": check.checked_at}
+            if check else {"verdict": "unchecked", "detail": "not checked yet"})
     if not bridge.current.mailjet_credentials():
         states["mailjet"] = {"state": "no_api_keys", "detail": "no Mailjet API key pair is set"}
     return states

@@ -102,13 +102,13 @@ def replay_quarantine(bridge: Bridge, ids: Iterable[int]) -> ReplayReport:
             continue
         if entry["source"] == outbound.SOURCE:
             intake = outbound.sort_segment_events(events, bridge.segment_validator)
-            identities = intake.identities
+            identities, dead = intake.identities, intake.dead
         else:
-            intake, identities = inbound.sort_events(events, bridge.mailjet_validator), []
+            intake, identities, dead = inbound.sort_events(events, bridge.mailjet_validator), [], []
         if intake.quarantined:
             report.skipped.append((entry_id, "still invalid: " + intake.quarantined[0].errors[:200]))
             continue
-        store.accept(intake.items, [], time.time(), identities)
+        store.accept(intake.items, [], time.time(), identities, dead=dead)
         store.remove_quarantine([entry_id])
         report.requeued.append(entry_id)
     return report

@@ -16,13 +16,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.delivery.loop import DeliveryLoop, halves
+from bridge.delivery.loop import DeliveryLoop, describe, halves, stored_object
 from bridge.delivery.pacing import PacingPolicy
 from bridge.delivery.upstream import UpstreamError, Verdict
 from bridge.metrics import Metrics
 from bridge.outbound.intake import CONTACT_KIND, PROPERTY_KIND, identify_email
 from bridge.outbound.mailjet import JOB_DONE, JOB_FAILED, Auth, MailjetClient
-from bridge.outbound.traits import ContactUpdate, PropertyPlan, Rejected, contact_update, plan_properties
+from bridge.outbound.traits import (
+    ContactUpdate,
+    PropertyPlan,
+    Rejected,
+    contact_update,
+    plan_properties,
+    unsendable,
+)
 from bridge.storage.base import ClaimedItem, DeadLetter, Outcome, Store
 
 
@@ -34,8 +41,8 @@ class ContactSyncPolicy:
     quiet_seconds: float = 1.0
     #: ...but never longer than this.
     max_wait_seconds: float = 10.0
-    #: Jobs take a while; the lease must outlast polling.
-    lease_seconds: float = 900.0
+    #: Renewed while a job is polled, so a dead process's identifies come back within a lease.
+    lease_seconds: float = 60.0
     poll_first_seconds: float = 0.5
     poll_max_seconds: float = 10.0
     job_timeout_seconds: float = 600.0
@@ -58,6 +65,10 @@ class _Contact:
         return entry
 
 
+#: One readable identify: its item and the contact it describes.
+_Update = tuple[ClaimedItem, ContactUpdate]
+
+
 @dataclass
 class _Job:
     """What one managemanycontacts call carries: contacts, their typed properties, and the list."""
@@ -67,11 +78,19 @@ class _Job:
     list_id: int = 1
     action: str = "addnoforce"
 
+    def entry(self, contact: _Contact) -> dict[str, Any]:
+        return contact.entry(self.plan.send.get(contact.update.email, {}))
+
     def entries(self) -> list[dict[str, Any]]:
-        return [c.entry(self.plan.send[c.update.email]) for c in self.contacts]
+        return [self.entry(c) for c in self.contacts]
 
     def sent(self, contact: _Contact) -> str:
-        return json.dumps(contact.entry(self.plan.send.get(contact.update.email, {})), ensure_ascii=False)
+        """The contact's entry as the debugger shows it (lone surrogates escaped, so it stores)."""
+        entry = self.entry(contact)
+        try:
+            return json.dumps(entry, ensure_ascii=False).encode("utf-8").decode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(entry, default=str)
 
 
 class ContactSync(DeliveryLoop[_Job]):
@@ -128,37 +147,51 @@ class ContactSync(DeliveryLoop[_Job]):
         return True
 
     def prepare(self, items: list[ClaimedItem]) -> tuple[list[_Job], list[Outcome]]:
-        """One entry per email, traits merged in arrival order; identifies with no email die here."""
-        events = [json.loads(item.payload) for item in items]
-        missing = {e.get("userId") for e in events if not identify_email(e) and e.get("userId")}
+        """One entry per email, traits merged in arrival order; identifies with no email die here,
+        and so does any identify that cannot be read (each on its own)."""
+        parsed, dead = self.isolate(lambda item, text: (item, stored_object(text)),
+                                    ((i, i.payload) for i in items))
+        missing = {e.get("userId") for _, e in parsed if not identify_email(e) and e.get("userId")}
         known = self.store.emails_for(missing) if missing else {}
-        contacts: dict[str, _Contact] = {}
-        dead: list[Outcome] = []
-        for item, event in zip(items, events, strict=True):
+
+        def contact_of(item: ClaimedItem, event: dict[str, Any]) -> _Update | Outcome:
             email = identify_email(event) or known.get(event.get("userId") or "")
             if not email:
                 user = event.get("userId")
-                dead.append(Outcome(item.id, error=(
+                return Outcome(item.id, error=(
                     "no email: the identify has no traits.email or context.traits.email"
-                    + (f", and no email is known for userId {user!r}" if user else " and no userId")
-                )))
-                continue
+                    + (f", and no email is known for userId {user!r}" if user else " and no userId")))
             update = contact_update(email, event.get("traits") or {})
-            if email in contacts:
-                contacts[email].update.merge(update)
+            problem = unsendable(email) or unsendable(update.name)
+            if problem:
+                return Outcome(item.id, error=(
+                    f"the contact cannot be sent to Mailjet: its email or name is {problem}"))
+            return item, update
+
+        updates, no_email = self.isolate(contact_of, parsed)
+        contacts: dict[str, _Contact] = {}
+        for item, update in updates:
+            if update.email in contacts:
+                contacts[update.email].update.merge(update)
             else:
-                contacts[email] = _Contact(update)
-            contacts[email].items.append(item)
-        return ([_Job(list(contacts.values()))] if contacts else []), dead
+                contacts[update.email] = _Contact(update)
+            contacts[update.email].items.append(item)
+        return ([_Job(list(contacts.values()))] if contacts else []), dead + no_email
 
     def plan(self, groups: list[_Job], credential: Auth) -> list[_Job]:
-        """Type every property against Mailjet's definitions, and choose the list."""
+        """Type every property against Mailjet's definitions, and choose the list. Bad values were
+        refused one property at a time; a contact whose entry still is not strict JSON (a last guard)
+        is a dead letter, and the others go on."""
         list_id, action = self.target()
         for job in groups:
             job.plan = self._plan(job.contacts, credential)
             job.list_id, job.action = list_id, action
             self._record_rejected(job.plan.rejected, job.contacts)
-        return groups
+            for contact, problem in [(c, _unencodable(job.entry(c))) for c in job.contacts]:
+                if problem:
+                    job.contacts.remove(contact)
+                    self._dead(job, [contact], f"the contact cannot be sent to Mailjet: {problem}")
+        return [job for job in groups if job.contacts]
 
     def send(self, credential: Auth, group: _Job) -> int:
         job_id = self.client.manage_many_contacts(group.list_id, group.action, group.entries(), credential)
@@ -225,8 +258,7 @@ class ContactSync(DeliveryLoop[_Job]):
                 PROPERTY_KIND,
                 f"{first_item.get(r.email)}:{r.email}:{r.name}",
                 "property",
-                json.dumps({"email": r.email, "property": r.name, "value": r.value},
-                           ensure_ascii=False, default=str),
+                json.dumps({"email": r.email, "property": r.name, "value": r.value}, default=str),
                 r.reason,
             )
             for r in rejected
@@ -237,7 +269,7 @@ class ContactSync(DeliveryLoop[_Job]):
     def _finish_job(self, job_id: int, job: _Job, auth: Auth) -> int:
         """Poll the job to its end; per-contact errors become dead letters, the rest delivered."""
         started = self.clock()
-        status = self._poll(job.list_id, job_id, auth)
+        status = self._poll(job, job_id, auth)
         failures: dict[str, str] = {}
         unattributed: list[str] = []
         if status.get("Status") in JOB_FAILED or status.get("Error"):
@@ -252,7 +284,7 @@ class ContactSync(DeliveryLoop[_Job]):
                 continue
             delivered.extend(Outcome(i.id, sent=job.sent(contact), status=201, response=answer)
                              for i in contact.items)
-        self.pacer.succeeded(f"job {job_id} of {len(job.contacts)} contacts ended: {status.get('Status')}")
+        self.delivered(f"job {job_id} of {len(job.contacts)} contacts ended: {status.get('Status')}")
         if delivered:
             self.store.mark_delivered(delivered, now)
         seconds = self.clock() - started
@@ -270,15 +302,23 @@ class ContactSync(DeliveryLoop[_Job]):
             )], now)
         return len(self.items(job))
 
-    def _poll(self, list_id: int, job_id: int, auth: Auth) -> dict[str, Any]:
+    def _poll(self, job: _Job, job_id: int, auth: Auth) -> dict[str, Any]:
         """The job's final status. Refused keys or a job that never ends raise UpstreamError; any
-        other hiccup while polling keeps polling the same job (it runs on at Mailjet regardless)."""
+        other hiccup while polling keeps polling the same job (it runs on at Mailjet regardless).
+
+        The job's leases are renewed while it runs, so they can stay short: if this process dies,
+        another takes the identifies over within a lease.
+        """
         started = self.clock()
+        renewed = started
         pause = self.policy.poll_first_seconds
         while True:
             self.sleep(pause)
+            if self.clock() - renewed >= self.lease_seconds / 3:
+                renewed = self.clock()
+                self.store.renew([i.id for i in self.items(job)], self.owner, renewed + self.lease_seconds)
             try:
-                status = self.client.job(list_id, job_id, auth)
+                status = self.client.job(job.list_id, job_id, auth)
             except UpstreamError as exc:
                 if exc.verdict is Verdict.AUTH:
                     raise
@@ -343,4 +383,13 @@ def _error_text(entry: Any) -> str | None:
         for key in ("Error", "error", "ErrorMessage", "message", "Message"):
             if entry.get(key):
                 return str(entry[key])
+    return None
+
+
+def _unencodable(entry: dict[str, Any]) -> str | None:
+    """Why an entry is not strict JSON in UTF-8 (the job body must be), or None."""
+    try:
+        json.dumps(entry, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, UnicodeEncodeError) as exc:
+        return describe(exc)
     return None

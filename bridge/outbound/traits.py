@@ -11,6 +11,7 @@ reject that one property.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -80,11 +81,11 @@ def as_datetime(value: str) -> str | None:
         return None
     try:
         moment = datetime.fromisoformat(value)
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError):  # e.g. 0001-01-01T00:00:00+05:00 is before year 1 in UTC
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def infer_type(value: Any) -> str | None:
@@ -106,8 +107,29 @@ def convert(value: Any, datatype: str) -> tuple[bool, Any]:
     """``value`` as ``datatype`` when nothing is lost: ``(True, converted)``, else ``(False, None)``.
 
     Allowed: int -> float, float with no fraction -> int, number or bool -> str, numeric string ->
-    int/float, date string -> datetime. A bool never becomes a number, nor a number a bool.
+    int/float, date string -> datetime. A bool never becomes a number, nor a number a bool. A value
+    Python cannot convert (a 5,000-digit string, an out-of-range float) is simply not convertible.
     """
+    try:
+        return _convert(value, datatype)
+    except (ValueError, OverflowError):
+        return False, None
+
+
+def unsendable(value: Any) -> str | None:
+    """Why a value cannot go to Mailjet as it is, or None: JSON has no infinity or NaN, and text
+    must be valid Unicode (a lone surrogate is not)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "not a finite number"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "text that is not valid Unicode (a lone surrogate)"
+    return None
+
+
+def _convert(value: Any, datatype: str) -> tuple[bool, Any]:
     if isinstance(value, bool):
         if datatype == "bool":
             return True, value
@@ -194,6 +216,11 @@ def plan_properties(updates: Iterable[ContactUpdate], definitions: Mapping[str, 
             if not name:
                 plan.rejected.append(Rejected(update.email, name, value, "the trait name has no letters"))
                 continue
+            problem = unsendable(name) or unsendable(value)
+            if problem:
+                plan.rejected.append(Rejected(update.email, name, value,
+                                              f"property {name!r} cannot be sent: {problem}"))
+                continue
             datatype = known.get(name)
             if datatype is None:
                 datatype = infer_type(value)
@@ -210,7 +237,7 @@ def plan_properties(updates: Iterable[ContactUpdate], definitions: Mapping[str, 
                 plan.rejected.append(Rejected(
                     update.email, name, value,
                     f"property {name!r} is defined as {datatype} in Mailjet; "
-                    f"{json.dumps(value, ensure_ascii=False)} cannot be converted without loss",
+                    f"{json.dumps(value, ensure_ascii=False)[:200]} cannot be converted without loss",
                 ))
         plan.send[update.email] = values
     return plan

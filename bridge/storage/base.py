@@ -144,6 +144,10 @@ class Store(ABC):
         """Give back every lease an owner holds, due now (a clean shutdown). Returns how many."""
 
     @abstractmethod
+    def renew(self, ids: Sequence[int], owner: str, lease_expires_at: float) -> int:
+        """Extend the owner's leases on items still being worked on (a long job). How many."""
+
+    @abstractmethod
     def recover_expired(self, kind: str, now: float) -> int:
         """Give back the expired leases of a kind, due now (a process died holding them). How many."""
 

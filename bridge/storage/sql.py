@@ -55,6 +55,18 @@ def migration_files(dialect: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def _text(value: str | None) -> str | None:
+    """Text as the database can store it: valid UTF-8. A lone surrogate (which JSON allows) is kept
+    as its escape, ``\\ud800``, which in JSON text means the same character."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 class SqlStore(Store):
     dialect = ""
     #: SQL for "the start of the ``?``-second bucket holding created_at".
@@ -165,7 +177,8 @@ class SqlStore(Store):
                 "UPDATE outbox SET state = ?, finished_at = ?, sent = ?, last_status = ?, "
                 "last_response = ?, latency_ms = ?, last_error = NULL, lease_owner = NULL, "
                 "lease_expires_at = NULL, attempts = attempts + 1 WHERE id = ?",
-                [(DELIVERED, now, o.sent, o.status, o.response, o.latency_ms, o.id) for o in outcomes],
+                [(DELIVERED, now, _text(o.sent), o.status, _text(o.response), o.latency_ms, o.id)
+                 for o in outcomes],
             )
 
     def release(
@@ -177,8 +190,15 @@ class SqlStore(Store):
                 "UPDATE outbox SET state = ?, next_attempt_at = ?, last_error = ?, "
                 "last_status = ?, attempts = attempts + ?, lease_owner = NULL, "
                 "lease_expires_at = NULL WHERE id = ? AND state = ? AND lease_owner = ?",
-                [(PENDING, next_attempt_at, error, status, int(count_attempt), i, LEASED, owner)
+                [(PENDING, next_attempt_at, _text(error), status, int(count_attempt), i, LEASED, owner)
                  for i in ids],
+            )
+
+    def renew(self, ids: Sequence[int], owner: str, lease_expires_at: float) -> int:
+        with self._write() as tx:
+            return tx.executemany(
+                "UPDATE outbox SET lease_expires_at = ? WHERE id = ? AND state = ? AND lease_owner = ?",
+                [(lease_expires_at, i, LEASED, owner) for i in ids],
             )
 
     def recover_expired(self, kind: str, now: float) -> int:
@@ -219,8 +239,8 @@ class SqlStore(Store):
                 "last_response = ?, latency_ms = ?, last_error = ?, attempts = attempts + 1, "
                 "lease_owner = NULL, lease_expires_at = NULL "
                 "WHERE id = ? AND state = ? AND lease_owner = ?",
-                [(DEAD, now, o.sent, o.status, o.response, o.latency_ms, o.error, o.id, LEASED, owner)
-                 for o in outcomes],
+                [(DEAD, now, _text(o.sent), o.status, _text(o.response), o.latency_ms, _text(o.error),
+                  o.id, LEASED, owner) for o in outcomes],
             )
 
     def add_dead_letters(self, entries: Sequence[DeadLetter], now: float) -> None:
@@ -233,7 +253,7 @@ class SqlStore(Store):
             "INSERT INTO outbox (kind, dedupe_key, event_type, payload, state, next_attempt_at, "
             "last_error, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (kind, event_time, dedupe_key) DO NOTHING",
-            [(e.kind, e.dedupe_key, e.event_type, e.payload, DEAD, now, e.reason, now, now)
+            [(e.kind, e.dedupe_key, e.event_type, _text(e.payload), DEAD, now, _text(e.reason), now, now)
              for e in entries],
         )
 

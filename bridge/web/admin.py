@@ -127,7 +127,7 @@ def overview() -> Any:
 #: What the settings form shows and how: (key, label, kind, choices).
 FIELDS = [
     ("segment.write_key", "Segment write key", "secret", None),
-    ("segment.region", "Segment region", "choice", list(SEGMENT_REGIONS)),
+    ("segment.region", "Segment region", "choice", ["auto", *SEGMENT_REGIONS]),
     ("mailjet.api_key", "Mailjet API key", "secret", None),
     ("mailjet.api_secret", "Mailjet API secret", "secret", None),
     ("mailjet.list_id", "Mailjet contact list id", "text", None),

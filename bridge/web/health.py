@@ -18,7 +18,13 @@ from bridge.web.current import current_bridge
 bp = Blueprint("health", __name__)
 
 #: Delivery states that mean events are waiting for something to be fixed or to recover.
-TROUBLE = frozenset({"auth_failed", "retrying", "no_write_key"})
+TROUBLE = frozenset({"auth_failed", "retrying", "no_write_key", "unknown_write_key", "region_mismatch"})
+#: Segment states that hold every event until an operator acts: /healthz answers 503 with the reason.
+HOLDING = {
+    "auth_failed": "Segment refused the write key",
+    "unknown_write_key": "Segment does not know the write key",
+    "region_mismatch": "the Segment region contradicts the write key's source",
+}
 
 
 @bp.get("/healthz")
@@ -32,8 +38,10 @@ def healthz() -> tuple[Response, int]:
         return jsonify(status="unavailable", storage="unavailable", reason=str(exc)), 503
     segment, mailjet = states["segment"], states["mailjet"]
     body = {"storage": "ok", "segment": segment, "mailjet": mailjet, "queue": queue}
-    if segment["state"] == "auth_failed" and request.args.get("scope") != "accept":
+    if segment["state"] in HOLDING and request.args.get("scope") != "accept":
         # Events are still accepted and kept, but nothing reaches Segment until the key is fixed.
-        return jsonify(status="unavailable", reason="Segment refused the write key", **body), 503
-    troubled = segment["state"] in TROUBLE or mailjet["state"] in TROUBLE
+        return jsonify(status="unavailable", reason=HOLDING[segment["state"]], **body), 503
+    unverified = segment.get("write_key", {}).get("verdict") == "unverified"
+    troubled = (segment["state"] in TROUBLE or mailjet["state"] in TROUBLE or unverified
+                or any(queue["stuck"].values()))
     return jsonify(status="degraded" if troubled else "ok", **body), 200

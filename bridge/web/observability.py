@@ -8,6 +8,7 @@ import time
 from flask import Blueprint, Flask, Response, g, request
 
 from bridge.errors import StorageUnavailable
+from bridge.ops.overview import delivery_states
 from bridge.web.current import current_bridge
 from bridge.web.errors import json_error
 
@@ -21,7 +22,7 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 def metrics() -> Response | tuple[Response, int]:
     bridge = current_bridge()
     try:
-        body = bridge.metrics.render(bridge.store)
+        body = bridge.metrics.render(bridge.store, delivery_states(bridge))
     except StorageUnavailable as exc:
         return json_error(503, "storage_unavailable", str(exc))
     return Response(body, mimetype=None, content_type=PROMETHEUS_TEXT)
