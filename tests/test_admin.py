@@ -124,3 +124,12 @@ def test_behind_a_proxy_the_login_limit_counts_the_real_client(env: dict[str, st
                         headers={"X-Forwarded-For": "198.51.100.2"})
     assert other.status_code == 302  # another client behind the same proxy is not locked out
     app.extensions["bridge"].store.close()
+
+
+def test_the_overview_says_when_segment_does_not_know_the_write_key(admin_app: Any) -> None:
+    """"good-key-0000001" is not one of the fake Segment's keys: its settings CDN answers 404."""
+    admin_app.extensions["bridge"].loops()[0].run_once()
+    page = logged_in(admin_app).get("/admin/").text
+    assert "unknown write key" in page
+    assert "Segment does not know this write key" in page
+    assert not any(secret in page for secret in SECRETS)
