@@ -82,12 +82,12 @@ def test_operator_round_in_the_browser(browser: Any, start_make_run: Any, fake_s
     assert registered.returncode == 0, registered.stderr
     assert registered.stdout.count(": registered") == 7 and len(fake_mailjet.callbacks) == 7
 
-    # 2. events arrive while the write key is wrong: they wait
+    # 2. events arrive while the write key is wrong (Segment does not know it): they wait, none is sent
     events = [{"event": "open", "time": 1_800_000_000 + i, "MessageID": 7000 + i,
                "email": f"reader{i}@example.com"} for i in range(3)]
     assert requests.post(f"{base}/webhooks/mailjet", json=events, auth=auth, timeout=10).status_code == 200
-    poll(lambda: requests.get(f"{base}/healthz", timeout=2).status_code == 503, 15, "auth_failed")
-    assert fake_segment.accepted == []
+    poll(lambda: requests.get(f"{base}/healthz", timeout=2).status_code == 503, 15, "unknown_write_key")
+    assert fake_segment.accepted == [] and fake_segment.dropped_unknown_key == []
 
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(f"{base}/admin/")
@@ -95,7 +95,8 @@ def test_operator_round_in_the_browser(browser: Any, start_make_run: Any, fake_s
     page.fill("#password", password)
     page.click("button[type=submit]")
     page.wait_for_selector("text=Overview")
-    assert "auth failed" in page.content()
+    assert "unknown write key" in page.content()
+    assert "Segment does not know this write key" in page.content()
 
     # 3. fix the write key on the settings page
     page.click("text=Settings")
