@@ -1,7 +1,9 @@
-"""What every fake upstream shares: a real threaded HTTP server on 127.0.0.1 and polling helpers."""
+"""What every fake upstream shares: a real threaded HTTP server on 127.0.0.1, polling helpers, and a
+strict JSON reader."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -9,6 +11,26 @@ from collections.abc import Callable
 from typing import Any, Self
 
 from werkzeug.serving import make_server
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(raw: bytes) -> Any:
+    """Parse ``raw`` as strict JSON (RFC 8259), or raise ``ValueError``.
+
+    Python's ``json.loads`` is lenient where the real services are not: it reads ``NaN``,
+    ``Infinity`` and ``-Infinity`` (which ``json.dumps`` writes by default), it guesses UTF-16/32
+    from the bytes and it lets UTF-8-encoded surrogates through. RFC 8259 has no such literals and
+    requires UTF-8 between systems; Segment documents "invalid JSON → 400" and Mailjet answers
+    "Invalid json input", so both fakes refuse such a body with 400 rather than guess that the
+    real parsers are as lenient as Python's (an assumption on the safe side: a bridge that sends
+    strict JSON passes either way). ``UnicodeDecodeError`` is a ``ValueError``, so one
+    ``except ValueError`` covers every refusal.
+    """
+    text = raw.decode("utf-8")  # strict: invalid UTF-8 (and a UTF-16 body) raises
+    return json.loads(text, parse_constant=_refuse_constant)
 
 
 class FakeServer:

@@ -9,6 +9,10 @@ What it enforces, as Mailjet documents it:
   later, as a job. Each property must be defined and typed to match, or that contact fails. Such
   errors are visible only in the job status and its error file, never in the 201.
 - ``Properties`` must be an object: the common ``[{Name, Value}]`` mistake is a 400.
+- A body that is not strict JSON (not JSON at all, ``NaN``/``Infinity`` literals, invalid UTF-8) is
+  a 400 ``"Invalid json input: …"`` in the error body above (reference §"Error body shape"; that
+  Mailjet refuses the non-standard literals rather than reading them is an assumption on the safe
+  side, see ``tests.fakes.base.strict_json``).
 
 The error file's format is not documented. This fake serves a JSON array of
 ``{"Email", "Error"}`` (an assumption: the bridge reads it leniently).
@@ -26,7 +30,7 @@ from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
-from tests.fakes.base import FakeServer
+from tests.fakes.base import FakeServer, strict_json
 
 DATATYPES = {"str", "int", "float", "bool", "datetime"}
 ACTIONS = {"addforce", "addnoforce", "remove", "unsub"}
@@ -143,9 +147,9 @@ class FakeMailjet(FakeServer):
         body: Any = None
         if request.method in ("POST", "PUT"):
             try:
-                body = json.loads(request.get_data() or b"null")
-            except ValueError:
-                return _error(400, "Invalid json input")
+                body = strict_json(request.get_data() or b"null")
+            except ValueError as exc:
+                return _error(400, f"Invalid json input: {exc}")
         if path == "/v3/REST/contactmetadata":
             return self._metadata(request, body)
         match = re.fullmatch(r"/v3/REST/eventcallbackurl(?:/(\d+))?", path)
