@@ -93,7 +93,9 @@ def start_make_run(tmp_path: Path, fake_segment: FakeSegment) -> Iterator[Any]:
     """Starts ``make run`` as a user would, on a free port, with no webhook credentials configured."""
     started: list[Process] = []
 
-    def start(extra_env: dict[str, str] | None = None) -> tuple[str, Process]:
+    def start(extra_env: dict[str, str] | None = None, *, probe: str = "/healthz") -> tuple[str, Process]:
+        """``probe``: the path that must answer 200 (``/healthz?scope=accept`` while a held write key
+        makes ``/healthz`` 503 on purpose)."""
         port = free_port()
         process = spawn(["make", "--no-print-directory", "run"], {
             "BRIDGE_PORT": str(port),
@@ -110,11 +112,11 @@ def start_make_run(tmp_path: Path, fake_segment: FakeSegment) -> Iterator[Any]:
             if process.proc.poll() is not None:
                 raise AssertionError(f"make run exited:\n{process.output()}")
             try:
-                return requests.get(f"{base}/healthz", timeout=1).status_code == 200
+                return requests.get(f"{base}{probe}", timeout=1).status_code == 200
             except requests.ConnectionError:
                 return False
 
-        poll(healthy, 60, "make run to answer /healthz")
+        poll(healthy, 60, f"make run to answer {probe}")
         return base, process
 
     yield start
