@@ -25,6 +25,11 @@ GENERATED_USERNAME = "mailjet"
 CALLBACK_PATH = "/webhooks/mailjet"
 
 
+def _bytes(text: str | None) -> bytes:
+    """Any text as bytes for a constant-time comparison, lone surrogates included."""
+    return (text or "").encode("utf-8", "surrogatepass")
+
+
 @dataclass(frozen=True)
 class WebhookCredentials:
     username: str
@@ -34,8 +39,8 @@ class WebhookCredentials:
 
     def matches(self, username: str | None, password: str | None) -> bool:
         """Constant-time check of both parts (no early exit that would leak which one differs)."""
-        user_ok = hmac.compare_digest((username or "").encode(), self.username.encode())
-        pass_ok = hmac.compare_digest((password or "").encode(), self.password.encode())
+        user_ok = hmac.compare_digest(_bytes(username), _bytes(self.username))
+        pass_ok = hmac.compare_digest(_bytes(password), _bytes(self.password))
         return user_ok & pass_ok
 
 
@@ -71,8 +76,11 @@ class AdminLogin:
 
     def matches(self, password: str) -> bool:
         if self.configured is not None:
-            return hmac.compare_digest(password.encode(), self.configured.encode())
-        return bool(self.stored_hash) and check_password_hash(self.stored_hash or "", password)
+            return hmac.compare_digest(_bytes(password), _bytes(self.configured))
+        try:
+            return bool(self.stored_hash) and check_password_hash(self.stored_hash or "", password)
+        except UnicodeEncodeError:  # a lone surrogate is no password we ever generated
+            return False
 
 
 def admin_login(settings: Settings, store: Store, now: float) -> AdminLogin:

@@ -133,3 +133,18 @@ def test_the_overview_says_when_segment_does_not_know_the_write_key(admin_app: A
     assert "unknown write key" in page
     assert "Segment does not know this write key" in page
     assert not any(secret in page for secret in SECRETS)
+
+
+@pytest.mark.parametrize("token", ["é", "éé" * 20, "日本語"])
+def test_any_csrf_token_is_a_clear_400_never_a_500(admin_app: Any, token: str) -> None:
+    client = logged_in(admin_app)
+    response = client.post("/admin/settings", data={"csrf_token": token})
+    assert response.status_code == 400
+    assert "CSRF" in response.json["message"]
+
+
+@pytest.mark.parametrize("password", ["é" * 30, "日本語", ""])
+def test_any_login_password_is_a_clear_401_never_a_500(admin_app: Any, password: str) -> None:
+    client = admin_app.test_client()
+    response = client.post("/admin/login", data={"password": password, "csrf_token": csrf(client)})
+    assert response.status_code == 401

@@ -72,7 +72,8 @@ def test_signature_uses_the_exact_raw_text(signed_app: Any) -> None:
     assert post(signed_app.test_client(), batch, sign(text)).status_code == 200
 
 
-@pytest.mark.parametrize("signature", [None, "", "deadbeef", sign(stringify(IDENTIFY), "other-secret")])
+@pytest.mark.parametrize("signature", [None, "", "deadbeef", sign(stringify(IDENTIFY), "other-secret"),
+                                       "éé", "ÿ" * 40])
 def test_missing_or_wrong_signature_is_401(signed_app: Any, signature: str | None) -> None:
     response = post(signed_app.test_client(), stringify(IDENTIFY), signature)
     assert response.status_code == 401

@@ -32,7 +32,8 @@ MAILJET_INTEGRATION = "Mailjet"
 def signature_matches(secret: str, signed_text: str, header: str | None) -> bool:
     """``X-Signature``: hex HMAC-SHA1 of the exact text Segment signed, compared in constant time."""
     expected = hmac.new(secret.encode(), signed_text.encode("utf-8"), hashlib.sha1).hexdigest()
-    return hmac.compare_digest(expected, (header or "").strip().lower())
+    sent = (header or "").strip().lower().encode("utf-8", "surrogatepass")  # any header text compares
+    return hmac.compare_digest(expected.encode(), sent)
 
 
 def identify_email(event: dict[str, Any]) -> str | None:

@@ -63,7 +63,9 @@ def _check_csrf() -> None:
     if request.method == "POST":
         sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token") or ""
         expected = session.get("csrf") or ""
-        if not expected or not hmac.compare_digest(sent, expected):
+        # bytes, so any text a client sends is compared (str compare_digest refuses non-ASCII)
+        if not expected or not hmac.compare_digest(sent.encode("utf-8", "surrogatepass"),
+                                                   expected.encode("utf-8")):
             abort(400, description="the form is out of date (CSRF check failed); reload and try again")
 
 
