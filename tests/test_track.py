@@ -355,3 +355,13 @@ def test_payload_within_the_bound_is_parsed() -> None:
     too_deep = "[" + deepest + "]"
     call = track_call({"event": "sent", "time": 1, "Payload": too_deep}, event_names=NAMES)
     assert call["properties"]["payload"] == too_deep
+
+
+def test_big_integers_become_strings_at_any_depth() -> None:
+    """A JavaScript consumer reads integers beyond 2^53 wrongly: nested extras and a JSON Payload too."""
+    big = 123456789012345678901234567890
+    event = {"event": "open", "time": 1, "MessageID": 1, "email": "a@b.c", "nested_big": {"x": [big, 7]},
+             "Payload": json.dumps({"a": big, "b": 2})}
+    props = track_call(event, event_names=EVENT_NAME_PRESETS["mailjet"])["properties"]
+    assert props["nested_big"] == {"x": [str(big), 7]}
+    assert props["payload"] == {"a": str(big), "b": 2}

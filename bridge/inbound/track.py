@@ -155,13 +155,18 @@ def _payload(value: Any) -> Any:
         parsed = loads_strict(value)
     except (ValueError, RecursionError):
         return value
-    return value if problem(parsed, MAX_DEPTH - 1) else parsed
+    return value if problem(parsed, MAX_DEPTH - 1) else _unknown_value(parsed)
 
 
 def _unknown_value(value: Any) -> Any:
-    """A field Mailjet added later: kept as is, but big integers as strings (JS precision)."""
+    """A field Mailjet added later (or a parsed Payload): kept as is, but integers beyond what a
+    JavaScript consumer reads exactly become strings, at any depth."""
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > JS_SAFE_INTEGER:
         return str(value)
+    if isinstance(value, dict):
+        return {key: _unknown_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_unknown_value(item) for item in value]
     return value
 
 
