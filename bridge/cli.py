@@ -166,6 +166,18 @@ def callback_url_command() -> None:
     click.echo(_bridge().callback_url())
 
 
+@main.command("segment-webhook", help="Print the URL and header to set in Segment's Webhooks destination.")
+def segment_webhook_command() -> None:
+    from bridge.credentials import segment_webhook_url
+
+    bridge = _bridge()
+    click.echo(f"URL:    {segment_webhook_url(bridge.settings.public_url)}")
+    if bridge.segment_token.value is not None:
+        click.echo(f"Header: Authorization: Bearer {bridge.segment_token.value}")
+    if bridge.settings.segment_shared_secret:
+        click.echo("Shared secret: the one in SEGMENT_SHARED_SECRET (requests must carry X-Signature)")
+
+
 @main.command(help="Show queue counts and the Segment and Mailjet delivery states.")
 def stats() -> None:
     import time

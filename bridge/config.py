@@ -53,6 +53,9 @@ class Settings:
     webhook_username: str | None = None
     webhook_password: str | None = field(default=None, repr=False)
     segment_shared_secret: str | None = field(default=None, repr=False)
+    #: ``Authorization: Bearer …`` that /webhooks/segment requires (generated when neither it nor the
+    #: shared secret is set: the endpoint is never open).
+    segment_webhook_token: str | None = field(default=None, repr=False)
     database_url: str = DEFAULT_DATABASE_URL
     admin_password: str | None = field(default=None, repr=False)
     event_names: str = "mailjet"
@@ -165,6 +168,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         webhook_username=username,
         webhook_password=password,
         segment_shared_secret=r.text("SEGMENT_SHARED_SECRET"),
+        segment_webhook_token=r.text("SEGMENT_WEBHOOK_TOKEN"),
         database_url=database_url,
         admin_password=r.text("BRIDGE_ADMIN_PASSWORD"),
         event_names=r.choice("BRIDGE_EVENT_NAMES", tuple(EVENT_NAME_PRESETS), "mailjet"),

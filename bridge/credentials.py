@@ -19,6 +19,8 @@ from bridge.config import Settings
 from bridge.storage.base import Store
 
 STORED_KEY = "webhook.credentials"
+SEGMENT_TOKEN_KEY = "segment.webhook_token"
+SEGMENT_PATH = "/webhooks/segment"
 ADMIN_PASSWORD_KEY = "admin.password_hash"
 SESSION_SECRET_KEY = "admin.session_secret"
 GENERATED_USERNAME = "mailjet"
@@ -54,6 +56,38 @@ def webhook_credentials(settings: Settings, store: Store, now: float) -> Webhook
     return WebhookCredentials(
         stored["username"], stored["password"], "generated" if created else "stored"
     )
+
+
+@dataclass(frozen=True)
+class SegmentToken:
+    """The bearer token /webhooks/segment requires, or None when only the shared secret guards it."""
+
+    value: str | None = field(default=None, repr=False)
+    #: "environment", "stored", "generated" (by this very call), or "none".
+    origin: str = "none"
+
+    def matches(self, authorization: str | None) -> bool:
+        """``Authorization: Bearer <token>``, compared in constant time; any header text is safe."""
+        if self.value is None:
+            return False
+        scheme, _, sent = (authorization or "").strip().partition(" ")
+        same = hmac.compare_digest(_bytes(sent.strip()), _bytes(self.value))
+        return scheme.lower() == "bearer" and same
+
+
+def segment_token(settings: Settings, store: Store, now: float) -> SegmentToken:
+    """``SEGMENT_WEBHOOK_TOKEN``; else none if the shared secret guards the endpoint; else a token
+    generated once and stored (first start wins), so the identify endpoint is never open."""
+    if settings.segment_webhook_token:
+        return SegmentToken(settings.segment_webhook_token, "environment")
+    if settings.segment_shared_secret:
+        return SegmentToken()
+    created = store.put_setting(SEGMENT_TOKEN_KEY, secrets.token_urlsafe(24), now, only_if_absent=True)
+    return SegmentToken(store.get_setting(SEGMENT_TOKEN_KEY), "generated" if created else "stored")
+
+
+def segment_webhook_url(public_url: str) -> str:
+    return public_url.rstrip("/") + SEGMENT_PATH
 
 
 def callback_url(public_url: str, credentials: WebhookCredentials) -> str:

@@ -8,7 +8,6 @@ webhook credentials and admin password; it starts nothing. Delivery loops are ma
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from collections.abc import Callable
@@ -18,9 +17,12 @@ from bridge import logs
 from bridge.config import Effective, Settings
 from bridge.credentials import (
     AdminLogin,
+    SegmentToken,
     WebhookCredentials,
     admin_login,
     callback_url,
+    segment_token,
+    segment_webhook_url,
     webhook_credentials,
 )
 from bridge.delivery.janitor import Janitor
@@ -35,8 +37,6 @@ from bridge.outbound.mailjet import MailjetClient
 from bridge.payloads.schemas import EventValidator
 from bridge.storage import open_store
 from bridge.storage.base import Store
-
-log = logging.getLogger(__name__)
 
 
 def announce_on_stderr(line: str) -> None:
@@ -57,6 +57,8 @@ class Bridge:
     credentials: WebhookCredentials
     admin: AdminLogin
     metrics: Metrics
+    #: What /webhooks/segment requires besides (or instead of) the shared secret's signature.
+    segment_token: SegmentToken
 
     def loops(self) -> list[Loop]:
         """The forwarder, the contact sync and the janitor, each new, to run in a thread each."""
@@ -95,7 +97,8 @@ class Bridge:
         """Every secret the process knows, so logs can never show one."""
         credentials = self.current.mailjet_credentials() or (None, None)
         return [self.current.write_key(), credentials[1], self.credentials.password,
-                self.settings.admin_password, self.settings.segment_shared_secret]
+                self.settings.admin_password, self.settings.segment_shared_secret,
+                self.segment_token.value]
 
     def close(self) -> None:
         self.store.close()
@@ -121,9 +124,15 @@ def build(settings: Settings, *, announce: Callable[[str], None] = announce_on_s
     if login.generated:
         announce(f"Admin password generated (shown once): {login.generated} "
                  f"- log in at {settings.public_url}/admin")
-    if not settings.segment_shared_secret:
-        log.warning("SEGMENT_SHARED_SECRET is not set: /webhooks/segment accepts unsigned requests")
+    token = segment_token(settings, store, time.time())
+    if token.origin == "generated":
+        announce(
+            "Segment webhook token generated and stored. In Segment's Webhooks (Actions) destination, "
+            f"send to {segment_webhook_url(settings.public_url)} with the header "
+            f"'Authorization: Bearer {token.value}' (shown once; `mailjet-bridge segment-webhook` "
+            "prints it again)"
+        )
     bridge = Bridge(settings, store, Effective(settings, store), mailjet_validator, segment_validator,
-                    credentials, login, Metrics())
+                    credentials, login, Metrics(), token)
     logs.guard_secrets(bridge.secret_values)
     return bridge

@@ -150,6 +150,7 @@ def env(tmp_path: Path, fake_segment: FakeSegment) -> dict[str, str]:
         "SEGMENT_WRITE_KEY": "good-key",
         "SEGMENT_API_URL": fake_segment.url,
         "SEGMENT_CDN_URL": fake_segment.url,
+        "SEGMENT_WEBHOOK_TOKEN": "test-webhook-token",
         "BRIDGE_WEBHOOK_USERNAME": "mailjet",
         "BRIDGE_WEBHOOK_PASSWORD": "s3cret-pass",
     }

@@ -215,3 +215,10 @@ def test_db_upgrade(backend: str, tmp_path: Any, request: pytest.FixtureRequest)
     assert first.exit_code == 0, first.output
     assert first.stdout.strip() in ("schema version 2 (was 0)", "schema version 2, up to date")
     assert run({"BRIDGE_DATABASE_URL": url}, "db", "upgrade").stdout.strip() == "schema version 2, up to date"
+
+
+def test_segment_webhook_prints_the_url_and_the_header(cli_env: dict[str, str]) -> None:
+    result = run(cli_env, "segment-webhook")
+    assert result.exit_code == 0
+    assert "URL:    http://127.0.0.1:8000/webhooks/segment" in result.stdout
+    assert "Header: Authorization: Bearer test-webhook-token" in result.stdout

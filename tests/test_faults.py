@@ -49,6 +49,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def bridge_env(database: str, segment_url: str, **extra: str) -> dict[str, str]:
     return {"BRIDGE_DATABASE_URL": database, "SEGMENT_WRITE_KEY": "good-key",
             "SEGMENT_API_URL": segment_url, "SEGMENT_CDN_URL": segment_url,
+            "SEGMENT_WEBHOOK_TOKEN": "fault-token",
             "BRIDGE_WEBHOOK_USERNAME": AUTH[0],
             "BRIDGE_WEBHOOK_PASSWORD": AUTH[1], "BRIDGE_ADMIN_PASSWORD": "fault-admin-pass",
             "BRIDGE_LEASE_SECONDS": "5", "BRIDGE_HTTP_TIMEOUT": "2", **extra}

@@ -441,7 +441,8 @@ def test_kill_9_then_no_traffic_delivers_held_rows_of_both_directions_within_lea
             assert response.json()["accepted"] == 100, response.text
         identifies = [{"type": "identify", "userId": f"k-{i}", "messageId": f"kill-{i}",
                        "traits": {"email": f"contact{i}@example.com", "seats": i}} for i in range(30)]
-        response = requests.post(f"{bridge.url}/webhooks/segment", json=identifies, timeout=30)
+        response = requests.post(f"{bridge.url}/webhooks/segment", json=identifies, timeout=30,
+                                 headers={"Authorization": "Bearer fault-token"})
         assert response.json()["accepted"] == 30, response.text
 
         # Segment hangs on the first batch and Mailjet's job runs on: the worker holds both leases

@@ -35,7 +35,8 @@ def signed_app(env: dict[str, str]) -> Any:
 
 
 def post(client: Any, text: str, signature: str | None = None) -> Any:
-    headers = {"Content-Type": "application/json", "User-Agent": "Segment (Actions)"}
+    headers = {"Content-Type": "application/json", "User-Agent": "Segment (Actions)",
+               "Authorization": "Bearer test-webhook-token"}
     if signature is not None:
         headers["X-Signature"] = signature
     return client.post(URL, data=text.encode(), headers=headers)
@@ -187,3 +188,57 @@ def test_odd_shapes_outside_the_schema_are_never_a_500(client: Any, context: str
     response = post(client, text)
     assert response.status_code == 200
     assert response.json["accepted"] + response.json["quarantined"] == 1
+
+
+# -- the endpoint is closed by default (#10) --------------------------------------------------------
+
+
+def open_env(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k not in ("SEGMENT_WEBHOOK_TOKEN", "SEGMENT_SHARED_SECRET")}
+
+
+def test_with_neither_token_nor_secret_a_token_is_generated_and_required(env: dict[str, str]) -> None:
+    """On the previous main this endpoint accepted unsigned, unauthenticated identifies."""
+    shown: list[str] = []
+    app = create_app(load_settings(open_env(env)), announce=shown.append)
+    try:
+        token = app.extensions["bridge"].segment_token.value
+        assert token and [line for line in shown if f"Authorization: Bearer {token}" in line]
+        client = app.test_client()
+        body = stringify(IDENTIFY)
+        bare = client.post(URL, data=body, headers={"Content-Type": "application/json"})
+        assert bare.status_code == 401 and "Bearer" in bare.json["message"]
+        wrong = client.post(URL, data=body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        ok = client.post(URL, data=body, headers={"Authorization": f"bearer {token}"})
+        assert ok.status_code == 200 and ok.json["accepted"] == 1
+        assert app.extensions["bridge"].store.stats(0)["pending"] == 1
+    finally:
+        app.extensions["bridge"].store.close()
+    again: list[str] = []
+    restarted = create_app(load_settings(open_env(env)), announce=again.append)
+    assert restarted.extensions["bridge"].segment_token.value == token  # stored: every process agrees
+    assert not [line for line in again if "Bearer" in line]  # shown once
+    restarted.extensions["bridge"].store.close()
+
+
+def test_token_and_secret_are_both_required_when_both_are_set(env: dict[str, str]) -> None:
+    app = create_app(load_settings({**env, "SEGMENT_SHARED_SECRET": SECRET}), announce=lambda _: None)
+    client = app.test_client()
+    body = stringify(IDENTIFY)
+    unsigned = client.post(URL, data=body, headers={"Authorization": "Bearer test-webhook-token"})
+    assert unsigned.status_code == 401 and "X-Signature" in unsigned.json["message"]
+    tokenless = client.post(URL, data=body, headers={"X-Signature": sign(body)})
+    assert tokenless.status_code == 401 and "Bearer" in tokenless.json["message"]
+    assert post(client, body, sign(body)).status_code == 200
+    app.extensions["bridge"].store.close()
+
+
+def test_a_shared_secret_alone_needs_no_token(env: dict[str, str]) -> None:
+    app = create_app(load_settings({**open_env(env), "SEGMENT_SHARED_SECRET": SECRET}),
+                     announce=lambda _: None)
+    body = stringify(IDENTIFY)
+    response = app.test_client().post(URL, data=body, headers={"X-Signature": sign(body)})
+    assert response.status_code == 200
+    assert app.extensions["bridge"].segment_token.value is None
+    app.extensions["bridge"].store.close()

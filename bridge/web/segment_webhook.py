@@ -23,6 +23,15 @@ bp = Blueprint("segment_webhook", __name__)
 @bp.post("/webhooks/segment")
 def receive() -> tuple[Response, int]:
     bridge = current_bridge()
+    token = bridge.segment_token
+    if token.value is not None and not token.matches(request.headers.get("Authorization")):
+        return json_error(
+            401, "unauthorized",
+            "missing or wrong 'Authorization: Bearer <token>': set it as a header in Segment's "
+            "Webhooks (Actions) mapping (SEGMENT_WEBHOOK_TOKEN; `mailjet-bridge segment-webhook` "
+            "prints the URL and header)",
+            **{"WWW-Authenticate": 'Bearer realm="mailjet-segment-bridge"'},
+        )
     raw = request.get_data(cache=False)
     try:
         events = parse_body(raw)
