@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 from typing import Any
 
 import pytest
@@ -148,3 +149,50 @@ def test_any_login_password_is_a_clear_401_never_a_500(admin_app: Any, password:
     client = admin_app.test_client()
     response = client.post("/admin/login", data={"password": password, "csrf_token": csrf(client)})
     assert response.status_code == 401
+
+
+# -- sessions end on the server (#10) -----------------------------------------------------------------
+
+
+def copy_session(source: Any, app: Any) -> Any:
+    """A second browser holding a copy of the first one's session cookie."""
+    client = app.test_client()
+    client.set_cookie("session", source.get_cookie("session").value)
+    return client
+
+
+def test_a_saved_cookie_opens_nothing_after_logout(admin_app: Any) -> None:
+    """On the previous main a cookie saved before logout still opened /admin/settings."""
+    client = logged_in(admin_app)
+    saved = copy_session(client, admin_app)
+    assert saved.get("/admin/settings").status_code == 200
+    client.post("/admin/logout", data={"csrf_token": csrf(client, "/admin/settings")})
+    assert saved.get("/admin/settings").status_code == 302
+
+
+def test_a_new_admin_password_ends_every_session(admin_app: Any, env: dict[str, str]) -> None:
+    """On the previous main a cookie issued under the old password still worked after a restart."""
+    client = logged_in(admin_app)
+    assert client.get("/admin/settings").status_code == 200
+    restarted = create_app(load_settings({**env, "BRIDGE_ADMIN_PASSWORD": "a-new-password-999"}),
+                           announce=lambda _: None)
+    try:
+        assert copy_session(client, restarted).get("/admin/settings").status_code == 302
+    finally:
+        restarted.extensions["bridge"].store.close()
+
+
+def test_a_session_idle_for_30_minutes_is_over(admin_app: Any, env: dict[str, str]) -> None:
+    client = logged_in(admin_app)
+    database = env["BRIDGE_DATABASE_URL"].removeprefix("sqlite:///")
+    with sqlite3.connect(database) as conn:
+        conn.execute("UPDATE admin_sessions SET seen_at = seen_at - 1801")
+    assert client.get("/admin/settings").status_code == 302
+
+
+def test_a_session_lives_at_most_12_hours(admin_app: Any, env: dict[str, str]) -> None:
+    client = logged_in(admin_app)
+    database = env["BRIDGE_DATABASE_URL"].removeprefix("sqlite:///")
+    with sqlite3.connect(database) as conn:
+        conn.execute("UPDATE admin_sessions SET created_at = created_at - 43201")
+    assert client.get("/admin/settings").status_code == 302

@@ -270,7 +270,7 @@ def test_release_owner_gives_back_every_lease(store: Store) -> None:
 
 
 def test_schema_version_is_recorded(store: Store) -> None:
-    assert store.schema_version() == 2
+    assert store.schema_version() == 3
 
 
 def test_operator_queries(store: Store) -> None:
@@ -345,3 +345,16 @@ def test_accept_records_intake_dead_letters_in_the_same_transaction(store: Store
     assert (result.accepted, result.dead) == (1, 1)
     (row,) = store.dead_letters()
     assert row["last_error"] == "a lone surrogate"
+
+
+def test_sessions_end_by_logout_age_idleness_or_another_password(store: Store) -> None:
+    store.open_session("s1", "pw-a", T0, older_than=T0 - 43_200)
+    alive = {"created_after": T0 - 43_200, "seen_after": T0 - 1_800}
+    assert store.session_alive("s1", "pw-a", T0 + 1, **alive)
+    assert not store.session_alive("s1", "pw-b", T0 + 1, **alive)  # the admin password changed
+    assert not store.session_alive("s1", "pw-a", T0 + 1, created_after=T0 + 1, seen_after=0)  # too old
+    assert not store.session_alive("s1", "pw-a", T0 + 1, created_after=0, seen_after=T0 + 1)  # idle
+    assert store.session_alive("s1", "pw-a", T0 + 100, created_after=0, seen_after=T0 - 1)  # seen now...
+    assert store.session_alive("s1", "pw-a", T0 + 600, created_after=0, seen_after=T0 + 50)  # ...so not idle
+    store.end_session("s1")
+    assert not store.session_alive("s1", "pw-a", T0 + 601, created_after=0, seen_after=0)

@@ -239,7 +239,21 @@ class Store(ABC):
     def latencies(self, since: float, limit: int = 20_000) -> list[float]:
         """Delivery latencies (ms) of items delivered since ``since``."""
 
-    # -- admin logins --------------------------------------------------------------------------
+    # -- admin logins and sessions ---------------------------------------------------------------
+
+    @abstractmethod
+    def open_session(self, session_id: str, credential: str, now: float, *, older_than: float) -> None:
+        """Record a new admin session; forget sessions created before ``older_than`` (expired)."""
+
+    @abstractmethod
+    def session_alive(self, session_id: str, credential: str, now: float, *, created_after: float,
+                      seen_after: float) -> bool:
+        """Whether a session exists, was opened under this credential, is young enough and was seen
+        recently enough; a live session's last sight is brought up to date (at most every minute)."""
+
+    @abstractmethod
+    def end_session(self, session_id: str) -> None:
+        """Forget one session (logout)."""
 
     @abstractmethod
     def login_failures(self, client: str, since: float, now: float, *, record: bool = False) -> int:

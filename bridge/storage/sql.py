@@ -31,6 +31,8 @@ ITEM_COLUMNS = (
     "last_response, latency_ms, created_at, finished_at"
 )
 CLAIM_COLUMNS = "id, kind, dedupe_key, event_type, payload, attempts, created_at"
+#: How stale a session's last sight may get before it is written again.
+SESSION_TOUCH_SECONDS = 60.0
 #: Versioned schema changes: ``migrations/<dialect>/NNNN_name.sql``, recorded in ``schema_version``.
 SCHEMA_VERSION_DDL = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
@@ -396,6 +398,30 @@ class SqlStore(Store):
                 tx.execute("DELETE FROM login_failures WHERE at < ?", (since,))
         return self._rows("SELECT COUNT(*) FROM login_failures WHERE client = ? AND at >= ?",
                           (client, since))[0][0]
+
+    def open_session(self, session_id: str, credential: str, now: float, *, older_than: float) -> None:
+        with self._write() as tx:
+            tx.execute("DELETE FROM admin_sessions WHERE created_at < ?", (older_than,))
+            tx.execute("INSERT INTO admin_sessions (id, credential, created_at, seen_at) VALUES (?, ?, ?, ?)",
+                       (session_id, credential, now, now))
+
+    def session_alive(self, session_id: str, credential: str, now: float, *, created_after: float,
+                      seen_after: float) -> bool:
+        rows = self._rows("SELECT credential, created_at, seen_at FROM admin_sessions WHERE id = ?",
+                          (session_id,))
+        if not rows:
+            return False
+        stored, created_at, seen_at = rows[0]
+        if stored != credential or created_at < created_after or seen_at < seen_after:
+            return False
+        if now - seen_at >= SESSION_TOUCH_SECONDS:  # not a write per page view
+            with self._write() as tx:
+                tx.execute("UPDATE admin_sessions SET seen_at = ? WHERE id = ?", (now, session_id))
+        return True
+
+    def end_session(self, session_id: str) -> None:
+        with self._write() as tx:
+            tx.execute("DELETE FROM admin_sessions WHERE id = ?", (session_id,))
 
     def clear_login_failures(self, client: str) -> None:
         with self._write() as tx:

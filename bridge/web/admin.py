@@ -7,6 +7,7 @@ limited per client, and no page ever shows a secret (they are masked, or fetched
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import secrets
@@ -43,6 +44,8 @@ bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="template
 
 #: Failed logins allowed per client in the window before it must wait.
 LOGIN_ATTEMPTS, LOGIN_WINDOW = 5, 15 * 60
+#: A session ends 12 hours after login, or after 30 minutes without a page view.
+SESSION_MAX_AGE, SESSION_IDLE = 12 * 3600, 30 * 60
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
        "script-src 'self'; frame-ancestors 'none'; form-action 'self'")
 
@@ -79,10 +82,27 @@ def _security_headers(response: Response) -> Response:
     return response
 
 
+def _session_key(sid: str) -> str:
+    """Sessions are stored by a hash of their id: the database never holds a usable cookie."""
+    return hashlib.sha256(sid.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _session_alive() -> bool:
+    sid = session.get("sid")
+    if not isinstance(sid, str):
+        return False
+    bridge, now = current_bridge(), time.time()
+    return bridge.store.session_alive(_session_key(sid), bridge.admin.credential(bridge.store), now,
+                                      created_after=now - SESSION_MAX_AGE, seen_after=now - SESSION_IDLE)
+
+
 def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Only a live server-side session passes: logged out, too old, idle too long, or opened under
+    another admin password means the login page."""
     @wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        if not session.get("admin"):
+        if not _session_alive():
+            session.pop("sid", None)
             return redirect(url_for("admin.login", next=request.path))
         return view(*args, **kwargs)
 
@@ -96,22 +116,30 @@ def login() -> Any:
     bridge = current_bridge()
     client = request.remote_addr or "unknown"
     now = time.time()
-    if bridge.store.login_failures(client, now - LOGIN_WINDOW, now) >= LOGIN_ATTEMPTS:
+    # The attempt is counted before the password is checked, in one transaction: however many
+    # guesses arrive at once, at most LOGIN_ATTEMPTS of them are checked.
+    if bridge.store.login_failures(client, now - LOGIN_WINDOW, now, record=True) > LOGIN_ATTEMPTS:
         return render_template("admin/login.html",
                                error="Too many failed attempts. Wait 15 minutes and try again."), 429
     if not bridge.admin.matches(request.form.get("password", "")):
-        bridge.store.login_failures(client, now - LOGIN_WINDOW, now, record=True)
         return render_template("admin/login.html", error="Wrong password."), 401
     bridge.store.clear_login_failures(client)
+    sid = secrets.token_urlsafe(32)
+    bridge.store.open_session(_session_key(sid), bridge.admin.credential(bridge.store), now,
+                              older_than=now - SESSION_MAX_AGE)
     session.clear()
     session.permanent = True
-    session["admin"] = True
+    session["sid"] = sid
     target = request.args.get("next", "")
     return redirect(target if target.startswith("/admin") else url_for("admin.overview"))
 
 
 @bp.post("/logout")
 def logout() -> Any:
+    """Ends the session on the server: a copy of the cookie opens nothing afterwards."""
+    sid = session.get("sid")
+    if isinstance(sid, str):
+        current_bridge().store.end_session(_session_key(sid))
     session.clear()
     return redirect(url_for("admin.login"))
 
