@@ -56,6 +56,8 @@ class Settings:
     #: ``Authorization: Bearer …`` that /webhooks/segment requires (generated when neither it nor the
     #: shared secret is set: the endpoint is never open).
     segment_webhook_token: str | None = field(default=None, repr=False)
+    #: When set, /metrics and the detail of /healthz need ``Authorization: Bearer`` this token.
+    metrics_token: str | None = field(default=None, repr=False)
     database_url: str = DEFAULT_DATABASE_URL
     admin_password: str | None = field(default=None, repr=False)
     event_names: str = "mailjet"
@@ -169,6 +171,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         webhook_password=password,
         segment_shared_secret=r.text("SEGMENT_SHARED_SECRET"),
         segment_webhook_token=r.text("SEGMENT_WEBHOOK_TOKEN"),
+        metrics_token=r.text("BRIDGE_METRICS_TOKEN"),
         database_url=database_url,
         admin_password=r.text("BRIDGE_ADMIN_PASSWORD"),
         event_names=r.choice("BRIDGE_EVENT_NAMES", tuple(EVENT_NAME_PRESETS), "mailjet"),

@@ -61,8 +61,9 @@ def webhook_credentials(settings: Settings, store: Store, now: float) -> Webhook
 
 
 @dataclass(frozen=True)
-class SegmentToken:
-    """The bearer token /webhooks/segment requires, or None when only the shared secret guards it."""
+class BearerToken:
+    """A token a caller must send as ``Authorization: Bearer …`` (the identify webhook, the metrics),
+    or None when none is required."""
 
     value: str | None = field(default=None, repr=False)
     #: "environment", "stored", "generated" (by this very call), or "none".
@@ -77,15 +78,15 @@ class SegmentToken:
         return scheme.lower() == "bearer" and same
 
 
-def segment_token(settings: Settings, store: Store, now: float) -> SegmentToken:
+def segment_token(settings: Settings, store: Store, now: float) -> BearerToken:
     """``SEGMENT_WEBHOOK_TOKEN``; else none if the shared secret guards the endpoint; else a token
     generated once and stored (first start wins), so the identify endpoint is never open."""
     if settings.segment_webhook_token:
-        return SegmentToken(settings.segment_webhook_token, "environment")
+        return BearerToken(settings.segment_webhook_token, "environment")
     if settings.segment_shared_secret:
-        return SegmentToken()
+        return BearerToken()
     created = store.put_setting(SEGMENT_TOKEN_KEY, secrets.token_urlsafe(24), now, only_if_absent=True)
-    return SegmentToken(store.get_setting(SEGMENT_TOKEN_KEY), "generated" if created else "stored")
+    return BearerToken(store.get_setting(SEGMENT_TOKEN_KEY), "generated" if created else "stored")
 
 
 def segment_webhook_url(public_url: str) -> str:

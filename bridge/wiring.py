@@ -17,7 +17,7 @@ from bridge import logs
 from bridge.config import Effective, Settings
 from bridge.credentials import (
     AdminLogin,
-    SegmentToken,
+    BearerToken,
     WebhookCredentials,
     admin_login,
     callback_url,
@@ -58,7 +58,9 @@ class Bridge:
     admin: AdminLogin
     metrics: Metrics
     #: What /webhooks/segment requires besides (or instead of) the shared secret's signature.
-    segment_token: SegmentToken
+    segment_token: BearerToken
+    #: What /metrics and the detail of /healthz require; open when its value is None.
+    metrics_token: BearerToken
 
     def loops(self) -> list[Loop]:
         """The forwarder, the contact sync and the janitor, each new, to run in a thread each."""
@@ -98,7 +100,7 @@ class Bridge:
         credentials = self.current.mailjet_credentials() or (None, None)
         return [self.current.write_key(), credentials[1], self.credentials.password,
                 self.settings.admin_password, self.settings.segment_shared_secret,
-                self.segment_token.value]
+                self.segment_token.value, self.metrics_token.value]
 
     def close(self) -> None:
         self.store.close()
@@ -133,6 +135,7 @@ def build(settings: Settings, *, announce: Callable[[str], None] = announce_on_s
             "prints it again)"
         )
     bridge = Bridge(settings, store, Effective(settings, store), mailjet_validator, segment_validator,
-                    credentials, login, Metrics(), token)
+                    credentials, login, Metrics(), token,
+                    BearerToken(settings.metrics_token, "environment" if settings.metrics_token else "none"))
     logs.guard_secrets(bridge.secret_values)
     return bridge

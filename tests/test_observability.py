@@ -98,3 +98,27 @@ def test_redaction_survives_a_failing_secret_source() -> None:
         record = logging.LogRecord("x", logging.WARNING, __file__, 1, "key wk-abcdef", (), None)
         assert redact.filter(record) and record.msg == "key [redacted]"
     assert calls["n"] >= 2
+
+
+def test_a_metrics_token_closes_metrics_and_the_detail_of_healthz(env: dict[str, str]) -> None:
+    """With BRIDGE_METRICS_TOKEN set, /metrics needs it and /healthz shows others its status only
+    (on the previous main both were open to anyone)."""
+    app = create_app(load_settings({**env, "BRIDGE_METRICS_TOKEN": "metrics-token-123"}),
+                     announce=lambda _: None)
+    client = app.test_client()
+    try:
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
+        scrape = client.get("/metrics", headers={"Authorization": "Bearer metrics-token-123"})
+        assert scrape.status_code == 200 and "bridge_queue_depth" in scrape.text
+        anonymous = client.get("/healthz")
+        assert anonymous.status_code == 200 and anonymous.json == {"status": "ok"}
+        detailed = client.get("/healthz", headers={"Authorization": "Bearer metrics-token-123"})
+        assert "queue" in detailed.json and "segment" in detailed.json
+    finally:
+        app.extensions["bridge"].store.close()
+
+
+def test_without_a_metrics_token_both_stay_open(client: Any) -> None:
+    assert client.get("/metrics").status_code == 200
+    assert "queue" in client.get("/healthz").json

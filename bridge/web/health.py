@@ -29,6 +29,16 @@ HOLDING = {
 
 @bp.get("/healthz")
 def healthz() -> tuple[Response, int]:
+    """The status and its code for everyone; the detail only for callers with the metrics token,
+    when one is set (BRIDGE_METRICS_TOKEN)."""
+    response, code = _health()
+    token = current_bridge().metrics_token
+    if token.value is not None and not token.matches(request.headers.get("Authorization")):
+        return jsonify(status=response.get_json()["status"]), code
+    return response, code
+
+
+def _health() -> tuple[Response, int]:
     bridge = current_bridge()
     try:
         bridge.store.ping()

@@ -21,6 +21,11 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 @bp.get("/metrics")
 def metrics() -> Response | tuple[Response, int]:
     bridge = current_bridge()
+    token = bridge.metrics_token
+    if token.value is not None and not token.matches(request.headers.get("Authorization")):
+        return json_error(401, "unauthorized",
+                          "/metrics needs 'Authorization: Bearer <BRIDGE_METRICS_TOKEN>'",
+                          **{"WWW-Authenticate": 'Bearer realm="mailjet-segment-bridge"'})
     try:
         body = bridge.metrics.render(bridge.store, delivery_states(bridge))
     except StorageUnavailable as exc:
