@@ -6,12 +6,26 @@ module globals, so one process can hold several apps (the tests do).
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask
+
+
+def displayable(value: Any) -> Any:
+    """Text as a page can carry it: a lone surrogate (JSON allows ``\\ud800``; UTF-8 does not) is
+    shown as its escape. For display only: stored rows keep what was received."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 def register(app: Flask) -> None:
     from bridge.web import admin, errors, health, mailjet_webhook, observability, segment_webhook
 
+    app.jinja_env.finalize = displayable  # every {{ value }} of every page
     errors.register(app)
     observability.register(app)
     app.register_blueprint(mailjet_webhook.bp)
