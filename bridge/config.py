@@ -66,8 +66,10 @@ class Settings:
     public_url: str = "http://127.0.0.1:8000"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     lease_seconds: float = 60.0
-    #: Delivered rows are deleted after this many days (0 keeps them).
+    #: Delivered rows lose their payload after this many days (0 keeps them)...
     retention_days: int = 7
+    #: ...and are deleted, dedupe key and all, after this many (at least the retention).
+    dedupe_days: int = 30
     #: Seconds to wait for Segment's or Mailjet's answer before the attempt counts as failed.
     http_timeout: float = 15.0
     #: Longest wait between tries after an upstream-wide failure with no ``Retry-After``.
@@ -181,6 +183,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         max_body_bytes=r.integer("BRIDGE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024),
         lease_seconds=r.integer("BRIDGE_LEASE_SECONDS", 60, 1, 3600),
         retention_days=r.integer("BRIDGE_RETENTION_DAYS", 7, 0, 3650),
+        dedupe_days=r.integer("BRIDGE_DEDUPE_DAYS", 30, 1, 3650),
         http_timeout=r.integer("BRIDGE_HTTP_TIMEOUT", 15, 1, 300),
         retry_max_seconds=r.integer("BRIDGE_RETRY_MAX_SECONDS", 60, 1, 3600),
         sqlite_synchronous=r.choice("BRIDGE_SQLITE_SYNCHRONOUS", ("full", "normal"), "full"),

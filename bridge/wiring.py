@@ -89,7 +89,8 @@ class Bridge:
             policy=ContactSyncPolicy(lease_seconds=settings.lease_seconds, pacing=pacing),
             metrics=self.metrics,
         )
-        return [forwarder, contact_sync, Janitor(self.store, settings.retention_days)]
+        janitor = Janitor(self.store, settings.retention_days, dedupe_days=settings.dedupe_days)
+        return [forwarder, contact_sync, janitor]
 
     def callback_url(self) -> str:
         """The URL to paste into Mailjet, with the webhook credentials in it."""

@@ -429,3 +429,51 @@ def test_a_long_job_renews_its_leases(store: Store, fake_mailjet: FakeMailjet) -
     rig.accept(identify("a@x.com", plan="pro"))
     assert rig.run() == 1
     assert rig.clock() - 1_800_000_000.0 > 30  # the job outlived one lease and still settled
+
+
+# -- no rollback (#10) --------------------------------------------------------------------------------
+
+
+def at(ts: str, event: dict[str, Any], message_id: str) -> dict[str, Any]:
+    return {**event, "timestamp": ts, "messageId": message_id}
+
+
+def test_an_older_identify_never_overwrites_a_newer_one(rig: Rig) -> None:
+    """Segment redelivers and replays: an identify older (by its timestamp) than the newest applied
+    is settled without being sent. On the previous main it rolled the contact back."""
+    rig.accept(at("2026-11-02T10:00:00Z", identify("a@x.com", plan="pro"), "new"))
+    assert rig.run() == 1
+    rig.accept(at("2026-11-01T10:00:00Z", identify("a@x.com", plan="free"), "old"))
+    rig.run()
+    assert rig.fake.contacts["a@x.com"]["Properties"] == {"plan": "pro"}
+    assert len(rig.fake.jobs) == 1  # nothing sent for the old one
+    stats = rig.stats()
+    assert (stats["pending"], stats["leased"], stats["dead"], stats["delivered"]) == (0, 0, 0, 2)
+
+
+def test_within_a_batch_the_newest_timestamp_wins_whatever_the_arrival(rig: Rig) -> None:
+    rig.accept(at("2026-11-02T10:00:00Z", identify("a@x.com", plan="pro"), "new"),
+               at("2026-11-01T10:00:00+00:00", identify("a@x.com", plan="free", seats=3), "old"))
+    assert rig.run() == 2
+    assert rig.fake.contacts["a@x.com"]["Properties"] == {"plan": "pro", "seats": 3}
+
+
+def test_an_operator_replay_still_applies(rig: Rig) -> None:
+    """An explicit replay of a dead letter applies even when a newer identify was applied since."""
+    from bridge.ops import replay
+
+    rig.fake.define("seats", "int")
+    rig.accept(at("2026-11-01T10:00:00Z", identify("a@x.com", seats="three"), "old"))
+    rig.run()
+    (dead,) = rig.dead()  # the property could not be converted
+    rig.accept(at("2026-11-02T10:00:00Z", identify("a@x.com", seats=5), "new"))
+    rig.run()
+    rig.fake.metadata["seats"]["Datatype"] = "str"
+    rig.sync._definitions = None
+
+    class Just:
+        store = rig.store
+
+    replay.replay_dead_letters(Just, [dead["id"]])  # type: ignore[arg-type]
+    assert rig.run() == 1
+    assert rig.fake.contacts["a@x.com"]["Properties"]["seats"] == "three"

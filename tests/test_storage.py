@@ -270,7 +270,7 @@ def test_release_owner_gives_back_every_lease(store: Store) -> None:
 
 
 def test_schema_version_is_recorded(store: Store) -> None:
-    assert store.schema_version() == 3
+    assert store.schema_version() == 4
 
 
 def test_operator_queries(store: Store) -> None:
@@ -358,3 +358,22 @@ def test_sessions_end_by_logout_age_idleness_or_another_password(store: Store) -
     assert store.session_alive("s1", "pw-a", T0 + 600, created_after=0, seen_after=T0 + 50)  # ...so not idle
     store.end_session("s1")
     assert not store.session_alive("s1", "pw-a", T0 + 601, created_after=0, seen_after=0)
+
+
+def test_compaction_drops_payloads_but_keeps_keys_until_pruned(store: Store) -> None:
+    """Dedupe keys outlive the payloads: a redelivery after the retention is still a duplicate."""
+    store.accept(items("a", "b"), [], T0)
+    claimed = store.claim(SEGMENT_TRACK, 10, "w", 60, T0)
+    store.mark_delivered([Outcome(i.id, sent="{}", response="ok") for i in claimed], T0 + 1)
+    assert store.compact_delivered(T0 + 2) == 2
+    row = store.item(claimed[0].id)
+    assert row is not None and (row["payload"], row["sent"]) == ("", None)
+    assert store.accept(items("a"), [], T0 + 3).duplicate == 1  # the key is still known
+    assert store.prune_delivered(T0 + 2) == 2
+    assert store.accept(items("a"), [], T0 + 4).accepted == 1
+
+
+def test_a_newer_applied_identify_is_never_replaced_by_an_older(store: Store) -> None:
+    store.record_applied({"a@x.com": 200.0, "b@x.com": 100.0}, T0)
+    store.record_applied({"a@x.com": 150.0, "b@x.com": 300.0}, T0 + 1)
+    assert store.newest_applied(["a@x.com", "b@x.com", "c@x.com"]) == {"a@x.com": 200.0, "b@x.com": 300.0}

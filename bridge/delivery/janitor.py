@@ -1,4 +1,9 @@
-"""Deletes delivered rows past the retention period, so the outbox does not grow without end."""
+"""Keeps the outbox from growing without end, without forgetting what it has seen.
+
+A delivered row's payload is dropped after the retention period; the row itself, with its dedupe key,
+stays for the (longer) dedupe period, so a redelivery or a replay of an old event or identify is
+still recognised as one. Then the row goes.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +21,11 @@ log = logging.getLogger(__name__)
 class Janitor:
     """Prunes a small batch per transaction, at most every ``every_seconds``; never busy."""
 
-    def __init__(self, store: Store, retention_days: int, *, every_seconds: float = 600.0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, retention_days: int, *, dedupe_days: int = 30,
+                 every_seconds: float = 600.0, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.retention = retention_days * 86400
+        self.dedupe = max(dedupe_days, retention_days) * 86400
         self.every_seconds = every_seconds
         self.clock = clock
         self._next = 0.0
@@ -29,9 +35,11 @@ class Janitor:
         if not self.retention or now < self._next:
             return 0
         self._next = now + self.every_seconds
-        removed = self.store.prune_delivered(now - self.retention)
-        if removed:
-            log.info("pruned %d delivered item(s) older than %d days", removed, self.retention // 86400)
+        compacted = self.store.compact_delivered(now - self.retention)
+        removed = self.store.prune_delivered(now - self.dedupe)
+        if compacted or removed:
+            log.info("compacted %d delivered item(s) older than %d days, removed %d older than %d days",
+                     compacted, self.retention // 86400, removed, self.dedupe // 86400)
         return 0  # never busy: the loop rests between rounds
 
     def run_forever(self, stop: threading.Event) -> None:

@@ -330,7 +330,7 @@ class DeliveryLoop(Generic[G]):
             self.metrics.outcome(self.upstream, outcome, types)
         line = {"upstream": self.upstream, "outcome": outcome, self.items_name: len(types)}
         line.update((k, v) for k, v in fields.items() if v is not None)
-        level = logging.INFO if outcome in ("delivered", "split") else logging.WARNING
+        level = logging.INFO if outcome in ("delivered", "split", "superseded") else logging.WARNING
         log.log(level, "%s %s", self.upstream, outcome, extra=line)
 
     # -- running ------------------------------------------------------------------------------------

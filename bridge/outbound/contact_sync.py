@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from bridge.delivery.loop import DeliveryLoop, describe, halves, stored_object
@@ -56,6 +57,8 @@ class _Contact:
 
     update: ContactUpdate
     items: list[ClaimedItem] = field(default_factory=list)
+    #: The newest identify timestamp merged in (replays aside), remembered once the job applied it.
+    newest: float | None = None
 
     def entry(self, properties: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {"Email": self.update.email}
@@ -65,8 +68,20 @@ class _Contact:
         return entry
 
 
-#: One readable identify: its item and the contact it describes.
-_Update = tuple[ClaimedItem, ContactUpdate]
+#: One readable identify: its item, the contact it describes, and its timestamp (Unix seconds).
+_Update = tuple[ClaimedItem, ContactUpdate, float | None]
+
+
+def identify_time(event: dict[str, Any]) -> float | None:
+    """The identify's own ``timestamp`` (ISO 8601), or None when it has none that can be read."""
+    value = event.get("timestamp")
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 @dataclass
@@ -147,8 +162,10 @@ class ContactSync(DeliveryLoop[_Job]):
         return True
 
     def prepare(self, items: list[ClaimedItem]) -> tuple[list[_Job], list[Outcome]]:
-        """One entry per email, traits merged in arrival order; identifies with no email die here,
-        and so does any identify that cannot be read (each on its own)."""
+        """One entry per email, traits merged in timestamp order (arrival order among equals);
+        identifies with no email die here, and so does any identify that cannot be read (each on its
+        own). An identify older than the newest already applied to its contact is settled without
+        being sent: a redelivered or replayed identify never rolls a contact back."""
         parsed, dead = self.isolate(lambda item, text: (item, stored_object(text)),
                                     ((i, i.payload) for i in items))
         missing = {e.get("userId") for _, e in parsed if not identify_email(e) and e.get("userId")}
@@ -166,17 +183,36 @@ class ContactSync(DeliveryLoop[_Job]):
             if problem:
                 return Outcome(item.id, error=(
                     f"the contact cannot be sent to Mailjet: its email or name is {problem}"))
-            return item, update
+            return item, update, identify_time(event)
 
         updates, no_email = self.isolate(contact_of, parsed)
+        updates = self._drop_superseded(updates)
         contacts: dict[str, _Contact] = {}
-        for item, update in updates:
+        # a replay applies last, whatever its age; so does an identify without a timestamp
+        for item, update, ts in sorted(updates, key=lambda u: (u[0].replayed or u[2] is None, u[2] or 0.0,
+                                                               u[0].id)):
             if update.email in contacts:
                 contacts[update.email].update.merge(update)
             else:
                 contacts[update.email] = _Contact(update)
-            contacts[update.email].items.append(item)
+            contact = contacts[update.email]
+            contact.items.append(item)
+            if ts is not None and not item.replayed:
+                contact.newest = max(ts, contact.newest or ts)
         return ([_Job(list(contacts.values()))] if contacts else []), dead + no_email
+
+    def _drop_superseded(self, updates: list[_Update]) -> list[_Update]:
+        """Settle, unsent, the identifies older than the newest applied to their contact."""
+        newest = self.store.newest_applied({u.email for _, u, _ in updates})
+        stale = [(item, update.email) for item, update, ts in updates
+                 if ts is not None and not item.replayed and ts < newest.get(update.email, ts)]
+        if stale:
+            self.store.mark_delivered([Outcome(
+                item.id, response="not sent: a newer identify was already applied to this contact",
+            ) for item, _ in stale], self.clock())
+            self.report("superseded", [], identifies=len(stale))  # settled, nothing to count as sent
+        gone = {item.id for item, _ in stale}
+        return [u for u in updates if u[0].id not in gone]
 
     def plan(self, groups: list[_Job], credential: Auth) -> list[_Job]:
         """Type every property against Mailjet's definitions, and choose the list. Bad values were
@@ -287,6 +323,9 @@ class ContactSync(DeliveryLoop[_Job]):
         self.delivered(f"job {job_id} of {len(job.contacts)} contacts ended: {status.get('Status')}")
         if delivered:
             self.store.mark_delivered(delivered, now)
+            self.store.record_applied(
+                {c.update.email: c.newest for c in job.contacts
+                 if c.newest is not None and c.update.email not in failures}, now)
         seconds = self.clock() - started
         if self.metrics:
             self.metrics.observe_latency(self.upstream, seconds * 1000)  # a job, start to end

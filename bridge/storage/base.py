@@ -83,6 +83,8 @@ class ClaimedItem:
     payload: str
     attempts: int
     created_at: float
+    #: Put back by an operator's replay: applied even where a newer item already was.
+    replayed: int = 0
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,11 @@ class Store(ABC):
         """Record dead letters directly; an entry whose dedupe key exists already is skipped."""
 
     @abstractmethod
+    def compact_delivered(self, before: float, batch: int = 1000) -> int:
+        """Drop the payloads of delivered rows finished before ``before`` but keep the rows, so
+        their dedupe keys still recognise a redelivery. How many."""
+
+    @abstractmethod
     def prune_delivered(self, before: float, batch: int = 1000) -> int:
         """Delete delivered rows finished before ``before``, in small transactions; how many."""
 
@@ -177,6 +184,14 @@ class Store(ABC):
     @abstractmethod
     def emails_for(self, user_ids: Iterable[str]) -> dict[str, str]:
         """The email last seen with each userId."""
+
+    @abstractmethod
+    def newest_applied(self, emails: Iterable[str]) -> dict[str, float]:
+        """The timestamp of the newest identify applied to each contact (by email)."""
+
+    @abstractmethod
+    def record_applied(self, versions: Mapping[str, float], now: float) -> None:
+        """Remember identifies applied to contacts; an older timestamp never replaces a newer one."""
 
     # -- settings stored by admins, and runtime records such as delivery states ----------------
 

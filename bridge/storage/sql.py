@@ -30,7 +30,7 @@ ITEM_COLUMNS = (
     "id, kind, event_type, state, payload, sent, attempts, last_error, last_status, "
     "last_response, latency_ms, created_at, finished_at"
 )
-CLAIM_COLUMNS = "id, kind, dedupe_key, event_type, payload, attempts, created_at"
+CLAIM_COLUMNS = "id, kind, dedupe_key, event_type, payload, attempts, created_at, replayed"
 #: How stale a session's last sight may get before it is written again.
 SESSION_TOUCH_SECONDS = 60.0
 #: Versioned schema changes: ``migrations/<dialect>/NNNN_name.sql``, recorded in ``schema_version``.
@@ -353,7 +353,7 @@ class SqlStore(Store):
         with self._write() as tx:
             requeued = tx.executemany(
                 "UPDATE outbox SET state = ?, next_attempt_at = ?, attempts = 0, last_error = NULL, "
-                "finished_at = NULL, lease_owner = NULL, lease_expires_at = NULL "
+                "finished_at = NULL, lease_owner = NULL, lease_expires_at = NULL, replayed = 1 "
                 "WHERE id = ? AND state = ?",
                 [(PENDING, now, i, DEAD) for i in ids],
             )
@@ -426,6 +426,36 @@ class SqlStore(Store):
     def clear_login_failures(self, client: str) -> None:
         with self._write() as tx:
             tx.execute("DELETE FROM login_failures WHERE client = ?", (client,))
+
+    def compact_delivered(self, before: float, batch: int = 1000) -> int:
+        """Drop the payloads of delivered rows finished before ``before``, keeping their keys."""
+        compacted = 0
+        while True:
+            with self._write() as tx:
+                count = tx.execute(
+                    "UPDATE outbox SET payload = '', sent = NULL, last_response = NULL WHERE id IN "
+                    "(SELECT id FROM outbox WHERE state = ? AND finished_at < ? AND payload != '' "
+                    "ORDER BY id LIMIT ?)",
+                    (DELIVERED, before, batch),
+                ).rowcount
+            compacted += count
+            if count < batch:
+                return compacted
+
+    def newest_applied(self, emails: Iterable[str]) -> dict[str, float]:
+        return {email: float(ts) for email, ts in self._lookup(
+            "SELECT email, applied_ts FROM contact_versions WHERE email IN ({marks})", emails).items()}
+
+    def record_applied(self, versions: Mapping[str, float], now: float) -> None:
+        if not versions:
+            return
+        with self._write() as tx:
+            tx.executemany(
+                "INSERT INTO contact_versions (email, applied_ts, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (email) DO UPDATE SET applied_ts = excluded.applied_ts, "
+                "updated_at = excluded.updated_at WHERE excluded.applied_ts > contact_versions.applied_ts",
+                [(email, ts, now) for email, ts in sorted(versions.items())],
+            )
 
     def prune_delivered(self, before: float, batch: int = 1000) -> int:
         """Delete delivered rows finished before ``before``, one small batch per transaction."""
