@@ -37,3 +37,46 @@ def test_concurrent_wrong_logins_get_at_most_five_password_checks(start_make_run
     assert len(statuses) == 60
     assert statuses.count(401) <= 5, statuses  # a 401 is a checked password
     assert set(statuses) <= {401, 429}
+
+
+def login(base: str) -> requests.Session:
+    session = requests.Session()
+    page = session.get(f"{base}/admin/login", timeout=10).text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    answer = session.post(f"{base}/admin/login", data={"password": ADMIN_PASSWORD, "csrf_token": token},
+                          allow_redirects=False, timeout=10)
+    assert answer.status_code == 302
+    return session
+
+
+def test_the_real_server_closes_what_main_left_open(start_make_run: Any) -> None:
+    """Through `make run`: identifies need the generated token, a logged-out cookie opens nothing,
+    /metrics needs its token, and no text a client sends in a credential gives a 500."""
+    base, process = start_make_run({"BRIDGE_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                                    "BRIDGE_METRICS_TOKEN": "metrics-token-777"})
+    announced = [line for line in process.lines if "Authorization: Bearer" in line]
+    assert len(announced) == 1, process.output()
+    token = re.search(r"Authorization: Bearer ([^' ]+)", announced[0]).group(1)
+
+    identify = {"type": "identify", "userId": "u-1", "traits": {"email": "a@example.com"}}
+    assert requests.post(f"{base}/webhooks/segment", json=identify, timeout=10).status_code == 401
+    signed = requests.post(f"{base}/webhooks/segment", json=identify, timeout=10,
+                           headers={"Authorization": f"Bearer {token}"})
+    assert signed.status_code == 200 and signed.json()["accepted"] == 1
+    odd_headers = {"Authorization": "Bearer éé".encode(), "X-Signature": "ÿÿ".encode("latin-1")}
+    odd = requests.post(f"{base}/webhooks/segment", json=identify, timeout=10, headers=odd_headers)
+    assert odd.status_code == 401
+
+    admin = login(base)
+    saved = requests.Session()
+    saved.cookies.update(admin.cookies)
+    assert saved.get(f"{base}/admin/settings", allow_redirects=False, timeout=10).status_code == 200
+    page = admin.get(f"{base}/admin/settings", timeout=10).text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    admin.post(f"{base}/admin/logout", data={"csrf_token": csrf}, timeout=10)
+    assert saved.get(f"{base}/admin/settings", allow_redirects=False, timeout=10).status_code == 302
+
+    assert requests.get(f"{base}/metrics", timeout=10).status_code == 401
+    assert requests.get(f"{base}/metrics", timeout=10,
+                        headers={"Authorization": "Bearer metrics-token-777"}).status_code == 200
+    assert requests.get(f"{base}/healthz", timeout=10).json() == {"status": "ok"}
