@@ -23,10 +23,11 @@ def displayable(value: Any) -> Any:
 
 
 def register(app: Flask) -> None:
-    from bridge.web import admin, errors, health, mailjet_webhook, observability, segment_webhook
+    from bridge.web import admin, body, errors, health, mailjet_webhook, observability, segment_webhook
 
     app.jinja_env.finalize = displayable  # every {{ value }} of every page
     errors.register(app)
+    body.register(app)
     observability.register(app)
     app.register_blueprint(mailjet_webhook.bp)
     app.register_blueprint(segment_webhook.bp)

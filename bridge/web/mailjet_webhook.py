@@ -12,6 +12,7 @@ from flask import Blueprint, Response, jsonify, request
 from bridge.errors import StorageUnavailable
 from bridge.inbound.intake import sort_events
 from bridge.payloads.body import BodyError, parse_body
+from bridge.web.body import request_body
 from bridge.web.current import current_bridge
 from bridge.web.errors import json_error, storage_unavailable
 
@@ -32,7 +33,7 @@ def receive() -> tuple[Response, int]:
             **{"WWW-Authenticate": 'Basic realm="mailjet-segment-bridge"'},
         )
     try:
-        events = parse_body(request.get_data(cache=False))
+        events = parse_body(request_body(bridge.settings.max_body_bytes))
     except BodyError as exc:
         return json_error(400, "bad_request", str(exc))
     intake = sort_events(events, bridge.mailjet_validator)

@@ -14,6 +14,7 @@ from flask import Blueprint, Response, jsonify, request
 from bridge.errors import StorageUnavailable
 from bridge.outbound.intake import signature_matches, sort_segment_events
 from bridge.payloads.body import BodyError, parse_body
+from bridge.web.body import request_body
 from bridge.web.current import current_bridge
 from bridge.web.errors import json_error, storage_unavailable
 
@@ -32,7 +33,7 @@ def receive() -> tuple[Response, int]:
             "prints the URL and header)",
             **{"WWW-Authenticate": 'Bearer realm="mailjet-segment-bridge"'},
         )
-    raw = request.get_data(cache=False)
+    raw = request_body(bridge.settings.max_body_bytes)
     try:
         events = parse_body(raw)
     except BodyError as exc:
