@@ -36,6 +36,7 @@ bench: install
 	$(BIN)/python bench/accept.py
 	$(BIN)/python bench/components.py
 	$(BIN)/python bench/identify_burst.py
+	$(BIN)/python bench/slow_clients.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
