@@ -58,22 +58,27 @@ def main() -> None:
     logs.configure(logging.INFO)
 
 
-@main.command(help="Serve the webhooks and forward events (gunicorn, what `make run` runs).")
-@click.option("--workers", type=click.IntRange(1, 64), help="gunicorn workers [BRIDGE_WORKERS].")
+@main.command(help="Serve the webhooks and forward events (granian and one delivery process; "
+                   "what `make run` runs).")
+@click.option("--workers", type=click.IntRange(1, 64), help="Web processes [BRIDGE_WORKERS].")
 def serve(workers: int | None) -> None:
-    from bridge.server import BridgeServer
+    from bridge.server import BridgeServer, address_problem
 
     settings = _settings()
-    # Workers count metrics in files of a shared folder (prometheus-client multiprocess mode); it
-    # must be set before the first import of prometheus-client and start empty.
+    problem = address_problem(settings.host, settings.port)
+    if problem:
+        click.echo(f"cannot listen on {settings.host}:{settings.port}: {problem}", err=True)
+        sys.exit(1)
+    # Every process counts metrics in files of a shared folder (prometheus-client multiprocess mode);
+    # it must be set before the first import of prometheus-client and start empty.
     metrics_dir = os.environ.get(MULTIPROCESS_ENV)
     if not metrics_dir:
         metrics_dir = os.environ[MULTIPROCESS_ENV] = tempfile.mkdtemp(prefix="mailjet-bridge-metrics-")
     for leftover in Path(metrics_dir).glob("*.db"):
         leftover.unlink()
-    _build(settings).close()  # migrate and announce credentials once, before any worker starts
+    _build(settings).close()  # migrate and announce credentials once, before any process starts
     click.echo(f"mailjet-segment-bridge serving on http://{settings.host}:{settings.port}")
-    BridgeServer(settings, workers or settings.workers).run()
+    sys.exit(BridgeServer(settings, workers or settings.workers).run())
 
 
 @main.command(help="Run the delivery loops alone, beside `gunicorn wsgi:app` web processes.")

@@ -1,79 +1,234 @@
-"""``mailjet-bridge serve``: gunicorn serving the app, with the delivery loops in every worker.
+"""``mailjet-bridge serve``: granian serving the web app, and one delivery process beside it.
 
-Each worker process is web + forwarder + contact sync; leases keep the loops' work apart. ``wsgi:app``
-under a plain gunicorn has none of this: there the loops run as ``mailjet-bridge worker``.
+Granian reads every request's headers in Rust, so a client that trickles its headers holds no Python
+thread; gunicorn's sync workers were each held by one such client (docs/benchmarks.md). Granian has
+no per-worker hooks, so the delivery loops run in a process of their own, the same code as
+``mailjet-bridge worker``. ``serve`` supervises the two:
+
+- the web server: granian's main process and its ``workers`` web processes, which it restarts if one
+  dies;
+- the delivery process (forwarder, contact sync, janitor), restarted here if it dies, with a growing
+  pause if it keeps dying;
+- SIGTERM or Ctrl-C stops both: requests in flight get their answer, the loops give their leases back,
+  and everything has exited within about 10 s.
+
+Every process counts metrics in PROMETHEUS_MULTIPROC_DIR (``serve`` sets it), so ``/metrics`` on any
+web process adds up the counters of all of them, the delivery process's included. ``wsgi:app`` under
+a plain gunicorn has none of this: there the loops run as ``mailjet-bridge worker``.
 """
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from gunicorn.app.base import BaseApplication
-
-from bridge.app import create_app
 from bridge.config import Settings
-from bridge.delivery.loop import start_loops
 from bridge.metrics import mark_process_dead
 
-LOOP_JOIN_SECONDS = 10.0
-#: gunicorn's own lines as JSON too, on the same stderr handler as the bridge's.
+log = logging.getLogger(__name__)
+
+#: SIGTERM to exit: everything is stopped by then (what is still running after it is killed).
+SHUTDOWN_SECONDS = 10.0
+#: Granian kills a web process still busy this long after SIGTERM (a request stuck that long).
+WEB_KILL_SECONDS = 8
+#: Requests one web process runs at once, each on a thread of its own (see PinnedThreads). Headers
+#: still on their way hold no thread: granian reads them before it calls the app. A body still on its
+#: way does, while the app reads it.
+REQUEST_THREADS = 128
+#: Pauses before restarting a delivery process that died: doubling from the first to the last, and
+#: back to the first once a process has lived for RESTART_RESET_SECONDS.
+RESTART_PAUSE_SECONDS = (1.0, 30.0)
+RESTART_RESET_SECONDS = 60.0
+POLL_SECONDS = 0.2
+
+
+class _ThreadCountIsMeant(logging.Filter):
+    """Granian warns when a process may run more Python threads than 2 x cores + 1; serve means to
+    (REQUEST_THREADS): most of them wait on a client or on the disk, not on the CPU."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Python threads" not in record.getMessage()
+
+
+#: granian's own lines as JSON too, through the root handler (where the secrets filter sits).
 LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "bridge.logs.JsonFormatter"}},
+    "filters": {"thread_count": {"()": _ThreadCountIsMeant}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
                             "stream": "ext://sys.stderr"}},
     "root": {"handlers": ["stderr"], "level": "INFO"},
-    "loggers": {"gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False}},
+    "loggers": {"_granian": {"level": "INFO", "propagate": True, "filters": ["thread_count"]}},
 }
 
 
-def _graceful_ctrl_c(arbiter: Any) -> None:
-    """Ctrl-C stops like SIGTERM: requests in flight get their answer, then workers exit."""
-    arbiter.handle_int = arbiter.handle_term
+class PinnedThreads:
+    """A WSGI app that runs each request on one of ``size`` long-lived threads.
+
+    Granian runs requests on threads it ends after they idle, and starts new ones when busy again.
+    The SQLite store keeps one connection (and its file handles) for every thread that used it, until
+    the store is closed: each thread granian replaced would leave its connection open for good. On a
+    fixed set of threads, that set of connections stays fixed. The response is read to its end on the
+    same thread, so nothing the app does for a request happens elsewhere.
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], size: int) -> None:
+        self.app = app
+        self.pool = ThreadPoolExecutor(size, thread_name_prefix="request")
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        return self.pool.submit(self._respond, environ, start_response).result()
+
+    def _respond(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        body = self.app(environ, start_response)
+        try:
+            return [b"".join(body)]
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
 
 
-def _start_loops(worker: Any) -> None:
-    # The terminal sends Ctrl-C to the workers too; let them finish the request in hand.
-    signal.signal(signal.SIGINT, worker.handle_exit)
-    bridge = worker.wsgi.extensions["bridge"]
-    stop = threading.Event()
-    worker.bridge_loops = (stop, start_loops(bridge.loops(), stop))
+def web_app() -> PinnedThreads:
+    """What each web process serves: the app, built from the environment as ``serve`` left it."""
+    from bridge.app import create_app
+
+    return PinnedThreads(create_app(), REQUEST_THREADS)
 
 
-def _stop_loops(server: Any, worker: Any) -> None:
-    stop, threads = getattr(worker, "bridge_loops", (None, []))
-    if stop is not None:
-        stop.set()
-        for thread in threads:
-            thread.join(LOOP_JOIN_SECONDS)
+def _serve_web(host: str, port: int, workers: int) -> None:
+    """The web server's main process: granian, with ``workers`` web processes that it restarts."""
+    # Until granian sets its own handlers: SIGTERM ends this process at once (nothing is served yet),
+    # and Ctrl-C is left to the supervisor, which sends SIGTERM.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from granian.constants import Interfaces
+    from granian.log import LogLevels
+    from granian.server import Server
+
+    server = Server(
+        "bridge.server:web_app", address=host, port=port, interface=Interfaces.WSGI,
+        workers=workers, blocking_threads=REQUEST_THREADS,
+        websockets=False, log_level=LogLevels.info, log_dictconfig=LOGGING,
+        respawn_failed_workers=True, workers_kill_timeout=WEB_KILL_SECONDS,
+    )
+    server.serve(target_loader=web_app, wrap_loader=False)
 
 
-def _forget_worker(server: Any, worker: Any) -> None:
-    mark_process_dead(worker.pid)
+def address_problem(host: str, port: int) -> str | None:
+    """Why the web server could not listen on host:port (taken, not this machine's), or None.
+
+    To ask before anything starts: granian would end its process with a Rust panic and its trace.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        return str(exc)
+    return None
 
 
-class BridgeServer(BaseApplication):
-    """gunicorn, configured from Settings rather than its own command line."""
+class DeliveryProcess:
+    """``mailjet-bridge worker`` as a child process, started again whenever it dies."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self.pause = RESTART_PAUSE_SECONDS[0]
+        self.restart_at: float | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "bridge", "worker"])
+        self.started = time.monotonic()
+        self.restart_at = None
+        log.info("delivery process started", extra={"pid": self.proc.pid})
+
+    def check(self) -> None:
+        """Restart the process if it died and its pause is over."""
+        now = time.monotonic()
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self.start()
+            return
+        if self.proc is None or self.proc.poll() is None:
+            return
+        mark_process_dead(self.proc.pid)
+        if now - self.started >= RESTART_RESET_SECONDS:
+            self.pause = RESTART_PAUSE_SECONDS[0]
+        log.warning("delivery process exited with code %s; starting it again in %.0f s",
+                    self.proc.returncode, self.pause, extra={"pid": self.proc.pid})
+        self.restart_at = now + self.pause
+        self.pause = min(self.pause * 2, RESTART_PAUSE_SECONDS[1])
+
+    def terminate(self) -> None:
+        self.restart_at = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
+    def wait(self, deadline: float) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("delivery process still running after %.0f s; killed", SHUTDOWN_SECONDS,
+                        extra={"pid": self.proc.pid})
+            self.proc.kill()
+            self.proc.wait()
+        mark_process_dead(self.proc.pid)
+
+
+class BridgeServer:
+    """The web server and one delivery process, until SIGTERM or Ctrl-C."""
 
     def __init__(self, settings: Settings, workers: int) -> None:
         self.settings = settings
         self.workers = workers
-        super().__init__()
 
-    def load_config(self) -> None:
-        self.cfg.set("bind", f"{self.settings.host}:{self.settings.port}")
-        self.cfg.set("workers", self.workers)
-        self.cfg.set("worker_class", "sync")
-        self.cfg.set("graceful_timeout", 10)
-        self.cfg.set("on_starting", _graceful_ctrl_c)
-        self.cfg.set("post_worker_init", _start_loops)
-        self.cfg.set("worker_exit", _stop_loops)
-        self.cfg.set("child_exit", _forget_worker)
-        self.cfg.set("proc_name", "mailjet-bridge")
-        self.cfg.set("logconfig_dict", LOGGING)
+    def run(self) -> int:
+        """Serve until asked to stop (exit code 0), or until the web server ends by itself (1)."""
+        stop = threading.Event()
 
-    def load(self) -> Any:
-        return create_app(self.settings)
+        def on_signal(signum: int, _frame: Any) -> None:
+            stop.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, on_signal)
+        web = multiprocessing.get_context("fork").Process(
+            target=_serve_web, args=(self.settings.host, self.settings.port, self.workers),
+            name="mailjet-bridge web")
+        web.start()
+        delivery = DeliveryProcess()
+        delivery.start()
+        code = 0
+        try:
+            while not stop.wait(POLL_SECONDS):
+                if web.exitcode is not None:
+                    log.error("the web server exited with code %s; stopping", web.exitcode)
+                    code = 1
+                    break
+                delivery.check()
+        finally:
+            deadline = time.monotonic() + SHUTDOWN_SECONDS
+            if web.exitcode is None:
+                web.terminate()
+            delivery.terminate()
+            web.join(max(0.0, deadline - time.monotonic()))
+            if web.exitcode is None:
+                log.warning("web server still running after %.0f s; killed", SHUTDOWN_SECONDS)
+                web.kill()
+                web.join()
+            delivery.wait(deadline)
+        return code

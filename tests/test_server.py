@@ -1,0 +1,245 @@
+"""``mailjet-bridge serve`` as a real process: granian's web processes and one delivery process.
+
+Slow clients hold no web process; SIGTERM answers the request in flight; the delivery process
+forwards, and comes back when it dies; ``/metrics`` adds up the counters of every process. All
+traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fakes.segment import FakeSegment
+from tests.processes import BIN, Process, free_port, poll, spawn
+
+pytestmark = pytest.mark.slow
+
+AUTH = ("mailjet", "serve-test-pass")
+
+
+class Served:
+    """One ``mailjet-bridge serve`` and what it printed."""
+
+    def __init__(self, process: Process, port: int, database: Path, metrics: Path) -> None:
+        self.process = process
+        self.url = f"http://127.0.0.1:{port}"
+        self.port = port
+        self.database = database
+        self.metrics = metrics
+
+    def log(self) -> list[dict[str, Any]]:
+        found = []
+        for line in list(self.process.lines):
+            if line.startswith("{"):
+                try:
+                    found.append(json.loads(line))
+                except ValueError:
+                    continue
+        return found
+
+    def delivery_pids(self) -> list[int]:
+        return [entry["pid"] for entry in self.log() if entry.get("msg") == "delivery process started"]
+
+    def answers(self) -> bool:
+        if self.process.proc.poll() is not None:
+            raise AssertionError(f"serve exited:\n{self.process.output()}")
+        try:
+            return requests.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def post(self, event: dict[str, Any], timeout: float = 10) -> requests.Response:
+        return requests.post(f"{self.url}/webhooks/mailjet", json=event, auth=AUTH, timeout=timeout)
+
+
+@pytest.fixture
+def serve(tmp_path: Path, fake_segment: FakeSegment) -> Iterator[Callable[..., Served]]:
+    started: list[Served] = []
+
+    def start(**extra: str) -> Served:
+        port = free_port()
+        database, metrics = tmp_path / "bridge.db", tmp_path / "metrics"
+        metrics.mkdir(exist_ok=True)
+        process = spawn([str(BIN / "mailjet-bridge"), "serve"], {
+            "BRIDGE_PORT": str(port), "BRIDGE_DATABASE_URL": f"sqlite:///{database}",
+            "SEGMENT_WRITE_KEY": "good-key", "SEGMENT_API_URL": fake_segment.url,
+            "SEGMENT_CDN_URL": fake_segment.url, "BRIDGE_WEBHOOK_USERNAME": AUTH[0],
+            "BRIDGE_WEBHOOK_PASSWORD": AUTH[1], "BRIDGE_ADMIN_PASSWORD": "serve-admin-pass",
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics), **extra,
+        })
+        served = Served(process, port, database, metrics)
+        started.append(served)
+        poll(served.answers, 60, "serve to answer /healthz")
+        poll(served.delivery_pids, 30, "the delivery process")
+        return served
+
+    yield start
+    for served in started:
+        served.process.stop(signal.SIGTERM)
+
+
+def event(n: int) -> dict[str, Any]:
+    return {"event": "open", "time": 1_800_000_000 + n, "MessageID": 900_000 + n,
+            "email": f"serve{n}@example.com"}
+
+
+class SlowClients:
+    """``count`` connections that send a request line, then one header line every half second, and
+    never the blank line that ends the headers. Bounded: they stop after ``seconds`` at most."""
+
+    def __init__(self, port: int, count: int, seconds: float = 30) -> None:
+        self.sockets = [socket.create_connection(("127.0.0.1", port), timeout=2) for _ in range(count)]
+        self.dropped = 0
+        self.stop = threading.Event()
+        for s in self.sockets:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            s.setblocking(False)
+        self.thread = threading.Thread(target=self._trickle, args=(time.monotonic() + seconds,),
+                                       daemon=True)
+        self.thread.start()
+
+    def _trickle(self, deadline: float) -> None:
+        line = 0
+        while not self.stop.wait(0.5) and time.monotonic() < deadline:
+            line += 1
+            for s in list(self.sockets):
+                try:
+                    s.send(f"X-Slow-{line}: x\r\n".encode())
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    self.dropped += 1
+                    self.sockets.remove(s)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        for s in self.sockets:
+            s.close()
+
+
+def test_healthz_answers_while_150_clients_trickle_their_headers(serve: Callable[..., Served]) -> None:
+    served = serve()
+    slow = SlowClients(served.port, 150)
+    try:
+        answered, times = 0, []
+        for _ in range(5):
+            started = time.monotonic()
+            with contextlib.suppress(requests.RequestException):
+                answered += requests.get(f"{served.url}/healthz", timeout=2).status_code == 200
+            times.append(round(time.monotonic() - started, 2))
+        assert answered >= 4, (answered, times)
+        # the slow clients were still there, holding their connections open, all along
+        assert slow.dropped == 0 and len(slow.sockets) == 150
+        assert served.post(event(1), timeout=5).status_code == 200
+    finally:
+        slow.close()
+
+
+def _flock_holders(path: Path) -> set[int]:
+    """The pids holding a flock on ``path`` (from /proc/locks)."""
+    inode = os.stat(path).st_ino
+    holders = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "FLOCK" in fields and "->" not in fields and fields[5].endswith(f":{inode}"):
+            holders.add(int(fields[4]))
+    return holders
+
+
+def test_sigterm_answers_the_request_in_flight_and_exits_within_10_s(
+        serve: Callable[..., Served]) -> None:
+    """The request is held inside the app (the database is locked) when SIGTERM comes; it still gets
+    its 200, and everything has exited within 10 s of the signal."""
+    served = serve()
+    assert served.post(event(1)).status_code == 200
+    lock_file = Path(f"{served.database}-writelock")
+    blocker = sqlite3.connect(served.database, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the app's write waits for this, holding the write lock file
+    answer: dict[str, Any] = {}
+
+    def post() -> None:
+        try:
+            answer["response"] = served.post(event(2), timeout=20)
+        except requests.RequestException as exc:
+            answer["error"] = exc
+
+    poster = threading.Thread(target=post)
+    poster.start()
+    try:
+        delivery = set(served.delivery_pids())
+        poll(lambda: _flock_holders(lock_file) - delivery, 10, "the request to wait inside the app")
+        started = time.monotonic()
+        os.kill(served.process.proc.pid, signal.SIGTERM)  # serve itself, as systemd or docker would
+        poll(lambda: any("Shutting down" in line for line in served.process.lines), 5,
+             "the web server to begin its shutdown")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    poster.join(20)
+    assert served.process.wait(15) == 0, served.process.output()
+    assert time.monotonic() - started < 10
+    response = answer.get("response")
+    assert response is not None and response.status_code == 200, (answer, served.process.output())
+    assert response.json() == {"accepted": 1, "duplicate": 0, "quarantined": 0}
+    assert "Traceback" not in served.process.output()
+
+
+def test_the_delivery_process_forwards_and_comes_back_when_it_dies(
+        serve: Callable[..., Served], fake_segment: FakeSegment) -> None:
+    served = serve()
+    assert served.post(event(1)).status_code == 200
+    fake_segment.wait_for(lambda f: len(f.accepted) == 1, timeout=20)
+    (first,) = served.delivery_pids()
+    os.kill(first, signal.SIGKILL)
+    poll(lambda: len(served.delivery_pids()) == 2, 20, "a new delivery process")
+    assert served.answers()
+    assert served.post(event(2)).status_code == 200
+    fake_segment.wait_for(lambda f: len(f.accepted) == 2, timeout=20)
+    assert sorted(c["properties"]["email_id"] for c in fake_segment.accepted) == ["900001", "900002"]
+
+
+def test_metrics_add_up_the_counters_of_every_process(
+        serve: Callable[..., Served], fake_segment: FakeSegment) -> None:
+    """Events accepted by both web processes and delivered by the delivery process: every scrape,
+    whichever web process answers it, counts them all."""
+    served = serve()
+    (delivery,) = served.delivery_pids()
+
+    def web_pids_counting() -> set[int]:
+        pids = {int(p.stem.split("_")[-1]) for p in served.metrics.glob("counter_*.db")}
+        return pids - {delivery}
+
+    posted = 0
+    while len(web_pids_counting()) < 2 and posted < 200:  # fresh connections land on both processes
+        posted += 1
+        assert served.post(event(posted)).status_code == 200
+    assert len(web_pids_counting()) == 2, f"{posted} posts reached only {web_pids_counting()}"
+    fake_segment.wait_for(lambda f: len(f.accepted) == posted, timeout=30)
+
+    def counted() -> tuple[float, float] | None:
+        families = {f.name: f for f in text_string_to_metric_families(
+            requests.get(f"{served.url}/metrics", timeout=5).text)}
+        accepted = sum(s.value for s in families["bridge_events_accepted"].samples
+                       if s.name.endswith("_total"))
+        delivered = sum(s.value for s in families["bridge_events_delivered"].samples
+                        if s.name.endswith("_total") and s.labels["upstream"] == "segment")
+        return (accepted, delivered) if delivered == posted else None
+
+    poll(counted, 10, "the delivery process's counters in /metrics")
+    for _ in range(6):  # several scrapes, on fresh connections: each web process answers some
+        assert counted() == (posted, posted)
