@@ -83,7 +83,8 @@ def as_datetime(value: str) -> str | None:
         moment = datetime.fromisoformat(value)
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        # isoformat pads the year to four digits (strftime's %Y does not below 1000 on Linux)
+        return moment.astimezone(UTC).replace(tzinfo=None, microsecond=0).isoformat() + "Z"
     except (ValueError, OverflowError):  # e.g. 0001-01-01T00:00:00+05:00 is before year 1 in UTC
         return None
 

@@ -58,15 +58,22 @@ def migration_files(dialect: str) -> list[tuple[int, str]]:
 
 
 def _text(value: str | None) -> str | None:
-    """Text as the database can store it: valid UTF-8. A lone surrogate (which JSON allows) is kept
-    as its escape, ``\\ud800``, which in JSON text means the same character."""
+    """Text as both databases can store it: valid UTF-8 without NUL (PostgreSQL refuses it). A lone
+    surrogate or a NUL (both allowed in JSON) is kept as its escape, ``\\ud800`` or ``\\u0000``."""
     if value is None:
         return None
+    if "\x00" in value:
+        value = value.replace("\x00", "\\u0000")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
     return value
+
+
+def _storable(*texts: str) -> bool:
+    """Whether text can be a key as it is (PostgreSQL text holds no NUL; so nothing stored does)."""
+    return not any("\x00" in text for text in texts)
 
 
 class SqlStore(Store):
@@ -119,6 +126,7 @@ class SqlStore(Store):
             by_type: dict[str, list[NewItem]] = {}
             for item in fresh:
                 by_type.setdefault(item.event_type, []).append(item)
+            identities = [(user, email) for user, email in identities if _storable(user, email)]
             if identities:
                 tx.executemany(
                     "INSERT INTO identities (email, user_id, updated_at) VALUES (?, ?, ?) "
@@ -261,7 +269,7 @@ class SqlStore(Store):
 
     def _lookup(self, sql: str, keys: Iterable[str]) -> dict[str, str]:
         """Run ``sql`` (with one ``IN ({marks})``) over ``keys`` in chunks; later rows win."""
-        wanted = sorted(set(keys))
+        wanted = sorted(key for key in set(keys) if _storable(key))  # a NUL key matches nothing stored
         found: dict[str, str] = {}
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
