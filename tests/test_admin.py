@@ -218,3 +218,8 @@ def test_pages_render_rows_holding_lone_surrogates(admin_app: Any, auth: dict[st
         response = client.get(page)
         assert response.status_code == 200, page
     assert "\\ud800" in client.get("/admin/quarantine").text
+
+
+def test_a_logged_in_page_has_the_menu_and_the_logout_button(admin_app: Any) -> None:
+    page = logged_in(admin_app).get("/admin/").text
+    assert "Log out" in page and 'href="/admin/settings"' in page

@@ -99,7 +99,7 @@ def test_operator_round_in_the_browser(browser: Any, start_make_run: Any, fake_s
     assert "Segment does not know this write key" in page.content()
 
     # 3. fix the write key on the settings page
-    page.click("text=Settings")
+    page.click("nav a:text-is('Settings')")
     page.fill("input[name='segment.write_key']", GOOD_KEY)
     page.click("#save")
     page.wait_for_selector("text=Saved: segment.write_key")
@@ -107,7 +107,7 @@ def test_operator_round_in_the_browser(browser: Any, start_make_run: Any, fake_s
     fake_segment.wait_for(lambda f: len(f.accepted) == 3, timeout=90)
 
     # 4. a new event appears in the live debugger without a reload
-    page.click("text=Debugger")
+    page.click("nav a:text-is('Debugger')")
     page.wait_for_selector("#debugger-rows tr[data-id]")
     fresh = {"event": "click", "time": 1_800_000_100, "MessageID": 7777, "email": "new@example.com",
              "url": "https://example.com/offer"}
@@ -125,7 +125,7 @@ def test_operator_round_in_the_browser(browser: Any, start_make_run: Any, fake_s
     requests.post(f"{base}/webhooks/mailjet", json=doomed, auth=auth, timeout=10)
     poll(lambda: requests.get(f"{base}/healthz", timeout=2).json()["queue"]["dead"] == 1, 30, "a dead letter")
     fake_segment.reject_message_ids = set()
-    page.click("text=Dead letters")
+    page.click("nav a:text-is('Dead letters')")
     page.wait_for_selector("text=Segment rejected the event (400)")
     page.screenshot(path=str(shots / "dead-letters.png"), full_page=True)
     page.click("button.replay")
@@ -136,10 +136,10 @@ def test_operator_round_in_the_browser(browser: Any, start_make_run: Any, fake_s
     # 6. the overview and the quarantine, for the README
     requests.post(f"{base}/webhooks/mailjet", json={"event": "open", "time": "yesterday"}, auth=auth,
                   timeout=10)
-    page.click("text=Quarantine")
+    page.click("nav a:text-is('Quarantine')")
     page.wait_for_selector("text=is not of type")
     page.screenshot(path=str(shots / "quarantine.png"), full_page=True)
-    page.click("text=Overview")
+    page.click("nav a:text-is('Overview')")
     page.wait_for_selector("svg[role=img]")
     page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
