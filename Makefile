@@ -25,7 +25,7 @@ test: lint
 
 # The tests that start no process, browser or database server (see `slow` in tests/conftest.py).
 test-fast: lint
-	$(BIN)/pytest -q -m 'not slow'
+	PROPERTY_EXAMPLES=20 OPENAPI_EXAMPLES=10 $(BIN)/pytest -q -m 'not slow'
 
 # Refresh the README's screenshots in docs/img/ (the suite itself writes them to a temporary folder).
 screenshots: install

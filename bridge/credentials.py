@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import time
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -112,10 +113,18 @@ class AdminLogin:
     generated: str | None = field(default=None, repr=False)
     #: The stored setting that holds a salted hash of the password in force.
     hash_key: str = ADMIN_PASSWORD_KEY
+    #: Whether this process has made sure the stored hash is the configured password's.
+    _checked: list[bool] = field(default_factory=list, repr=False, compare=False)
 
     def credential(self, store: Store) -> str:
         """A fingerprint of the password in force, read from the store so every process agrees: a
-        session opened under another password is over."""
+        session opened under another password is over. For a configured password, its salted hash
+        is stored (or replaced, when the password changed) on first use, not at every start."""
+        if self.configured is not None and not self._checked:
+            current = store.get_setting(self.hash_key)
+            if not (current and check_password_hash(current, self.configured)):
+                store.put_setting(self.hash_key, generate_password_hash(self.configured), time.time())
+            self._checked.append(True)
         stored = store.get_setting(self.hash_key) or ""
         return hashlib.sha256(f"{self.hash_key}:{stored}".encode()).hexdigest()[:32]
 
@@ -131,10 +140,6 @@ class AdminLogin:
 def admin_login(settings: Settings, store: Store, now: float) -> AdminLogin:
     """``BRIDGE_ADMIN_PASSWORD``, else a generated password whose hash is stored (first start wins)."""
     if settings.admin_password:
-        # a salted hash of the configured password, rewritten when the password changes
-        current = store.get_setting(CONFIGURED_HASH_KEY)
-        if not (current and check_password_hash(current, settings.admin_password)):
-            store.put_setting(CONFIGURED_HASH_KEY, generate_password_hash(settings.admin_password), now)
         return AdminLogin(configured=settings.admin_password, hash_key=CONFIGURED_HASH_KEY)
     password = secrets.token_urlsafe(18)
     created = store.put_setting(ADMIN_PASSWORD_KEY, generate_password_hash(password), now,

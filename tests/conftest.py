@@ -151,6 +151,8 @@ def env(tmp_path: Path, fake_segment: FakeSegment) -> dict[str, str]:
         "SEGMENT_API_URL": fake_segment.url,
         "SEGMENT_CDN_URL": fake_segment.url,
         "SEGMENT_WEBHOOK_TOKEN": "test-webhook-token",
+        # configured, so an app is built without hashing a generated password (scrypt, ~70 ms)
+        "BRIDGE_ADMIN_PASSWORD": "test-admin-password",
         "BRIDGE_WEBHOOK_USERNAME": "mailjet",
         "BRIDGE_WEBHOOK_PASSWORD": "s3cret-pass",
     }

@@ -7,6 +7,7 @@ about 100x cheaper per event here (docs/benchmarks.md) and the accept path runs 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -26,6 +27,14 @@ def _json_path(parts: list[Any]) -> str:
     for part in parts:
         path += f"[{part}]" if isinstance(part, int) else f".{part}"
     return path
+
+
+@functools.lru_cache(maxsize=128)
+def _meta_checked(text: str) -> str:
+    """A schema's text once checked against the Draft 2020-12 meta-schema. The check costs about
+    8 ms a schema and depends on the text alone, so each text is checked once per process."""
+    jsonschema.Draft202012Validator.check_schema(json.loads(text))
+    return text
 
 
 class EventValidator:
@@ -48,8 +57,7 @@ class EventValidator:
         schemas: dict[str, dict[str, Any]] = {}
         for path in sorted(Path(folder).glob("*.json")):
             try:
-                schema = json.loads(path.read_text(encoding="utf-8"))
-                jsonschema.Draft202012Validator.check_schema(schema)
+                schema = json.loads(_meta_checked(path.read_text(encoding="utf-8")))
             except (ValueError, jsonschema.SchemaError) as exc:
                 raise ConfigError([f"schema {path}: {exc}"]) from exc
             schemas[path.stem] = schema
