@@ -8,7 +8,8 @@ from typing import Any
 
 import requests
 
-from tests.processes import callback_auth
+from tests.fakes.mailjet import FakeMailjet
+from tests.processes import callback_auth, poll
 
 ADMIN_PASSWORD = "security-admin-pass-1"
 
@@ -104,3 +105,41 @@ def test_an_oversized_body_gets_a_413_the_client_reads(start_make_run: Any) -> N
                             headers={"Content-Type": "application/json"})
     assert chunked.status_code == 413, chunked.text
     assert requests.get(f"{base}/healthz?scope=accept", timeout=10).status_code == 200
+
+
+def test_a_replayed_older_identify_never_rolls_a_contact_back(start_make_run: Any,
+                                                             fake_mailjet: FakeMailjet) -> None:
+    """Through `make run`: Segment sends the newer identify, then replays an older one (another
+    messageId, an earlier timestamp). On the previous main the older one overwrote the contact."""
+    base, _ = start_make_run({"SEGMENT_WEBHOOK_TOKEN": "rollback-token", "MAILJET_API_KEY": "mj-key",
+                              "MAILJET_API_SECRET": "mj-secret", "MAILJET_API_URL": fake_mailjet.url})
+    headers = {"Authorization": "Bearer rollback-token"}
+
+    def send(message_id: str, timestamp: str, plan: str) -> None:
+        identify = {"type": "identify", "messageId": message_id, "timestamp": timestamp,
+                    "userId": "u-1", "traits": {"email": "ada@example.com", "plan": plan}}
+        answer = requests.post(f"{base}/webhooks/segment", json=identify, headers=headers, timeout=10)
+        assert answer.status_code == 200 and answer.json()["accepted"] == 1
+
+    send("m-new", "2026-11-02T10:00:00Z", "pro")
+    poll(lambda: fake_mailjet.contacts.get("ada@example.com"), 30, "the newer identify applied")
+    send("m-old", "2026-11-01T10:00:00Z", "free")
+    poll(lambda: requests.get(f"{base}/healthz", timeout=5).json()["queue"]["delivered"] == 2, 30,
+         "the older identify settled")
+    assert fake_mailjet.contacts["ada@example.com"]["Properties"]["plan"] == "pro"
+    assert len(fake_mailjet.jobs) == 1
+
+
+def test_admin_pages_render_a_quarantined_lone_surrogate(start_make_run: Any) -> None:
+    """Through `make run`: an event holding "\\ud800" is quarantined, and the quarantine and
+    debugger pages still render (the previous main answered them 500)."""
+    base, process = start_make_run({"BRIDGE_ADMIN_PASSWORD": ADMIN_PASSWORD})
+    user, password = callback_auth(process)
+    body = '[{"event":"open","time":1800000000,"MessageID":5,"email":"a@b.c","CustomID":"\\ud800"},' \
+           '{"event":"open","time":1800000000,"MessageID":6,"email":"ok@b.c"}]'
+    answer = requests.post(f"{base}/webhooks/mailjet", data=body, auth=(user, password), timeout=10,
+                           headers={"Content-Type": "application/json"})
+    assert answer.status_code == 200 and answer.json() == {"accepted": 1, "duplicate": 0, "quarantined": 1}
+    admin = login(base)
+    for page in ("/admin/quarantine", "/admin/debugger", "/admin/"):
+        assert admin.get(f"{base}{page}", timeout=10).status_code == 200, page
