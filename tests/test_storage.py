@@ -377,3 +377,13 @@ def test_a_newer_applied_identify_is_never_replaced_by_an_older(store: Store) ->
     store.record_applied({"a@x.com": 200.0, "b@x.com": 100.0}, T0)
     store.record_applied({"a@x.com": 150.0, "b@x.com": 300.0}, T0 + 1)
     assert store.newest_applied(["a@x.com", "b@x.com", "c@x.com"]) == {"a@x.com": 200.0, "b@x.com": 300.0}
+
+
+def test_text_with_a_nul_is_stored_on_every_backend(store: Store) -> None:
+    """PostgreSQL text holds no NUL: keys, reasons and applied versions with one must not fail."""
+    store.add_dead_letters([DeadLetter(MAILJET_PROPERTY, "1:a\x00@x.com:plan", "property", '{"a":1}',
+                                       "Mailjet said: bad \x00 value")], T0)
+    store.record_applied({"a\x00@x.com": 1.0, "ok@x.com": 2.0}, T0)
+    assert store.newest_applied(["a\x00@x.com", "ok@x.com"]) == {"ok@x.com": 2.0}
+    (row,) = store.dead_letters()
+    assert "\x00" not in row["last_error"]

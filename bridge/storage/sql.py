@@ -263,8 +263,8 @@ class SqlStore(Store):
             "INSERT INTO outbox (kind, dedupe_key, event_type, payload, state, next_attempt_at, "
             "last_error, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (kind, event_time, dedupe_key) DO NOTHING",
-            [(e.kind, e.dedupe_key, e.event_type, _text(e.payload), DEAD, now, _text(e.reason), now, now)
-             for e in entries],
+            [(e.kind, _text(e.dedupe_key), e.event_type, _text(e.payload), DEAD, now, _text(e.reason),
+              now, now) for e in entries],
         )
 
     def _lookup(self, sql: str, keys: Iterable[str]) -> dict[str, str]:
@@ -462,7 +462,7 @@ class SqlStore(Store):
                 "INSERT INTO contact_versions (email, applied_ts, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (email) DO UPDATE SET applied_ts = excluded.applied_ts, "
                 "updated_at = excluded.updated_at WHERE excluded.applied_ts > contact_versions.applied_ts",
-                [(email, ts, now) for email, ts in sorted(versions.items())],
+                [(email, ts, now) for email, ts in sorted(versions.items()) if _storable(email)],
             )
 
     def prune_delivered(self, before: float, batch: int = 1000) -> int:
