@@ -30,7 +30,7 @@ test-fast: lint
 # Refresh the README's screenshots in docs/img/ (the suite itself writes them to a temporary folder).
 screenshots: install
 	@command -v chromium >/dev/null || { echo "screenshots need Debian's chromium: apt-get install chromium"; exit 1; }
-	BRIDGE_SCREENSHOTS_DIR=docs/img $(BIN)/pytest -q tests/test_browser.py
+	$(BIN)/pytest -q tests/test_browser.py --screenshots-dir docs/img
 
 bench: install
 	$(BIN)/python bench/accept.py

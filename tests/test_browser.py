@@ -2,7 +2,7 @@
 
 A new user registers the Mailjet callbacks, fixes a wrong write key while events wait, sees the
 events delivered in the live debugger, and replays a dead letter. Screenshots of each page go to a
-temporary folder; ``make screenshots`` sets BRIDGE_SCREENSHOTS_DIR=docs/img to refresh the README's.
+temporary folder; ``make screenshots`` passes --screenshots-dir docs/img to refresh the README's.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from tests.processes import BIN, ROOT, Process, callback_auth, missing, poll
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 #: Read at import: the autouse fixture in conftest.py clears BRIDGE_* before each test.
-SHOTS_DIR = os.environ.get("BRIDGE_SCREENSHOTS_DIR")
 WRONG_KEY, GOOD_KEY = "wrong-write-key-0001", "good-write-key-0002"
 MJ_SECRET = "mj-secret-browser-01"
 
@@ -47,9 +46,11 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def shots(tmp_path: Path) -> Path:
-    """A temporary folder, so a test run leaves docs/img/ as it was; BRIDGE_SCREENSHOTS_DIR overrides."""
-    folder = ROOT / SHOTS_DIR if SHOTS_DIR else tmp_path / "screenshots"
+def shots(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """A temporary folder, so a test run leaves docs/img/ as it was. Only an explicit
+    ``--screenshots-dir`` (what ``make screenshots`` passes) writes anywhere else."""
+    chosen = request.config.getoption("--screenshots-dir")
+    folder = ROOT / chosen if chosen else tmp_path / "screenshots"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
