@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bridge.payloads.body import parse_body
+from bridge.payloads.body import loads_strict, parse_body
 from bridge.payloads.faithful import MAX_DEPTH, problem
 
 
@@ -57,3 +60,31 @@ def test_depth_bound_is_exact() -> None:
 def test_nesting_near_the_parser_limit_is_refused_without_recursion() -> None:
     ((value, _),) = parse_body(b'{"a": ' + b"[" * 900 + b"]" * 900 + b"}")
     assert problem(value)["message"] == f"nests deeper than {MAX_DEPTH} levels"  # type: ignore[index]
+
+
+
+LITERALS = ["1e400", "-1E999", "1" * 320 + ".5", '"\\ud800"', '"\\uDFFF x"', '"\\ud83d\\ude00"',
+            '"1e5"', '"[[[{{{"']
+SPACE = st.sampled_from(["", " ", "\n\t "])
+#: JSON texts as a sender may write them: escapes, huge floats, deep nesting, brackets in strings.
+JSON_TEXTS = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text()).map(json.dumps)
+    | st.sampled_from(LITERALS),
+    lambda inner: st.builds(lambda xs, s: f"[{s}" + f"{s},{s}".join(xs) + f"{s}]",
+                            st.lists(inner, max_size=4), SPACE)
+    | st.builds(lambda d, s: "{" + ",".join(f"{s}{json.dumps(k)}{s}:{s}{v}" for k, v in d.items()) + "}",
+                st.dictionaries(st.text(max_size=5), inner, max_size=4), SPACE),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "300")), deadline=None)
+@given(JSON_TEXTS, st.sampled_from([1, 2, 3, MAX_DEPTH]))
+def test_the_text_shortcut_never_hides_a_problem(text: str, depth: int) -> None:
+    """``problem(value, text=...)`` skips the walk only when the text cannot hold a problem: for any
+    JSON text it finds exactly what the full walk finds."""
+    try:
+        value = loads_strict(text)
+    except (ValueError, RecursionError):
+        return
+    assert problem(value, depth, text=text) == problem(value, depth)

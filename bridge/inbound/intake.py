@@ -34,7 +34,7 @@ def sort_events(events: list[tuple[Any, str]], validator: EventValidator) -> Int
     """
     intake = Intake()
     for event, text in events:
-        unfaithful = problem(event)
+        unfaithful = problem(event, text=text)
         errors = [unfaithful] if unfaithful else validator.errors(event)
         if errors:
             intake.quarantined.append(quarantine_entry(SOURCE, text, errors))

@@ -110,7 +110,14 @@ def legacy_dedupe_key(event: Mapping[str, Any]) -> str:
 
 
 def legacy_keys(event: Mapping[str, Any], key: str) -> tuple[str, ...]:
-    """The old-rule key when it differs from ``key`` (no MessageID, or no id at all), else none."""
+    """The old-rule key when it differs from ``key`` (no MessageID, or no id at all), else none.
+
+    An integer MessageID (nearly every event) gives both rules the same parts in the same order, so
+    the old key is not hashed again for it.
+    """
+    ident = event.get("MessageID")
+    if type(ident) is int and ident != 0:
+        return ()
     old = legacy_dedupe_key(event)
     return () if old == key else (old,)
 

@@ -81,7 +81,7 @@ def sort_segment_events(events: list[tuple[Any, str]], validator: EventValidator
     """
     intake = SegmentIntake()
     for event, text in events:
-        unfaithful = problem(event)
+        unfaithful = problem(event, text=text)
         if unfaithful:
             _refuse(intake, event, text, unfaithful)
             continue
