@@ -29,11 +29,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bridge.config import Settings
 from bridge.metrics import mark_process_dead
+from bridge.storage.group_commit import turn_lent
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 SHUTDOWN_SECONDS = 10.0
 #: Granian kills a web process still busy this long after SIGTERM (a request stuck that long).
 WEB_KILL_SECONDS = 8
-#: Requests one web process takes on at once, each on a thread of its own (see PinnedThreads).
+#: Requests one web process takes on at once, each on a thread of granian's (see TakingTurns).
 #: Headers still on their way take no thread: granian reads them before it calls the app.
 REQUEST_THREADS = 128
 #: Of those, how many run app code at once. A request waits for its body from the client without a
@@ -79,31 +79,27 @@ LOGGING: dict[str, Any] = {
 }
 
 
-class PinnedThreads:
-    """A WSGI app that runs each request on one of ``size`` long-lived threads, ``turns`` at a time.
-
-    Long-lived: granian ends its threads after they idle and starts new ones when busy again, and the
-    SQLite store keeps one connection (and its file handles) for every thread that used it until the
-    store closes. Each thread granian replaced would leave its connection open for good; on a fixed
-    set of threads the set of connections stays fixed. The response is read to its end on the same
-    thread, so nothing the app does for a request happens elsewhere.
+class TakingTurns:
+    """A WSGI app that runs app code for at most ``turns`` requests at a time, on the server's threads.
 
     Turns: a request runs app code only while it holds a turn. Its body is read before it takes one
     (up to READ_AHEAD_BYTES; for the rest the app gives its turn up while it waits), so a client that
-    sends its body slowly holds a thread, not a turn. The app reads the same bytes either way.
+    sends its body slowly holds a thread, not a turn. The app reads the same bytes either way. A
+    request waiting for its group commit (``bridge.storage.group_commit``) gives its turn up too.
+
+    The requests run on granian's own threads, which it ends when idle and starts again when busy;
+    the SQLite store's connections are a pool, not one per thread, so that churn leaves nothing open.
+    (Running each request on a pool of threads of our own cost a hand-over per request: about 17 %
+    of a single-event post's CPU, docs/benchmarks.md.)
     """
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], size: int, turns: int) -> None:
+    def __init__(self, app: Callable[..., Iterable[bytes]], turns: int) -> None:
         self.app = app
-        self.pool = ThreadPoolExecutor(size, thread_name_prefix="request")
         self.turns = threading.BoundedSemaphore(turns)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        return self.pool.submit(self._respond, environ, start_response).result()
-
-    def _respond(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         environ["wsgi.input"] = _read_ahead(environ, self.turns)
-        with self.turns:
+        with self.turns, turn_lent(self.turns):  # a wait for a group commit gives the turn up
             body = self.app(environ, start_response)
             try:
                 return [b"".join(body)]
@@ -173,11 +169,11 @@ class _RestWithoutTurn:
             yield line
 
 
-def web_app() -> PinnedThreads:
+def web_app() -> TakingTurns:
     """What each web process serves: the app, built from the environment as ``serve`` left it."""
     from bridge.app import create_app
 
-    return PinnedThreads(create_app(), REQUEST_THREADS, APP_TURNS)
+    return TakingTurns(create_app(), APP_TURNS)
 
 
 def _serve_web(host: str, port: int, workers: int) -> None:

@@ -167,7 +167,8 @@ def test_storage_failure_answers_503_and_accepts_nothing(settings: Settings, aut
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
     client = app.test_client()
-    store._conn().execute("PRAGMA busy_timeout = 50")  # fail fast instead of waiting 10 s
+    store.close()  # its connections are opened again, failing fast instead of waiting 10 s
+    store.busy_timeout_ms = 50
     response = post(client, [mailjet_events["sent"]], auth)
     assert response.status_code == 503
     assert response.json["error"] == "storage_unavailable"

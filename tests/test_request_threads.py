@@ -1,19 +1,25 @@
-"""How ``serve``'s web processes run requests (``bridge.server.PinnedThreads``), in process.
+"""How ``serve``'s web processes run requests (``bridge.server.TakingTurns``), in process.
 
-Every request runs on one of a fixed set of threads, so the SQLite store's connection per thread
-stays a fixed set. Bodies are read before the request takes its turn to run app code (the rest of a
-long one while the turn is given up), and the app reads exactly the bytes the client sent.
+Bodies are read before the request takes its turn to run app code (the rest of a long one while the
+turn is given up), and the app reads exactly the bytes the client sent. Requests run on the server's
+own threads, which come and go; the SQLite store's connections stay as many as were used at once,
+and a request waiting for its group commit gives its turn up.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from werkzeug.wrappers import Request
 
-from bridge.server import READ_AHEAD_BYTES, PinnedThreads
+from bridge.server import READ_AHEAD_BYTES, TakingTurns
+from bridge.storage.base import NewItem
+from bridge.storage.sqlite import SQLiteStore
 
 
 class ClientBody:
@@ -58,8 +64,9 @@ def echo(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [b"%d %s" % (len(body), threading.current_thread().name.encode()), b"|", body]
 
 
-def call(app: PinnedThreads, body: ClientBody, *, length: bool = True, method: str = "POST") -> bytes:
-    environ = {"REQUEST_METHOD": method, "PATH_INFO": "/", "SERVER_NAME": "t", "SERVER_PORT": "80",
+def call(app: TakingTurns, body: ClientBody, *, length: bool = True, method: str = "POST",
+         path: str = "/") -> bytes:
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "SERVER_NAME": "t", "SERVER_PORT": "80",
                "wsgi.url_scheme": "http", "wsgi.input": body, "wsgi.input_terminated": True}
     if length:
         environ["CONTENT_LENGTH"] = str(len(body.data))
@@ -73,31 +80,81 @@ def call(app: PinnedThreads, body: ClientBody, *, length: bool = True, method: s
 @pytest.mark.parametrize("length", [True, False], ids=["content-length", "chunked"])
 def test_the_app_reads_exactly_the_body_the_client_sent(size: int, length: bool) -> None:
     data = bytes(i % 251 for i in range(size))
-    head, body = call(PinnedThreads(echo, 4, 2), ClientBody(data), length=length).split(b"|", 1)
+    head, body = call(TakingTurns(echo, 2), ClientBody(data), length=length).split(b"|", 1)
     assert head.split(b" ")[0] == b"%d" % size and body == data
 
 
-def test_requests_run_on_a_fixed_set_of_threads() -> None:
-    """Each request arrives on a new server thread (granian replaces idle ones); the app always runs
-    on one of the pool's 3 threads."""
-    app = PinnedThreads(echo, 3, 3)
-    names: set[bytes] = set()
+def test_threads_that_come_and_go_leave_no_connections_open(tmp_path: Path) -> None:
+    """Granian ends idle threads and starts new ones: 60 short-lived threads, each reading and
+    writing, 3 at a time, leave the store with at most as many connections (and lock files) open
+    as were in use at once, not one per thread."""
+    store = SQLiteStore(tmp_path / "b.db")
+    store.migrate()
+    before = open_files()
 
-    def one() -> None:
-        names.add(call(app, ClientBody(b"x")).split(b" ", 1)[1].split(b"|")[0])
+    def use() -> None:
+        store.put_setting("k", threading.current_thread().name, 1.0)
+        store.get_setting("k")
 
-    for _ in range(30):
-        server_thread = threading.Thread(target=one)
-        server_thread.start()
-        server_thread.join(10)
-    assert len(names) <= 3 and all(n.startswith(b"request") for n in names)
+    for _ in range(20):
+        threads = [threading.Thread(target=use) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+    opened = open_files() - before
+    store.close()
+    assert len(store._all) == 0 and opened <= 3 * 4  # a connection: db, -wal, -shm, -writelock
+
+
+def test_a_request_waiting_for_its_commit_gives_its_turn_up(tmp_path: Path) -> None:
+    """With one turn, 20 requests that each accept an event all join one group commit or a few:
+    while one waits for the commit, the next runs. (Holding the turn would make 20 commits.)"""
+    store = SQLiteStore(tmp_path / "b.db")
+    store.migrate()
+    commits: list[int] = []
+    write = store._write
+
+    def counted() -> Any:
+        commits.append(1)
+        return write()
+
+    store._write = counted  # type: ignore[method-assign]
+    gate = threading.Event()
+    first = store._group_commit
+    first.transaction = lambda: (gate.wait(10), counted())[1]
+
+    def accept(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        item = NewItem("k", environ["PATH_INFO"], "open", "{}", 1)
+        store.accept([item], [], 1.0)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    app = TakingTurns(accept, 1)
+    done: list[bytes] = []
+    threads = [threading.Thread(target=lambda n=n: done.append(
+        call(app, ClientBody(b""), length=True, path=f"/{n}"))) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while len(first._queue) < 19 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    store.close()
+    assert len(done) == 20 and len(commits) <= 3
+
+
+def open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.mark.parametrize("hold_at", [1_000, READ_AHEAD_BYTES + 1_000], ids=["read-ahead", "rest"])
 def test_a_slow_body_holds_no_turn(hold_at: int) -> None:
     """With a single turn, a request whose client stops sending mid-body (before or after the part
     read ahead) does not stop another request from running."""
-    app = PinnedThreads(echo, 4, 1)
+    app = TakingTurns(echo, 1)
     slow = ClientBody(b"s" * (READ_AHEAD_BYTES + 5_000), hold_at=hold_at)
     answers: list[bytes] = []
     waiting = threading.Thread(target=lambda: answers.append(call(app, slow)))

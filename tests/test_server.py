@@ -234,6 +234,8 @@ def test_metrics_add_up_the_counters_of_every_process(
     def counted() -> tuple[float, float] | None:
         families = {f.name: f for f in text_string_to_metric_families(
             requests.get(f"{served.url}/metrics", timeout=5).text)}
+        if "bridge_events_delivered" not in families:  # Segment has it; the counter comes just after
+            return None
         accepted = sum(s.value for s in families["bridge_events_accepted"].samples
                        if s.name.endswith("_total"))
         delivered = sum(s.value for s in families["bridge_events_delivered"].samples

@@ -167,8 +167,7 @@ def test_locked_database_raises_storage_unavailable(tmp_path: Path) -> None:
     s.migrate()
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
-    impatient = SQLiteStore(path)
-    impatient._conn().execute("PRAGMA busy_timeout = 50")
+    impatient = SQLiteStore(path, busy_timeout_ms=50)
     with pytest.raises(StorageUnavailable):
         impatient.accept(items("a"), [], T0)
     blocker.execute("ROLLBACK")

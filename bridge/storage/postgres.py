@@ -22,6 +22,10 @@ from bridge.storage.sql import CLAIM_COLUMNS, SqlStore, Tx
 MIGRATION_LOCK = 7_305_821_446_051
 #: How long a request waits for a database connection before answering 503 (Mailjet retries).
 POOL_TIMEOUT_SECONDS = 3.0
+#: A pooled connection idle this long is checked (a round trip) before it is handed out; one in
+#: steady use is not: under load, a check per checkout cost a round trip per request. A connection
+#: that breaks anyway fails its one use (503, retried) and the pool discards it.
+CHECK_IDLE_SECONDS = 5.0
 
 
 def _q(sql: str) -> str:
@@ -54,6 +58,8 @@ class PostgresStore(SqlStore):
         self.min_size, self.max_size = min_size, max_size
         self._pool: Any = None
         self._lock = threading.Lock()
+        #: id(connection) -> when it was last given back.
+        self._last_used: dict[int, float] = {}
 
     def _get_pool(self) -> Any:
         with self._lock:
@@ -64,12 +70,18 @@ class PostgresStore(SqlStore):
                     raise StorageUnavailable(
                         "PostgreSQL support needs psycopg: pip install 'mailjet-segment-bridge[postgres]'"
                     ) from exc
-                # check: a connection broken by a server restart is replaced, not handed out
+                # check: a connection broken by a server restart while idle is replaced, not handed out
                 self._pool = ConnectionPool(self.url, min_size=self.min_size, max_size=self.max_size,
                                             timeout=POOL_TIMEOUT_SECONDS, open=True,
-                                            check=ConnectionPool.check_connection,
+                                            check=self._check_if_idle,
                                             kwargs={"connect_timeout": 5})
             return self._pool
+
+    def _check_if_idle(self, conn: Any) -> None:
+        if time.monotonic() - self._last_used.get(id(conn), 0.0) > CHECK_IDLE_SECONDS:
+            from psycopg_pool import ConnectionPool
+
+            ConnectionPool.check_connection(conn)
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
@@ -78,7 +90,12 @@ class PostgresStore(SqlStore):
 
         try:
             with self._get_pool().connection() as conn:
-                yield conn
+                try:
+                    yield conn
+                finally:
+                    if len(self._last_used) > 8 * self.max_size:  # forget connections long replaced
+                        self._last_used.clear()
+                    self._last_used[id(conn)] = time.monotonic()
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
             raise StorageUnavailable(f"PostgreSQL unavailable: {str(exc).strip()[:300]}") from exc
         except psycopg.Error as exc:

@@ -25,6 +25,7 @@ from bridge.storage.base import (
     QuarantineEntry,
     Store,
 )
+from bridge.storage.group_commit import GroupCommit
 
 ITEM_COLUMNS = (
     "id, kind, event_type, state, payload, sent, attempts, last_error, last_status, "
@@ -116,40 +117,55 @@ class SqlStore(Store):
 
     # -- the contract -------------------------------------------------------------------------------
 
+    @property
+    def _group_commit(self) -> GroupCommit[Tx]:
+        """This store's committer, made at the first accept (``dict.setdefault``: one per store)."""
+        group = self.__dict__.get("_group")
+        if group is None:
+            group = self.__dict__.setdefault("_group", GroupCommit(self._write))
+        return group
+
     def accept(
         self, items: Sequence[NewItem], quarantined: Sequence[QuarantineEntry], now: float,
         identities: Sequence[tuple[str, str]] = (), dead: Sequence[DeadLetter] = (),
     ) -> AcceptResult:
+        """Committed with whatever other accepts this process has waiting (group commit)."""
+        return self._group_commit.run(
+            lambda tx: self._accept_in(tx, items, quarantined, now, identities, dead))
+
+    def _accept_in(
+        self, tx: Tx, items: Sequence[NewItem], quarantined: Sequence[QuarantineEntry], now: float,
+        identities: Sequence[tuple[str, str]], dead: Sequence[DeadLetter],
+    ) -> AcceptResult:
         accepted_by_type: dict[str, int] = {}
-        with self._write() as tx:
-            fresh = self._without_legacy_duplicates(tx, items)
-            by_type: dict[str, list[NewItem]] = {}
-            for item in fresh:
-                by_type.setdefault(item.event_type, []).append(item)
-            identities = [(user, email) for user, email in identities if _storable(user, email)]
-            if identities:
-                tx.executemany(
-                    "INSERT INTO identities (email, user_id, updated_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (email) DO UPDATE SET user_id = excluded.user_id, "
-                    "updated_at = excluded.updated_at",
-                    [(email, user_id, now + n * 1e-6) for n, (user_id, email) in enumerate(identities)],
-                )
-            for event_type, group in by_type.items():
-                accepted_by_type[event_type] = tx.executemany(
-                    "INSERT INTO outbox (kind, dedupe_key, event_time, event_type, payload, "
-                    "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (kind, event_time, dedupe_key) DO NOTHING",
-                    [(i.kind, i.dedupe_key, i.event_time, i.event_type, i.payload, now, now)
-                     for i in group],
-                )
-            if quarantined:
-                tx.executemany(
-                    "INSERT INTO quarantine (source, fingerprint, body, errors, received_at) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO NOTHING",
-                    [(q.source, q.fingerprint, q.body, q.errors, now) for q in quarantined],
-                )
-            if dead:
-                self._insert_dead(tx, dead, now)
+        fresh = self._without_legacy_duplicates(tx, items)
+        by_type: dict[str, list[NewItem]] = {}
+        for item in fresh:
+            by_type.setdefault(item.event_type, []).append(item)
+        identities = [(user, email) for user, email in identities if _storable(user, email)]
+        if identities:
+            tx.executemany(
+                "INSERT INTO identities (email, user_id, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (email) DO UPDATE SET user_id = excluded.user_id, "
+                "updated_at = excluded.updated_at",
+                [(email, user_id, now + n * 1e-6) for n, (user_id, email) in enumerate(identities)],
+            )
+        for event_type, group in by_type.items():
+            accepted_by_type[event_type] = tx.executemany(
+                "INSERT INTO outbox (kind, dedupe_key, event_time, event_type, payload, "
+                "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (kind, event_time, dedupe_key) DO NOTHING",
+                [(i.kind, i.dedupe_key, i.event_time, i.event_type, i.payload, now, now)
+                 for i in group],
+            )
+        if quarantined:
+            tx.executemany(
+                "INSERT INTO quarantine (source, fingerprint, body, errors, received_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO NOTHING",
+                [(q.source, q.fingerprint, q.body, q.errors, now) for q in quarantined],
+            )
+        if dead:
+            self._insert_dead(tx, dead, now)
         accepted = sum(accepted_by_type.values())
         return AcceptResult(accepted, len(items) - accepted, len(quarantined), accepted_by_type,
                             len(dead))

@@ -3,7 +3,7 @@
 WAL journal (readers never block the writer), ``synchronous=FULL`` (a committed row survives power
 loss, not just a crash), ``busy_timeout`` installed before any other pragma (else a fresh connection
 can fail with "database is locked" under load), ``BEGIN IMMEDIATE`` for every write transaction, and
-one connection per thread.
+a pool of connections.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,59 +54,82 @@ class _SqliteTx:
         return self.conn.executemany(sql, rows).rowcount
 
 
+@dataclass(eq=False)
+class _Handle:
+    conn: sqlite3.Connection
+    #: ``<db>-writelock``, which writers take before ``BEGIN IMMEDIATE`` (None for ``:memory:``).
+    lock_fd: int | None
+
+
 class SQLiteStore(SqlStore):
     dialect = "sqlite"
     bucket_sql = "CAST(created_at / ? AS INTEGER) * ?"
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL",
+                 busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.path = str(path)
+        self.busy_timeout_ms = busy_timeout_ms
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         self.synchronous = synchronous
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock_fds: list[int] = []
         self._lock = threading.Lock()
+        self._idle: list[_Handle] = []
+        self._all: list[_Handle] = []
+        self._pid = os.getpid()
 
     # -- connections and transactions -------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            try:
-                if self.path != ":memory:":
-                    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(
-                    self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                    check_same_thread=False,
-                )
-                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            except (sqlite3.Error, OSError) as exc:
-                raise StorageUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
+    @contextmanager
+    def _handle(self) -> Iterator[_Handle]:
+        """A connection (and write-lock handle) of the pool for the length of one use.
 
-    def _lock_fd(self) -> int | None:
-        """This thread's handle on ``<db>-writelock``, which writers take before ``BEGIN IMMEDIATE``."""
-        if self.path == ":memory:":
-            return None
-        fd = getattr(self._local, "lock_fd", None)
-        if fd is None:
-            try:
-                fd = os.open(self.path + "-writelock", os.O_RDWR | os.O_CREAT, 0o600)
-            except OSError as exc:
-                raise StorageUnavailable(f"cannot open the write lock of {self.path}: {exc}") from exc
-            self._local.lock_fd = fd
+        A pool, not one connection per thread: a server that ends idle threads and starts new ones
+        (granian does) would otherwise leave every ended thread's connection open for good. The
+        pool holds as many connections as were ever in use at once, and no more.
+        """
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's connections are not ours to use
+                self._pid, self._idle, self._all = os.getpid(), [], []
+            handle = self._idle.pop() if self._idle else None
+        if handle is None:
+            handle = self._open()
+        try:
+            yield handle
+        finally:
             with self._lock:
-                self._lock_fds.append(fd)
-        return fd
+                kept = handle in self._all
+                if kept:
+                    self._idle.append(handle)
+            if not kept:  # the store was closed while this was in use
+                self._close_handle(handle)
+
+    def _open(self) -> _Handle:
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
+        lock_fd = None
+        if self.path != ":memory:":
+            try:
+                lock_fd = os.open(self.path + "-writelock", os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                conn.close()
+                raise StorageUnavailable(f"cannot open the write lock of {self.path}: {exc}") from exc
+        handle = _Handle(conn, lock_fd)
+        with self._lock:
+            self._all.append(handle)
+        return handle
 
     def _take_write_lock(self, fd: int) -> None:
         """Wait for the write lock in short steps, up to the busy timeout."""
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
         pause = 0.0001
         while True:
             try:
@@ -118,17 +142,16 @@ class SQLiteStore(SqlStore):
                 pause = min(pause * 2, LOCK_POLL_MAX_SECONDS)
 
     @contextmanager
-    def _exclusive(self) -> Iterator[None]:
+    def _exclusive(self, handle: _Handle) -> Iterator[None]:
         """Hold the write lock (shared by every process and thread using this database file)."""
-        fd = self._lock_fd()
-        if fd is None:
+        if handle.lock_fd is None:
             yield
             return
-        self._take_write_lock(fd)
+        self._take_write_lock(handle.lock_fd)
         try:
             yield
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            fcntl.flock(handle.lock_fd, fcntl.LOCK_UN)
 
     @contextmanager
     def _transaction(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
@@ -148,16 +171,16 @@ class SQLiteStore(SqlStore):
 
     @contextmanager
     def _write(self) -> Iterator[Tx]:
-        conn = self._conn()
-        with self._exclusive(), self._transaction(conn):
-            yield _SqliteTx(conn)
+        with self._handle() as handle, self._exclusive(handle), self._transaction(handle.conn):
+            yield _SqliteTx(handle.conn)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
-        try:
-            cursor = self._conn().execute(sql, params)
-            return [d[0] for d in cursor.description or ()], cursor.fetchall()
-        except sqlite3.Error as exc:
-            raise StorageUnavailable(f"storage read failed: {exc}") from exc
+        with self._handle() as handle:
+            try:
+                cursor = handle.conn.execute(sql, params)
+                return [d[0] for d in cursor.description or ()], cursor.fetchall()
+            except sqlite3.Error as exc:
+                raise StorageUnavailable(f"storage read failed: {exc}") from exc
 
     def _run_script(self, tx: Tx, script: str) -> None:
         for statement in _split_sql(script):
@@ -166,10 +189,10 @@ class SQLiteStore(SqlStore):
     # -- dialect-specific parts of the contract ---------------------------------------------------
 
     def migrate(self) -> None:
-        conn = self._conn()
         # Under the write lock: processes starting together must not race to switch the journal
         # mode ("database is locked") or to apply the same migration.
-        with self._exclusive():
+        with self._handle() as handle, self._exclusive(handle):
+            conn = handle.conn
             try:
                 if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     conn.execute("PRAGMA journal_mode = WAL")
@@ -196,11 +219,15 @@ class SQLiteStore(SqlStore):
         return sorted((ClaimedItem(*row) for row in rows), key=lambda item: item.id)
 
     def close(self) -> None:
+        """Close the idle connections now, and those in use when their user is done with them (closing
+        a connection while another thread runs a statement on it can crash the interpreter)."""
         with self._lock:
-            conns, self._all = self._all, []
-            fds, self._lock_fds = self._lock_fds, []
-        for conn in conns:
-            conn.close()
-        for fd in fds:
-            os.close(fd)
-        self._local = threading.local()
+            idle, self._all, self._idle = self._idle, [], []
+        for handle in idle:
+            self._close_handle(handle)
+
+    @staticmethod
+    def _close_handle(handle: _Handle) -> None:
+        handle.conn.close()
+        if handle.lock_fd is not None:
+            os.close(handle.lock_fd)

@@ -26,6 +26,7 @@ def register(app: Flask) -> None:
     from bridge.web import admin, body, errors, health, mailjet_webhook, observability, segment_webhook
 
     app.jinja_env.finalize = displayable  # every {{ value }} of every page
+    app.session_interface = admin.AdminOnlySessions()
     errors.register(app)
     body.register(app)
     observability.register(app)
