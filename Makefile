@@ -3,8 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install run test test-fast screenshots lint bench clean
+.PHONY: install run test test-fast screenshots lint bench bench-more wrk clean
 
 install: $(STAMP)
 
@@ -32,11 +33,27 @@ screenshots: install
 	@command -v chromium >/dev/null || { echo "screenshots need Debian's chromium: apt-get install chromium"; exit 1; }
 	$(BIN)/pytest -q tests/test_browser.py --screenshots-dir docs/img
 
-bench: install
+# Every figure of docs/benchmarks.md's table (#11), with plots in docs/img/; about 15 minutes on 2 cores.
+# BENCH_QUICK=1 is a 2-minute smoke run (its plots go to bench/out/); bench/run.py lists the settings.
+bench: install $(BENCH_STAMP) wrk
+	$(BIN)/python bench/run.py
+
+# The older single-purpose benchmarks (accept path under gunicorn, in-process steps, the Engage
+# burst, slow clients against each candidate server).
+bench-more: install wrk
 	$(BIN)/python bench/accept.py
 	$(BIN)/python bench/components.py
 	$(BIN)/python bench/identify_burst.py
 	$(BIN)/python bench/slow_clients.py
+
+$(BENCH_STAMP): setup.cfg pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test,postgres,bench]'
+	touch $(BENCH_STAMP)
+
+wrk:
+	@command -v wrk >/dev/null || { echo "installing wrk (apt-get install -y wrk)"; \
+		apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }; } \
+		|| { echo "make bench needs wrk and could not install it: run 'apt-get install wrk' as root"; exit 1; }
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import base64
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,17 +18,12 @@ import time
 from pathlib import Path
 
 import requests
+from common import free_port, wrk  # also what bench/slow_clients.py imports from here
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DURATION = os.environ.get("BENCH_SECONDS", "10")
 WORKERS = os.environ.get("BENCH_WORKERS", "2")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(app: str, env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -49,24 +42,6 @@ def start(app: str, env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[by
         except requests.ConnectionError:
             time.sleep(0.1)
     raise SystemExit(f"{app} did not start")
-
-
-def wrk(url: str, events: int, auth: str) -> dict[str, float]:
-    out = subprocess.run(
-        ["wrk", "-t1", "-c8", f"-d{DURATION}s", "--latency", "-s", str(HERE / "post_events.lua"), url],
-        env={**os.environ, "EVENTS": str(events), "AUTH": auth}, capture_output=True, text=True, check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
-    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-    return {
-        "rps": rps,
-        "p50_ms": float(p50.group(1)) * scale[p50.group(2)],
-        "p99_ms": float(p99.group(1)) * scale[p99.group(2)],
-        "errors": int(non2xx.group(1)) if non2xx else 0,
-    }
 
 
 def main() -> None:
