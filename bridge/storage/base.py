@@ -131,8 +131,11 @@ class Store(ABC):
         """Lease up to ``limit`` due items, oldest first. Expired leases are taken over first."""
 
     @abstractmethod
-    def mark_delivered(self, outcomes: Iterable[Outcome], now: float) -> None:
-        """Record successful deliveries (terminal)."""
+    def mark_delivered(self, outcomes: Iterable[Outcome], now: float, *, owner: str | None = None,
+                       ) -> None:
+        """Record successful deliveries (terminal). With ``owner``, only rows that owner still
+        leases are marked: a row whose lease another process took over is that process's to settle,
+        so no row is marked twice."""
 
     @abstractmethod
     def release(
@@ -148,6 +151,11 @@ class Store(ABC):
     @abstractmethod
     def renew(self, ids: Sequence[int], owner: str, lease_expires_at: float) -> int:
         """Extend the owner's leases on items still being worked on (a long job). How many."""
+
+    @abstractmethod
+    def renew_owner(self, kind: str, owner: str, lease_expires_at: float) -> int:
+        """Extend every lease an owner holds on items of a kind (a loop that holds rounds ahead of
+        sending them). How many."""
 
     @abstractmethod
     def recover_expired(self, kind: str, now: float) -> int:

@@ -31,6 +31,8 @@ ITEM_COLUMNS = (
     "last_response, latency_ms, created_at, finished_at"
 )
 CLAIM_COLUMNS = "id, kind, dedupe_key, event_type, payload, attempts, created_at, replayed"
+#: Rows one statement settles: 2 parameters each, far below both dialects' limits (SQLite 32,766).
+ROWS_PER_STATEMENT = 1000
 #: How stale a session's last sight may get before it is written again.
 SESSION_TOUCH_SECONDS = 60.0
 #: Versioned schema changes: ``migrations/<dialect>/NNNN_name.sql``, recorded in ``schema_version``.
@@ -69,6 +71,15 @@ def _text(value: str | None) -> str | None:
     except UnicodeEncodeError:
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
     return value
+
+
+def _chunks(values: Sequence[Any], size: int = ROWS_PER_STATEMENT) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _marks(count: int) -> str:
+    return ",".join("?" * count)
 
 
 def _storable(*texts: str) -> bool:
@@ -181,35 +192,66 @@ class SqlStore(Store):
         )[0]
         return DueSummary(row[0], row[1], row[2])
 
-    def mark_delivered(self, outcomes: Iterable[Outcome], now: float) -> None:
+    def mark_delivered(self, outcomes: Iterable[Outcome], now: float, *, owner: str | None = None,
+                       ) -> None:
+        """One statement per answer and chunk: a batch shares its status, answer and latency, and
+        only the text each row was sent as differs (``UPDATE ... FROM`` a list of values)."""
+        by_answer: dict[tuple[Any, ...], list[tuple[int, str | None]]] = {}
+        for o in outcomes:
+            by_answer.setdefault((o.status, o.response, o.latency_ms), []).append((o.id, o.sent))
+        if not by_answer:
+            return
+        only_owner = "AND outbox.state = ? AND outbox.lease_owner = ?" if owner is not None else ""
         with self._write() as tx:
-            tx.executemany(
-                "UPDATE outbox SET state = ?, finished_at = ?, sent = ?, last_status = ?, "
-                "last_response = ?, latency_ms = ?, last_error = NULL, lease_owner = NULL, "
-                "lease_expires_at = NULL, attempts = attempts + 1 WHERE id = ?",
-                [(DELIVERED, now, _text(o.sent), o.status, _text(o.response), o.latency_ms, o.id)
-                 for o in outcomes],
-            )
+            for (status, response, latency_ms), rows in by_answer.items():
+                for chunk in _chunks(rows):
+                    params: list[Any] = []
+                    for item_id, sent in chunk:
+                        params += (item_id, _text(sent))
+                    params += (DELIVERED, now, status, _text(response), latency_ms)
+                    if owner is not None:
+                        params += (LEASED, owner)
+                    tx.execute(
+                        f"WITH v(id, sent) AS (VALUES {','.join(['(?, ?)'] * len(chunk))}) "
+                        "UPDATE outbox SET state = ?, finished_at = ?, sent = v.sent, last_status = ?, "
+                        "last_response = ?, latency_ms = ?, last_error = NULL, lease_owner = NULL, "
+                        "lease_expires_at = NULL, attempts = attempts + 1 "
+                        f"FROM v WHERE outbox.id = v.id {only_owner}",
+                        params,
+                    )
 
     def release(
         self, ids: Sequence[int], owner: str, next_attempt_at: float, error: str | None,
         *, count_attempt: bool = True, status: int | None = None,
     ) -> None:
         with self._write() as tx:
-            tx.executemany(
-                "UPDATE outbox SET state = ?, next_attempt_at = ?, last_error = ?, "
-                "last_status = ?, attempts = attempts + ?, lease_owner = NULL, "
-                "lease_expires_at = NULL WHERE id = ? AND state = ? AND lease_owner = ?",
-                [(PENDING, next_attempt_at, _text(error), status, int(count_attempt), i, LEASED, owner)
-                 for i in ids],
-            )
+            for chunk in _chunks(ids):
+                tx.execute(
+                    "UPDATE outbox SET state = ?, next_attempt_at = ?, last_error = ?, "
+                    "last_status = ?, attempts = attempts + ?, lease_owner = NULL, "
+                    f"lease_expires_at = NULL WHERE id IN ({_marks(len(chunk))}) AND state = ? "
+                    "AND lease_owner = ?",
+                    (PENDING, next_attempt_at, _text(error), status, int(count_attempt), *chunk,
+                     LEASED, owner),
+                )
 
     def renew(self, ids: Sequence[int], owner: str, lease_expires_at: float) -> int:
+        renewed = 0
         with self._write() as tx:
-            return tx.executemany(
-                "UPDATE outbox SET lease_expires_at = ? WHERE id = ? AND state = ? AND lease_owner = ?",
-                [(lease_expires_at, i, LEASED, owner) for i in ids],
-            )
+            for chunk in _chunks(ids):
+                renewed += tx.execute(
+                    f"UPDATE outbox SET lease_expires_at = ? WHERE id IN ({_marks(len(chunk))}) "
+                    "AND state = ? AND lease_owner = ?",
+                    (lease_expires_at, *chunk, LEASED, owner),
+                ).rowcount
+        return renewed
+
+    def renew_owner(self, kind: str, owner: str, lease_expires_at: float) -> int:
+        with self._write() as tx:
+            return tx.execute(
+                "UPDATE outbox SET lease_expires_at = ? WHERE kind = ? AND state = ? AND lease_owner = ?",
+                (lease_expires_at, kind, LEASED, owner),
+            ).rowcount
 
     def recover_expired(self, kind: str, now: float) -> int:
         expired = self._rows(
