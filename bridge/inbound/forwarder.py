@@ -3,21 +3,29 @@
 Nothing leaves the outbox except by a 2xx from Segment (delivered) or a permanent rejection of that
 one event (a dead letter, kept with Segment's answer). Everything else is given back for a later
 attempt by the shared delivery loop; this module holds only how to render a batch and read the answer.
+
+Running (``run_forever``), the forwarder drains a backlog as a pipeline: while one round's batches
+are posted, the next round is claimed and prepared in a thread of its own (``delivery/prefetch.py``).
+Whatever it holds ahead stays leased, is renewed with the round in flight, and is given back with
+the untried rest when a batch fails, when delivery is held, and at stop. ``run_once`` is one round,
+claimed, prepared and sent in turn.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.delivery.loop import DeliveryLoop, Held, stored_object
+from bridge.delivery.loop import DeliveryLoop, Held, Round, run_until_stopped, stored_object
 from bridge.delivery.pacing import PacingPolicy
+from bridge.delivery.prefetch import Prefetch
 from bridge.delivery.upstream import UpstreamError
-from bridge.inbound.batching import MAX_EVENT_BYTES, pack
+from bridge.inbound.batching import MAX_BATCH_EVENTS, MAX_EVENT_BYTES, pack
 from bridge.inbound.intake import KIND
 from bridge.inbound.segment import SegmentClient
 from bridge.inbound.track import track_call
@@ -28,7 +36,8 @@ from bridge.storage.base import ClaimedItem, Outcome, Store
 
 @dataclass(frozen=True)
 class ForwarderPolicy:
-    claim_limit: int = 1000
+    #: As many as one batch may carry: a full claim fills at least one batch to a limit.
+    claim_limit: int = MAX_BATCH_EVENTS
     lease_seconds: float = 60.0
     idle_seconds: float = 0.5
     pacing: PacingPolicy = field(default_factory=PacingPolicy)
@@ -83,6 +92,10 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         self.event_names = event_names
         #: Whether a key may be used (Segment knows it, the region agrees); None trusts every key.
         self.gate = gate
+        #: The next round, made while the current one is sent; only while ``run_forever`` runs.
+        self._ahead: Prefetch[Round[list[_Prepared]]] | None = None
+        #: When every lease held was last known to run for at least ``lease_seconds`` more.
+        self._leases_fresh_at = 0.0
 
     def credential(self) -> str | Held | None:
         key = self.write_key()
@@ -114,7 +127,49 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         prepared, unsendable = self.isolate(prepare_one, parsed)
         return pack(prepared, lambda p: len(p.encoded)), dead + unsendable
 
+    # -- the pipeline ---------------------------------------------------------------------------------
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Run rounds, each made while the one before is sent, until ``stop`` is set; then give
+        back every lease still held, the round made ahead included."""
+        self._ahead = Prefetch(self.claim_round, self.clock, f"{self.owner}-ahead")
+        self._leases_fresh_at = self.clock()
+        try:
+            run_until_stopped(f"{self.upstream} loop {self.owner}", self.run_once, stop,
+                              self.idle_seconds)
+        finally:
+            self._ahead.close()  # waits for a round in the making: nothing is claimed after this
+            self._ahead = None
+        self.release_leases()
+
+    def next_round(self, now: float) -> Round[list[_Prepared]]:
+        """The round made ahead, if any; the next one is started when this one came from a full
+        claim (a backlog), so a steady trickle is sent as it comes, one round at a time."""
+        if self._ahead is None:
+            return self.claim_round(now)
+        self._keep_leases()
+        work = self._ahead.take(now, again=lambda made: made.full)
+        if not work.items and work.error is None:  # made ahead and found nothing: look again now
+            work = self.claim_round(now)
+        return work
+
+    def held_back(self) -> list[ClaimedItem]:
+        made = self._ahead.drop() if self._ahead is not None else None
+        return made.items if made is not None else []
+
+    def _keep_leases(self) -> None:
+        """Renew every lease this loop holds (the batch in flight, the rest of its round, the
+        round made ahead) well before any runs out: a third of the lease after the last renewal.
+        Between two checks lies at most one request, whose timeout must stay under two thirds."""
+        now = self.clock()
+        if self._ahead is not None and now - self._leases_fresh_at >= self.lease_seconds / 3:
+            self.store.renew_owner(self.kind, self.owner, now + self.lease_seconds)
+            self._leases_fresh_at = now
+
+    # -- one batch ----------------------------------------------------------------------------------
+
     def send(self, credential: str, group: list[_Prepared]) -> int:
+        self._keep_leases()
         try:
             answer = self.client.post_batch(credential, [p.encoded for p in group])
         except UpstreamError as exc:
@@ -124,7 +179,7 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         # state first: whoever sees the rows delivered also sees the state "ok"
         self.delivered(f"last batch of {len(group)} delivered")
         self.store.mark_delivered([self._outcome(p, answer.status, answer.body, answer.latency_ms)
-                                   for p in group], self.clock())
+                                   for p in group], self.clock(), owner=self.owner)
         self.report("delivered", [p.item.event_type for p in group], status=answer.status,
                     latency_ms=answer.latency_ms)
         return len(group)
