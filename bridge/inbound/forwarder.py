@@ -52,10 +52,25 @@ class _Prepared:
     encoded: bytes
 
 
-def _encode(call: Mapping[str, Any]) -> str:
-    """Strict JSON: a non-finite number raises here, for this one event, instead of reaching Segment."""
-    return json.dumps(call, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+#: Strict JSON (``allow_nan=False``): a non-finite number raises for its one event instead of reaching
+#: Segment. One encoder for every call, without the cycle check: a call is a tree built from parsed
+#: JSON, and a cycle would still fail its one event (RecursionError) rather than loop.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False,
+                            check_circular=False)
 
+
+def _encode(call: Mapping[str, Any]) -> str:
+    return _ENCODER.encode(call)
+
+
+def _size(prepared: _Prepared) -> int:
+    return len(prepared.encoded)
+
+
+def _parse(item: ClaimedItem, text: str) -> tuple[ClaimedItem, tuple[dict[str, Any], str | None]]:
+    """A stored event and its recipient's normalised email, read once."""
+    event = stored_object(text)
+    return item, (event, normalize_email(event.get("email")))
 
 
 class Forwarder(DeliveryLoop[list[_Prepared]]):
@@ -108,14 +123,13 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         Each item is parsed, mapped and encoded on its own: one that cannot be becomes a dead letter
         and the rest of the round goes on.
         """
-        parsed, dead = self.isolate(lambda item, text: (item, stored_object(text)),
-                                    ((i, i.payload) for i in items))
-        emails = {normalize_email(event.get("email")) for _, event in parsed} - {None}
-        user_ids = self.store.user_ids_for(emails)  # type: ignore[arg-type]
+        parsed, dead = self.isolate(_parse, ((i, i.payload) for i in items))
+        user_ids = self.store.user_ids_for({email for _, (_, email) in parsed if email})
         names = self.event_names()
 
-        def prepare_one(item: ClaimedItem, event: dict[str, Any]) -> _Prepared | Outcome:
-            user_id = user_ids.get(normalize_email(event.get("email")) or "")
+        def prepare_one(item: ClaimedItem, read: tuple[dict[str, Any], str | None]) -> _Prepared | Outcome:
+            event, email = read
+            user_id = user_ids.get(email) if email else None
             # the stored key: a row keeps the messageId it was accepted with, whatever the rule now
             call = _encode(track_call(event, event_names=names, user_id=user_id, key=item.dedupe_key))
             encoded = call.encode("utf-8")
@@ -125,7 +139,7 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
             return _Prepared(item, call, encoded)
 
         prepared, unsendable = self.isolate(prepare_one, parsed)
-        return pack(prepared, lambda p: len(p.encoded)), dead + unsendable
+        return pack(prepared, _size), dead + unsendable
 
     # -- the pipeline ---------------------------------------------------------------------------------
 
