@@ -31,8 +31,9 @@ ITEM_COLUMNS = (
     "last_response, latency_ms, created_at, finished_at"
 )
 CLAIM_COLUMNS = "id, kind, dedupe_key, event_type, payload, attempts, created_at, replayed"
-#: Rows one statement settles: 2 parameters each, far below both dialects' limits (SQLite 32,766).
-ROWS_PER_STATEMENT = 1000
+#: Most rows one statement settles or looks up: at most 2 parameters each, far below both dialects'
+#: limits (SQLite 32,766).
+ROWS_PER_STATEMENT = 512
 #: How stale a session's last sight may get before it is written again.
 SESSION_TOUCH_SECONDS = 60.0
 #: Versioned schema changes: ``migrations/<dialect>/NNNN_name.sql``, recorded in ``schema_version``.
@@ -73,9 +74,15 @@ def _text(value: str | None) -> str | None:
     return value
 
 
-def _chunks(values: Sequence[Any], size: int = ROWS_PER_STATEMENT) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(values), size):
+def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    """Consecutive chunks whose lengths are powers of two (512, 512, 128, 2, ...): a statement's
+    text depends on its length, and each text is a prepared statement the driver keeps (SQLite:
+    128 a connection, some large), so lengths come from a short list instead of any number."""
+    start = 0
+    while start < len(values):
+        size = min(ROWS_PER_STATEMENT, 1 << ((len(values) - start).bit_length() - 1))
         yield values[start : start + size]
+        start += size
 
 
 def _marks(count: int) -> str:
@@ -313,9 +320,8 @@ class SqlStore(Store):
         """Run ``sql`` (with one ``IN ({marks})``) over ``keys`` in chunks; later rows win."""
         wanted = sorted(key for key in set(keys) if _storable(key))  # a NUL key matches nothing stored
         found: dict[str, str] = {}
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            for row in self._rows(sql.format(marks=",".join("?" * len(chunk))), chunk):
+        for chunk in _chunks(wanted):
+            for row in self._rows(sql.format(marks=_marks(len(chunk))), chunk):
                 found[row[0]] = row[1]
         return found
 
