@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 #: Outbox states.
 PENDING, LEASED, DELIVERED, DEAD = "pending", "leased", "delivered", "dead"
@@ -72,9 +72,11 @@ class AcceptResult:
     dead: int = 0
 
 
-@dataclass(frozen=True)
-class ClaimedItem:
-    """A leased outbox row. The lease lapses at ``lease_expires_at`` and the row is claimable again."""
+class ClaimedItem(NamedTuple):
+    """A leased outbox row. The lease lapses at ``lease_expires_at`` and the row is claimable again.
+
+    A named tuple, as ``Outcome``: rows cross the store's boundary by the thousand each round, and a
+    tuple is about four times cheaper to make than a frozen dataclass."""
 
     id: int
     kind: str
@@ -87,8 +89,7 @@ class ClaimedItem:
     replayed: int = 0
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What happened to one item on one attempt, as kept for the debugger and dead-letter views."""
 
     id: int
