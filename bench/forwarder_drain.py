@@ -273,7 +273,7 @@ def worker(env: dict[str, str], sink: Sink, total: int, store: Any) -> tuple[flo
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     spy = None
     if os.environ.get("PYSPY_OUT"):  # samples of the worker's threads: py-spy must be installed
-        spy = subprocess.Popen(["py-spy", "record", "--threads", "--idle", "-r", "250", "-f", "raw",
+        spy = subprocess.Popen(["py-spy", "record", "--threads", "-r", "250", "-f", "raw",
                                 "-o", os.environ["PYSPY_OUT"], "--pid", str(proc.pid)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
