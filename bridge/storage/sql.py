@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from bridge.storage.base import (
     DEAD,
@@ -30,10 +30,12 @@ ITEM_COLUMNS = (
     "id, kind, event_type, state, payload, sent, attempts, last_error, last_status, "
     "last_response, latency_ms, created_at, finished_at"
 )
+T = TypeVar("T")
+
 CLAIM_COLUMNS = "id, kind, dedupe_key, event_type, payload, attempts, created_at, replayed"
-#: Most rows one statement settles or looks up: at most 2 parameters each, far below both dialects'
-#: limits (SQLite 32,766).
-ROWS_PER_STATEMENT = 512
+#: Most rows one statement settles or looks up (a power of two): at most 2 parameters each, far
+#: below both dialects' limits (SQLite 32,766).
+ROWS_PER_STATEMENT = 1024
 #: How stale a session's last sight may get before it is written again.
 SESSION_TOUCH_SECONDS = 60.0
 #: Versioned schema changes: ``migrations/<dialect>/NNNN_name.sql``, recorded in ``schema_version``.
@@ -74,15 +76,16 @@ def _text(value: str | None) -> str | None:
     return value
 
 
-def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
-    """Consecutive chunks whose lengths are powers of two (512, 512, 128, 2, ...): a statement's
-    text depends on its length, and each text is a prepared statement the driver keeps (SQLite:
-    128 a connection, some large), so lengths come from a short list instead of any number."""
-    start = 0
-    while start < len(values):
-        size = min(ROWS_PER_STATEMENT, 1 << ((len(values) - start).bit_length() - 1))
-        yield values[start : start + size]
-        start += size
+def _chunks(values: Sequence[T]) -> Iterable[list[T]]:
+    """Chunks of at most ``ROWS_PER_STATEMENT``, each padded to a power of two by repeating its last
+    value. A statement's text depends on its length, and the driver keeps each text as a prepared
+    statement (sqlite3: 128 a connection, some large), so lengths come from a short list instead of
+    any number; and a batch is still one statement. A repeated value changes nothing: an ``IN``
+    list, and ``UPDATE ... FROM``, which updates a row once whatever it joins to."""
+    for start in range(0, len(values), ROWS_PER_STATEMENT):
+        chunk = list(values[start : start + ROWS_PER_STATEMENT])
+        chunk += [chunk[-1]] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))
+        yield chunk
 
 
 def _marks(count: int) -> str:
