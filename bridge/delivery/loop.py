@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import random
+import sys
 import threading
 import uuid
 from collections import deque
@@ -43,6 +44,11 @@ R = TypeVar("R")
 
 #: How often a loop looks for expired leases of its kind while it has nothing else to do.
 RECOVER_EVERY_SECONDS = 5.0
+#: How long one thread may keep the interpreter while another waits for it, in a process that runs
+#: the loops. The forwarder's threads take turns: one maps events (pure Python) while the other comes
+#: back from SQLite or the network many times a batch, and at Python's 5 ms each return could wait
+#: that long.
+SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 @dataclass(frozen=True)
@@ -126,7 +132,8 @@ def run_until_stopped(
 
 
 def start_loops(loops: Sequence[Loop], stop: threading.Event) -> list[threading.Thread]:
-    """Run each loop in a daemon thread until ``stop`` is set."""
+    """Run each loop in a daemon thread until ``stop`` is set (the process is the loops')."""
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     threads = [
         threading.Thread(target=loop.run_forever, args=(stop,), name=type(loop).__name__, daemon=True)
         for loop in loops
