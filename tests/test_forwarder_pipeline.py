@@ -18,6 +18,7 @@ import pytest
 
 from bridge.config import DEFAULT_SCHEMA_DIR
 from bridge.delivery.pacing import PacingPolicy
+from bridge.errors import StorageUnavailable
 from bridge.inbound.batching import MAX_BATCH_BYTES
 from bridge.inbound.fields import EVENT_NAME_PRESETS
 from bridge.inbound.forwarder import Forwarder, ForwarderPolicy
@@ -162,3 +163,24 @@ def test_leases_held_ahead_are_renewed_while_batches_are_slow(
     assert lapsed == []
     ids = fake_segment.message_ids()
     assert len(ids) == 15 == len(set(ids))
+
+
+def test_rows_a_failed_write_left_leased_come_back_after_their_lease(
+        store: Store, fake_segment: FakeSegment) -> None:
+    """Segment took the batch but marking it failed (storage unavailable): the loop lets go of
+    those rows, and renews only what it still holds, so their lease runs out and they are sent
+    again (with the same messageIds, which Segment drops)."""
+    queue(store, 10)
+    real = store.mark_delivered
+    failures = [StorageUnavailable("disk full")]
+
+    def failing(*args: Any, **kwargs: Any) -> None:
+        if failures:
+            raise failures.pop()
+        real(*args, **kwargs)
+
+    store.mark_delivered = failing  # type: ignore[method-assign]
+    with Running(store, fake_segment, policy(claim_limit=10, lease_seconds=1.5)) as run:
+        poll(lambda: run.stats()["delivered"] == 10, "the rows to be sent again and marked")
+    ids = fake_segment.message_ids()
+    assert len(ids) == 20 and len(set(ids)) == 10

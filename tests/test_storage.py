@@ -428,18 +428,6 @@ def test_only_the_lease_owner_marks_its_rows_delivered(store: Store) -> None:
     assert (row_b["state"], row_b["sent"], row_b["attempts"]) == ("delivered", '"slow"', 1)
 
 
-def test_renew_owner_extends_only_that_owners_leases_of_the_kind(store: Store) -> None:
-    store.accept(items("a", "b", "c"), [], T0)
-    store.accept([NewItem(MAILJET_CONTACT, "m", "identify", "{}")], [], T0)
-    store.claim(SEGMENT_TRACK, 2, "w", 30, T0)
-    store.claim(SEGMENT_TRACK, 1, "other", 30, T0)
-    store.claim(MAILJET_CONTACT, 1, "w", 30, T0)
-    assert store.renew_owner(SEGMENT_TRACK, "w", T0 + 100) == 2
-    assert store.recover_expired(SEGMENT_TRACK, T0 + 50) == 1  # only the other owner's lapsed
-    assert store.recover_expired(MAILJET_CONTACT, T0 + 50) == 1
-    assert store.stats(T0)["leased"] == 2
-
-
 def test_release_and_renew_take_any_number_of_ids(store: Store) -> None:
     store.accept(items(*[f"k{i}" for i in range(2100)]), [], T0)
     ids = [i.id for i in store.claim(SEGMENT_TRACK, 3000, "w", 30, T0)]

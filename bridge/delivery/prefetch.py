@@ -50,6 +50,12 @@ class Prefetch(Generic[R]):
             self._want()
         return ready
 
+    def peek(self) -> R | None:
+        """The round made ahead and waiting, if any (one in the making was claimed just now)."""
+        with self._changed:
+            ready = self._ready
+        return None if isinstance(ready, BaseException) else ready
+
     def drop(self) -> R | None:
         """Stop working ahead: cancel a round not yet started, wait for one in the making, and
         hand back the round made ahead (None if there is none or its making failed)."""

@@ -109,7 +109,10 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         self.gate = gate
         #: The next round, made while the current one is sent; only while ``run_forever`` runs.
         self._ahead: Prefetch[Round[list[_Prepared]]] | None = None
-        #: When every lease held was last known to run for at least ``lease_seconds`` more.
+        #: The round being sent (pipelined): renewed with the round made ahead, and let go of, to
+        #: expire and come back, when the round ends in an error.
+        self._current: list[ClaimedItem] = []
+        #: Every lease the loop holds runs at least ``lease_seconds`` past this time.
         self._leases_fresh_at = 0.0
 
     def credential(self) -> str | Held | None:
@@ -153,7 +156,7 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
                               self.idle_seconds)
         finally:
             self._ahead.close()  # waits for a round in the making: nothing is claimed after this
-            self._ahead = None
+            self._ahead, self._current = None, []
         self.release_leases()
 
     def next_round(self, now: float) -> Round[list[_Prepared]]:
@@ -161,10 +164,12 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         claim (a backlog), so a steady trickle is sent as it comes, one round at a time."""
         if self._ahead is None:
             return self.claim_round(now)
-        self._keep_leases()
+        self._current = []
         work = self._ahead.take(now, again=lambda made: made.full)
         if not work.items and work.error is None:  # made ahead and found nothing: look again now
             work = self.claim_round(now)
+        self._current = work.items
+        self._keep_leases()
         return work
 
     def held_back(self) -> list[ClaimedItem]:
@@ -172,13 +177,18 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         return made.items if made is not None else []
 
     def _keep_leases(self) -> None:
-        """Renew every lease this loop holds (the batch in flight, the rest of its round, the
-        round made ahead) well before any runs out: a third of the lease after the last renewal.
-        Between two checks lies at most one request, whose timeout must stay under two thirds."""
+        """Renew the leases of what the loop holds, the round being sent and the round made ahead,
+        well before any runs out: a third of the lease after the last renewal. Between two checks
+        lies at most one request, whose timeout must stay under two thirds of the lease. Only
+        those: rows a failed round left behind are let go of, and come back when their lease ends."""
         now = self.clock()
-        if self._ahead is not None and now - self._leases_fresh_at >= self.lease_seconds / 3:
-            self.store.renew_owner(self.kind, self.owner, now + self.lease_seconds)
-            self._leases_fresh_at = now
+        if self._ahead is None or now - self._leases_fresh_at < self.lease_seconds / 3:
+            return
+        ahead = self._ahead.peek()
+        held = [i.id for i in (*self._current, *(ahead.items if ahead is not None else ()))]
+        if held:
+            self.store.renew(held, self.owner, now + self.lease_seconds)
+        self._leases_fresh_at = now
 
     # -- one batch ----------------------------------------------------------------------------------
 

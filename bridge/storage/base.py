@@ -154,11 +154,6 @@ class Store(ABC):
         """Extend the owner's leases on items still being worked on (a long job). How many."""
 
     @abstractmethod
-    def renew_owner(self, kind: str, owner: str, lease_expires_at: float) -> int:
-        """Extend every lease an owner holds on items of a kind (a loop that holds rounds ahead of
-        sending them). How many."""
-
-    @abstractmethod
     def recover_expired(self, kind: str, now: float) -> int:
         """Give back the expired leases of a kind, due now (a process died holding them). How many."""
 

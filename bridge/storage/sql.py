@@ -256,13 +256,6 @@ class SqlStore(Store):
                 ).rowcount
         return renewed
 
-    def renew_owner(self, kind: str, owner: str, lease_expires_at: float) -> int:
-        with self._write() as tx:
-            return tx.execute(
-                "UPDATE outbox SET lease_expires_at = ? WHERE kind = ? AND state = ? AND lease_owner = ?",
-                (lease_expires_at, kind, LEASED, owner),
-            ).rowcount
-
     def recover_expired(self, kind: str, now: float) -> int:
         expired = self._rows(
             "SELECT 1 FROM outbox WHERE kind = ? AND state = ? AND lease_expires_at <= ? LIMIT 1",
