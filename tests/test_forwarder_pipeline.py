@@ -184,3 +184,24 @@ def test_rows_a_failed_write_left_leased_come_back_after_their_lease(
         poll(lambda: run.stats()["delivered"] == 10, "the rows to be sent again and marked")
     ids = fake_segment.message_ids()
     assert len(ids) == 20 and len(set(ids)) == 10
+
+
+def test_stopping_waits_for_delivered_batches_to_be_marked(
+        store: Store, fake_segment: FakeSegment) -> None:
+    """Marking runs behind the posting: a batch Segment took just before the stop is still marked
+    delivered, not given back to be sent again."""
+    queue(store, 10)
+    real = store.mark_delivered
+    marking = threading.Event()
+
+    def slow(*args: Any, **kwargs: Any) -> None:
+        marking.set()
+        time.sleep(0.3)
+        real(*args, **kwargs)
+
+    store.mark_delivered = slow  # type: ignore[method-assign]
+    with Running(store, fake_segment, policy(claim_limit=10)) as run:
+        poll(marking.is_set, "the batch to be posted and its marking to start")
+    stats = run.stats()
+    assert (stats["delivered"], stats["pending"], stats["leased"]) == (10, 0, 0)
+    assert len(fake_segment.message_ids()) == 10

@@ -4,11 +4,12 @@ Nothing leaves the outbox except by a 2xx from Segment (delivered) or a permanen
 one event (a dead letter, kept with Segment's answer). Everything else is given back for a later
 attempt by the shared delivery loop; this module holds only how to render a batch and read the answer.
 
-Running (``run_forever``), the forwarder drains a backlog as a pipeline: while one round's batches
-are posted, the next round is claimed and prepared in a thread of its own (``delivery/prefetch.py``).
-Whatever it holds ahead stays leased, is renewed with the round in flight, and is given back with
-the untried rest when a batch fails, when delivery is held, and at stop. ``run_once`` is one round,
-claimed, prepared and sent in turn.
+Running (``run_forever``), the forwarder drains a backlog as a pipeline of three threads: while one
+round's batches are posted, the next round is claimed and prepared (``delivery/prefetch.py``), and
+each delivered batch is marked while the next is posted (``delivery/behind.py``). Whatever it holds
+ahead stays leased, is renewed with the round in flight, and is given back with the untried rest
+when a batch fails, when delivery is held, and at stop. ``run_once`` is one round, claimed,
+prepared, sent and marked in turn.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.delivery.behind import Behind
 from bridge.delivery.loop import DeliveryLoop, Held, Round, run_until_stopped, stored_object
 from bridge.delivery.pacing import PacingPolicy
 from bridge.delivery.prefetch import Prefetch
 from bridge.delivery.upstream import UpstreamError
 from bridge.inbound.batching import MAX_BATCH_EVENTS, MAX_EVENT_BYTES, pack
 from bridge.inbound.intake import KIND
-from bridge.inbound.segment import SegmentClient
+from bridge.inbound.segment import Accepted, SegmentClient
 from bridge.inbound.track import track_call
 from bridge.metrics import Metrics
 from bridge.payloads.identity import normalize_email
@@ -107,8 +109,10 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         self.event_names = event_names
         #: Whether a key may be used (Segment knows it, the region agrees); None trusts every key.
         self.gate = gate
-        #: The next round, made while the current one is sent; only while ``run_forever`` runs.
+        #: The next round, made while the current one is sent, and the delivered batches being
+        #: marked while the next is posted; only while ``run_forever`` runs.
         self._ahead: Prefetch[Round[list[_Prepared]]] | None = None
+        self._behind: Behind | None = None
         #: The round being sent (pipelined): renewed with the round made ahead, and let go of, to
         #: expire and come back, when the round ends in an error.
         self._current: list[ClaimedItem] = []
@@ -150,13 +154,15 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         """Run rounds, each made while the one before is sent, until ``stop`` is set; then give
         back every lease still held, the round made ahead included."""
         self._ahead = Prefetch(self.claim_round, self.clock, f"{self.owner}-ahead")
+        self._behind = Behind(f"{self.owner}-behind")
         self._leases_fresh_at = self.clock()
         try:
             run_until_stopped(f"{self.upstream} loop {self.owner}", self.run_once, stop,
                               self.idle_seconds)
         finally:
+            self._behind.close()  # every delivered batch is marked before leases are given back
             self._ahead.close()  # waits for a round in the making: nothing is claimed after this
-            self._ahead, self._current = None, []
+            self._ahead, self._behind, self._current = None, None, []
         self.release_leases()
 
     def next_round(self, now: float) -> Round[list[_Prepared]]:
@@ -202,11 +208,17 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         self._observe(answer.latency_ms)
         # state first: whoever sees the rows delivered also sees the state "ok"
         self.delivered(f"last batch of {len(group)} delivered")
+        if self._behind is None:
+            self._record_delivered(group, answer)
+        else:
+            self._behind.submit(lambda: self._record_delivered(group, answer))
+        return len(group)
+
+    def _record_delivered(self, group: list[_Prepared], answer: Accepted) -> None:
         self.store.mark_delivered([self._outcome(p, answer.status, answer.body, answer.latency_ms)
                                    for p in group], self.clock(), owner=self.owner)
         self.report("delivered", [p.item.event_type for p in group], status=answer.status,
                     latency_ms=answer.latency_ms)
-        return len(group)
 
     def reject(self, group: list[_Prepared], error: UpstreamError) -> int:
         (bad,) = group
