@@ -209,14 +209,18 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         # state first: whoever sees the rows delivered also sees the state "ok"
         self.delivered(f"last batch of {len(group)} delivered")
         if self._behind is None:
-            self._record_delivered(group, answer)
-        else:
-            self._behind.submit(lambda: self._record_delivered(group, answer))
+            self._mark_delivered(group, answer)
+            self._report_delivered(group, answer)
+        else:  # counted and logged at the 2xx; marked behind, while the next batch is posted
+            self._report_delivered(group, answer)
+            self._behind.submit(lambda: self._mark_delivered(group, answer))
         return len(group)
 
-    def _record_delivered(self, group: list[_Prepared], answer: Accepted) -> None:
+    def _mark_delivered(self, group: list[_Prepared], answer: Accepted) -> None:
         self.store.mark_delivered([self._outcome(p, answer.status, answer.body, answer.latency_ms)
                                    for p in group], self.clock(), owner=self.owner)
+
+    def _report_delivered(self, group: list[_Prepared], answer: Accepted) -> None:
         self.report("delivered", [p.item.event_type for p in group], status=answer.status,
                     latency_ms=answer.latency_ms)
 
