@@ -116,6 +116,8 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         #: The round being sent (pipelined): renewed with the round made ahead, and let go of, to
         #: expire and come back, when the round ends in an error.
         self._current: list[ClaimedItem] = []
+        #: The round being sent came from a full claim: its batches are marked behind.
+        self._draining = False
         #: Every lease the loop holds runs at least ``lease_seconds`` past this time.
         self._leases_fresh_at = 0.0
 
@@ -162,7 +164,7 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         finally:
             self._behind.close()  # every delivered batch is marked before leases are given back
             self._ahead.close()  # waits for a round in the making: nothing is claimed after this
-            self._ahead, self._behind, self._current = None, None, []
+            self._ahead, self._behind, self._current, self._draining = None, None, [], False
         self.release_leases()
 
     def next_round(self, now: float) -> Round[list[_Prepared]]:
@@ -174,7 +176,7 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         work = self._ahead.take(now, again=lambda made: made.full)
         if not work.items and work.error is None:  # made ahead and found nothing: look again now
             work = self.claim_round(now)
-        self._current = work.items
+        self._current, self._draining = work.items, work.full
         self._keep_leases()
         return work
 
@@ -208,10 +210,10 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         self._observe(answer.latency_ms)
         # state first: whoever sees the rows delivered also sees the state "ok"
         self.delivered(f"last batch of {len(group)} delivered")
-        if self._behind is None:
+        if self._behind is None or not self._draining:  # a trickle: marked before the next
             self._mark_delivered(group, answer)
             self._report_delivered(group, answer)
-        else:  # counted and logged at the 2xx; marked behind, while the next batch is posted
+        else:  # a backlog: counted and logged at the 2xx, marked while the next batch is posted
             self._report_delivered(group, answer)
             self._behind.submit(lambda: self._mark_delivered(group, answer))
         return len(group)
