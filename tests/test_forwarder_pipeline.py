@@ -12,6 +12,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,10 +27,22 @@ from bridge.inbound.intake import sort_events
 from bridge.inbound.segment import SegmentClient
 from bridge.payloads.body import parse_body
 from bridge.payloads.schemas import EventValidator
+from bridge.storage import open_store
 from bridge.storage.base import Store
 from tests.fakes.segment import FakeSegment, Scripted
 
 VALIDATOR = EventValidator.mailjet(DEFAULT_SCHEMA_DIR)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Each test on both backends (the PostgreSQL cases are slow: they need the server)."""
+    url = (request.getfixturevalue("pg_url") if request.param == "postgres"
+           else f"sqlite:///{tmp_path / 'store.db'}")
+    s = open_store(url)
+    s.migrate()
+    yield s
+    s.close()
 
 
 def queue(store: Store, n: int, **extra: Any) -> None:
