@@ -27,7 +27,7 @@ PREFIXES = ("SEGMENT_", "MAILJET_", "BRIDGE_")
 
 #: Fixtures that start a process, a browser or reach a database server; these modules spawn processes.
 SLOW_FIXTURES = {"start_make_run", "make_run", "pg_database", "pg_url", "pg_cluster", "browser"}
-SLOW_MODULES = {"test_faults.py", "test_end_to_end.py", "test_browser.py"}
+SLOW_MODULES = {"test_faults.py", "test_end_to_end.py", "test_browser.py", "test_memory.py"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

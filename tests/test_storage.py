@@ -386,3 +386,52 @@ def test_text_with_a_nul_is_stored_on_every_backend(store: Store) -> None:
     assert store.newest_applied(["a\x00@x.com", "ok@x.com"]) == {"ok@x.com": 2.0}
     (row,) = store.dead_letters()
     assert "\x00" not in row["last_error"]
+
+
+def test_a_batch_is_marked_delivered_with_each_row_as_it_was_sent(store: Store) -> None:
+    """One statement per chunk of rows sharing Segment's answer; each row keeps its own text."""
+    keys = [f"k{i}" for i in range(2600)]  # more rows than one statement settles
+    store.accept(items(*keys), [], T0)
+    claimed = store.claim(SEGMENT_TRACK, 3000, "w", 60, T0)
+    half = len(claimed) // 2
+    store.mark_delivered([Outcome(i.id, sent=f'{{"s":"{json_key(i)}"}}', status=200, response="ok",
+                                  latency_ms=5.0) for i in claimed[:half]], T0 + 1, owner="w")
+    store.mark_delivered([Outcome(i.id, sent=f'{{"s":"{json_key(i)}"}}', status=201, response="\x00",
+                                  latency_ms=None) for i in claimed[half:]], T0 + 2, owner="w")
+    assert store.stats(T0)["delivered"] == 2600
+    for item in (claimed[0], claimed[half - 1], claimed[half], claimed[-1]):
+        row = store.item(item.id)
+        assert row is not None and json.loads(row["sent"]) == {"s": json_key(item)}
+        assert row["attempts"] == 1 and row["state"] == "delivered"
+    first, last = store.item(claimed[0].id), store.item(claimed[-1].id)
+    assert first is not None and last is not None
+    assert (first["last_status"], first["last_response"], first["latency_ms"]) == (200, "ok", 5.0)
+    assert (last["last_status"], last["last_response"], last["latency_ms"]) == (201, "\\u0000", None)
+    assert (first["finished_at"], last["finished_at"]) == (T0 + 1, T0 + 2)
+
+
+def test_only_the_lease_owner_marks_its_rows_delivered(store: Store) -> None:
+    """A process whose lease was taken over never settles the row too: it is marked once."""
+    store.accept(items("a", "b"), [], T0)
+    (a,) = store.claim(SEGMENT_TRACK, 1, "slow", 30, T0)
+    (b,) = store.claim(SEGMENT_TRACK, 1, "slow", 100, T0)
+    (retaken,) = store.claim(SEGMENT_TRACK, 1, "rival", 30, T0 + 31)  # a's lease ran out
+    assert retaken.id == a.id
+    store.mark_delivered([Outcome(i.id, sent='"slow"', status=200) for i in (a, b)], T0 + 32,
+                         owner="slow")
+    assert store.stats(T0)["leased"] == 1  # a: still the rival's to settle
+    store.mark_delivered([Outcome(a.id, sent='"rival"', status=200)], T0 + 33, owner="rival")
+    row_a, row_b = store.item(a.id), store.item(b.id)
+    assert row_a is not None and row_b is not None
+    assert (row_a["state"], row_a["sent"], row_a["attempts"]) == ("delivered", '"rival"', 1)
+    assert (row_b["state"], row_b["sent"], row_b["attempts"]) == ("delivered", '"slow"', 1)
+
+
+def test_release_and_renew_take_any_number_of_ids(store: Store) -> None:
+    store.accept(items(*[f"k{i}" for i in range(2100)]), [], T0)
+    ids = [i.id for i in store.claim(SEGMENT_TRACK, 3000, "w", 30, T0)]
+    assert store.renew([*ids, 10**9], "w", T0 + 100) == 2100
+    store.release(ids, "w", T0 + 5, "HTTP 500", status=500)
+    stats = store.stats(T0)
+    assert (stats["pending"], stats["leased"]) == (2100, 0)
+    assert store.claim(SEGMENT_TRACK, 3000, "w", 30, T0 + 5)[0].attempts == 1

@@ -22,11 +22,12 @@ import contextlib
 import json
 import logging
 import random
+import sys
 import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from bridge.delivery.pacing import Pacer, PacingPolicy
@@ -43,6 +44,11 @@ R = TypeVar("R")
 
 #: How often a loop looks for expired leases of its kind while it has nothing else to do.
 RECOVER_EVERY_SECONDS = 5.0
+#: How long one thread may keep the interpreter while another waits for it, in a process that runs
+#: the loops. The forwarder's threads take turns: one maps events (pure Python) while the other comes
+#: back from SQLite or the network many times a batch, and at Python's 5 ms each return could wait
+#: that long.
+SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,22 @@ class Held:
 
     state: str
     detail: str
+
+
+@dataclass
+class Round(Generic[G]):
+    """Claimed items, prepared: the groups to send and the items dead before any call.
+
+    ``items`` are every item the round settles. ``error`` is a bug met while preparing (outside any
+    one item): the whole round is given back with a backoff.
+    """
+
+    items: list[ClaimedItem]
+    groups: list[G] = field(default_factory=list)
+    dead: list[Outcome] = field(default_factory=list)
+    error: Exception | None = None
+    #: The claim took all it was allowed to: more is probably due (a backlog).
+    full: bool = False
 
 
 class Loop(Protocol):
@@ -110,7 +132,8 @@ def run_until_stopped(
 
 
 def start_loops(loops: Sequence[Loop], stop: threading.Event) -> list[threading.Thread]:
-    """Run each loop in a daemon thread until ``stop`` is set."""
+    """Run each loop in a daemon thread until ``stop`` is set (the process is the loops')."""
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     threads = [
         threading.Thread(target=loop.run_forever, args=(stop,), name=type(loop).__name__, daemon=True)
         for loop in loops
@@ -202,27 +225,68 @@ class DeliveryLoop(Generic[G]):
     def run_once(self) -> int:
         """Claim one round of due items and try to deliver them. Returns how many were settled."""
         now = self.clock()
+        credential = self.clearance(now)
+        if credential is None:
+            self.release_held(now)
+            return 0
+        work = self.next_round(now)
+        if not work.items:
+            return 0
+        return self.settle(credential, work, now)
+
+    def clearance(self, now: float) -> Hashable | None:
+        """The credential to deliver with now, or None when nothing may be claimed (no credential,
+        held, paused, or not due); takes back expired leases on the way."""
         self._recover_expired(now)
         credential = self.credential()
         if not credential:
             self.pacer.set_status(*self.missing_credential)
-            return 0
+            return None
         if isinstance(credential, Held):
             self.pacer.set_status(credential.state, credential.detail)
-            return 0
-        if not self.pacer.ready(credential):
-            return 0
-        if not self.due(now):
-            return 0
+            return None
+        if not self.pacer.ready(credential) or not self.due(now):
+            return None
+        return credential
+
+    def claim_round(self, now: float) -> Round[G]:
+        """Claim due items and prepare them; a bug while preparing stays with the round, whose
+        items are then given back by whoever settles it."""
         items = self.store.claim(self.kind, self.claim_limit, self.owner, self.lease_seconds, now)
+        full = len(items) >= self.claim_limit
         if not items:
-            return 0
+            return Round(items)
         try:
-            return self._round(credential, items, now)
+            groups, dead = self.prepare(items)
+        except Exception as exc:
+            return Round(items, error=exc, full=full)
+        return Round(items, groups, dead, full=full)
+
+    def next_round(self, now: float) -> Round[G]:
+        """The round to send now: claimed and prepared at once (a pipelined loop prefetches it)."""
+        return self.claim_round(now)
+
+    def held_back(self) -> list[ClaimedItem]:
+        """Items this loop holds beyond the round being sent (a prefetched round), handed over to
+        be given back with it; the loop holds them no more."""
+        return []
+
+    def release_held(self, now: float) -> None:
+        """Give back at once, with no attempt counted, what the loop holds ahead (delivery stopped)."""
+        held = self.held_back()
+        if held:
+            self.store.release([i.id for i in held], self.owner, now, None, count_attempt=False)
+
+    def settle(self, credential: Hashable, work: Round[G], now: float) -> int:
+        """Deliver a round; an error outside any one item gives the whole round back at once."""
+        try:
+            if work.error is not None:
+                raise work.error
+            return self._round(credential, work, now)
         except StorageUnavailable:
             raise  # nothing can be released either; the leases expire and are taken back
         except Exception as exc:  # a bug outside any one item: never leave the round stranded
-            self._release_stranded(items, exc)
+            self._release_stranded(work.items, exc)
             return 0
 
     def isolate(self, work: Callable[[ClaimedItem, X], R | Outcome],
@@ -243,11 +307,11 @@ class DeliveryLoop(Generic[G]):
                 done.append(result)
         return done, dead
 
-    def _round(self, credential: Hashable, items: list[ClaimedItem], now: float) -> int:
-        groups, dead = self.prepare(items)
+    def _round(self, credential: Hashable, work: Round[G], now: float) -> int:
+        groups, dead = work.groups, work.dead
         if dead:
             self.store.mark_dead(dead, self.owner, now)
-            types = {item.id: item.event_type for item in items}
+            types = {item.id: item.event_type for item in work.items}
             self.report("dead", [types[o.id] for o in dead], error=dead[0].error)
         try:
             groups = self.plan(groups, credential)
@@ -297,8 +361,8 @@ class DeliveryLoop(Generic[G]):
         if self.metrics:
             self.metrics.loop_error(self.upstream)
         delay = self.pacer.failed(error[:300], None)
-        self.store.release([i.id for i in items], self.owner, self.clock() + delay, error,
-                           count_attempt=False)
+        self.store.release([i.id for i in [*items, *self.held_back()]], self.owner,
+                           self.clock() + delay, error, count_attempt=False)
 
     def give_back(self, exc: UpstreamError, credential: Hashable, tried: list[ClaimedItem],
                   untried: list[ClaimedItem]) -> None:
@@ -319,6 +383,7 @@ class DeliveryLoop(Generic[G]):
             due, counted = now + self.pacer.failed(error[:300], exc.retry_after), True
         self.store.release([i.id for i in tried], self.owner, due, error, count_attempt=counted,
                            status=exc.status)
+        untried = [*untried, *self.held_back()]
         if untried:
             self.store.release([i.id for i in untried], self.owner, due, None, count_attempt=False)
         self.report("retried", [i.event_type for i in tried], status=exc.status,

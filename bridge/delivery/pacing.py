@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 #: A ``Retry-After`` is obeyed within these bounds: never a busy loop, never a pause of hours.
 RETRY_AFTER_MIN, RETRY_AFTER_MAX = 0.5, 600.0
+#: While delivery stays ``ok``, a new detail ("last batch of 730 delivered") is stored at most this
+#: often: draining a backlog would otherwise add a durable write to every batch.
+OK_DETAIL_EVERY_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -64,13 +67,17 @@ class Pacer:
         self._succeeded_before = False
         self._refused: Hashable | None = None
         self._status: tuple[str, str] | None = None
+        self._stored_at = 0.0
 
-    def set_status(self, state: str, detail: str) -> None:
-        """Store the delivery state when it changes. Details never contain credentials."""
+    def set_status(self, state: str, detail: str, *, detail_every: float = 0.0) -> None:
+        """Store the delivery state when it changes; a new detail in the same state only once
+        ``detail_every`` seconds have passed since the last write. Details never contain credentials."""
         if self._status == (state, detail):
             return
-        self._status = (state, detail)
         now = self.clock()
+        if self._status is not None and self._status[0] == state and now - self._stored_at < detail_every:
+            return
+        self._status, self._stored_at = (state, detail), now
         record = json.dumps({"state": state, "detail": detail, "since": now})
         self.store.put_setting(status_key(self.upstream), record, now)
         level = logging.INFO if state == "ok" else logging.WARNING
@@ -88,7 +95,7 @@ class Pacer:
         recovered = self._failures > 0 or not self._succeeded_before
         self._failures = 0
         self._succeeded_before = True
-        self.set_status("ok", detail)
+        self.set_status("ok", detail, detail_every=OK_DETAIL_EVERY_SECONDS)
         return recovered
 
     def failed(self, what: str, retry_after: float | None) -> float:

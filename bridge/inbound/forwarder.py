@@ -3,23 +3,33 @@
 Nothing leaves the outbox except by a 2xx from Segment (delivered) or a permanent rejection of that
 one event (a dead letter, kept with Segment's answer). Everything else is given back for a later
 attempt by the shared delivery loop; this module holds only how to render a batch and read the answer.
+
+Running (``run_forever``), the forwarder drains a backlog as a pipeline of three threads: while one
+round's batches are posted, the next round is claimed and prepared (``delivery/prefetch.py``), and
+each delivered batch is marked while the next is posted (``delivery/behind.py``). Whatever it holds
+ahead stays leased, is renewed with the round in flight, and is given back with the untried rest
+when a batch fails, when delivery is held, and at stop. ``run_once`` is one round, claimed,
+prepared, sent and marked in turn.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.delivery.loop import DeliveryLoop, Held, stored_object
+from bridge.delivery.behind import Behind
+from bridge.delivery.loop import DeliveryLoop, Held, Round, run_until_stopped, stored_object
 from bridge.delivery.pacing import PacingPolicy
+from bridge.delivery.prefetch import Prefetch
 from bridge.delivery.upstream import UpstreamError
-from bridge.inbound.batching import MAX_EVENT_BYTES, pack
+from bridge.inbound.batching import MAX_BATCH_EVENTS, MAX_EVENT_BYTES, pack
 from bridge.inbound.intake import KIND
-from bridge.inbound.segment import SegmentClient
+from bridge.inbound.segment import Accepted, SegmentClient
 from bridge.inbound.track import track_call
 from bridge.metrics import Metrics
 from bridge.payloads.identity import normalize_email
@@ -28,7 +38,8 @@ from bridge.storage.base import ClaimedItem, Outcome, Store
 
 @dataclass(frozen=True)
 class ForwarderPolicy:
-    claim_limit: int = 1000
+    #: As many as one batch may carry: a full claim fills at least one batch to a limit.
+    claim_limit: int = MAX_BATCH_EVENTS
     lease_seconds: float = 60.0
     idle_seconds: float = 0.5
     pacing: PacingPolicy = field(default_factory=PacingPolicy)
@@ -43,10 +54,25 @@ class _Prepared:
     encoded: bytes
 
 
-def _encode(call: Mapping[str, Any]) -> str:
-    """Strict JSON: a non-finite number raises here, for this one event, instead of reaching Segment."""
-    return json.dumps(call, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+#: Strict JSON (``allow_nan=False``): a non-finite number raises for its one event instead of reaching
+#: Segment. One encoder for every call, without the cycle check: a call is a tree built from parsed
+#: JSON, and a cycle would still fail its one event (RecursionError) rather than loop.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False,
+                            check_circular=False)
 
+
+def _encode(call: Mapping[str, Any]) -> str:
+    return _ENCODER.encode(call)
+
+
+def _size(prepared: _Prepared) -> int:
+    return len(prepared.encoded)
+
+
+def _parse(item: ClaimedItem, text: str) -> tuple[ClaimedItem, tuple[dict[str, Any], str | None]]:
+    """A stored event and its recipient's normalised email, read once."""
+    event = stored_object(text)
+    return item, (event, normalize_email(event.get("email")))
 
 
 class Forwarder(DeliveryLoop[list[_Prepared]]):
@@ -83,6 +109,17 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         self.event_names = event_names
         #: Whether a key may be used (Segment knows it, the region agrees); None trusts every key.
         self.gate = gate
+        #: The next round, made while the current one is sent, and the delivered batches being
+        #: marked while the next is posted; only while ``run_forever`` runs.
+        self._ahead: Prefetch[Round[list[_Prepared]]] | None = None
+        self._behind: Behind | None = None
+        #: The round being sent (pipelined): renewed with the round made ahead, and let go of, to
+        #: expire and come back, when the round ends in an error.
+        self._current: list[ClaimedItem] = []
+        #: The round being sent came from a full claim: its batches are marked behind.
+        self._draining = False
+        #: Every lease the loop holds runs at least ``lease_seconds`` past this time.
+        self._leases_fresh_at = 0.0
 
     def credential(self) -> str | Held | None:
         key = self.write_key()
@@ -95,14 +132,13 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         Each item is parsed, mapped and encoded on its own: one that cannot be becomes a dead letter
         and the rest of the round goes on.
         """
-        parsed, dead = self.isolate(lambda item, text: (item, stored_object(text)),
-                                    ((i, i.payload) for i in items))
-        emails = {normalize_email(event.get("email")) for _, event in parsed} - {None}
-        user_ids = self.store.user_ids_for(emails)  # type: ignore[arg-type]
+        parsed, dead = self.isolate(_parse, ((i, i.payload) for i in items))
+        user_ids = self.store.user_ids_for({email for _, (_, email) in parsed if email})
         names = self.event_names()
 
-        def prepare_one(item: ClaimedItem, event: dict[str, Any]) -> _Prepared | Outcome:
-            user_id = user_ids.get(normalize_email(event.get("email")) or "")
+        def prepare_one(item: ClaimedItem, read: tuple[dict[str, Any], str | None]) -> _Prepared | Outcome:
+            event, email = read
+            user_id = user_ids.get(email) if email else None
             # the stored key: a row keeps the messageId it was accepted with, whatever the rule now
             call = _encode(track_call(event, event_names=names, user_id=user_id, key=item.dedupe_key))
             encoded = call.encode("utf-8")
@@ -112,9 +148,60 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
             return _Prepared(item, call, encoded)
 
         prepared, unsendable = self.isolate(prepare_one, parsed)
-        return pack(prepared, lambda p: len(p.encoded)), dead + unsendable
+        return pack(prepared, _size), dead + unsendable
+
+    # -- the pipeline ---------------------------------------------------------------------------------
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Run rounds, each made while the one before is sent, until ``stop`` is set; then give
+        back every lease still held, the round made ahead included."""
+        self._ahead = Prefetch(self.claim_round, self.clock, f"{self.owner}-ahead")
+        self._behind = Behind(f"{self.owner}-behind")
+        self._leases_fresh_at = self.clock()
+        try:
+            run_until_stopped(f"{self.upstream} loop {self.owner}", self.run_once, stop,
+                              self.idle_seconds)
+        finally:
+            self._behind.close()  # every delivered batch is marked before leases are given back
+            self._ahead.close()  # waits for a round in the making: nothing is claimed after this
+            self._ahead, self._behind, self._current, self._draining = None, None, [], False
+        self.release_leases()
+
+    def next_round(self, now: float) -> Round[list[_Prepared]]:
+        """The round made ahead, if any; the next one is started when this one came from a full
+        claim (a backlog), so a steady trickle is sent as it comes, one round at a time."""
+        if self._ahead is None:
+            return self.claim_round(now)
+        self._current = []
+        work = self._ahead.take(now, again=lambda made: made.full)
+        if not work.items and work.error is None:  # made ahead and found nothing: look again now
+            work = self.claim_round(now)
+        self._current, self._draining = work.items, work.full
+        self._keep_leases()
+        return work
+
+    def held_back(self) -> list[ClaimedItem]:
+        made = self._ahead.drop() if self._ahead is not None else None
+        return made.items if made is not None else []
+
+    def _keep_leases(self) -> None:
+        """Renew the leases of what the loop holds, the round being sent and the round made ahead,
+        well before any runs out: a third of the lease after the last renewal. Between two checks
+        lies at most one request, whose timeout must stay under two thirds of the lease. Only
+        those: rows a failed round left behind are let go of, and come back when their lease ends."""
+        now = self.clock()
+        if self._ahead is None or now - self._leases_fresh_at < self.lease_seconds / 3:
+            return
+        ahead = self._ahead.peek()
+        held = [i.id for i in (*self._current, *(ahead.items if ahead is not None else ()))]
+        if held:
+            self.store.renew(held, self.owner, now + self.lease_seconds)
+        self._leases_fresh_at = now
+
+    # -- one batch ----------------------------------------------------------------------------------
 
     def send(self, credential: str, group: list[_Prepared]) -> int:
+        self._keep_leases()
         try:
             answer = self.client.post_batch(credential, [p.encoded for p in group])
         except UpstreamError as exc:
@@ -123,11 +210,21 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         self._observe(answer.latency_ms)
         # state first: whoever sees the rows delivered also sees the state "ok"
         self.delivered(f"last batch of {len(group)} delivered")
+        if self._behind is None or not self._draining:  # a trickle: marked before the next
+            self._mark_delivered(group, answer)
+            self._report_delivered(group, answer)
+        else:  # a backlog: counted and logged at the 2xx, marked while the next batch is posted
+            self._report_delivered(group, answer)
+            self._behind.submit(lambda: self._mark_delivered(group, answer))
+        return len(group)
+
+    def _mark_delivered(self, group: list[_Prepared], answer: Accepted) -> None:
         self.store.mark_delivered([self._outcome(p, answer.status, answer.body, answer.latency_ms)
-                                   for p in group], self.clock())
+                                   for p in group], self.clock(), owner=self.owner)
+
+    def _report_delivered(self, group: list[_Prepared], answer: Accepted) -> None:
         self.report("delivered", [p.item.event_type for p in group], status=answer.status,
                     latency_ms=answer.latency_ms)
-        return len(group)
 
     def reject(self, group: list[_Prepared], error: UpstreamError) -> int:
         (bad,) = group

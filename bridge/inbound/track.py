@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from bridge import NAME, __version__
@@ -50,6 +51,8 @@ def id_value(value: Any) -> int | str | None:
 
     Zero, empty text, null, booleans and anything else that is not an id mean "none".
     """
+    if type(value) is int:  # the usual case, first
+        return value or None
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, float):
@@ -129,8 +132,13 @@ def message_id(key: str) -> str:
 
 def iso_timestamp(unix_seconds: int | float) -> str:
     """Mailjet ``time`` (Unix seconds, UTC) as ISO-8601 UTC."""
-    moment = datetime.fromtimestamp(int(unix_seconds), tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _iso_second(int(unix_seconds))
+
+
+@lru_cache(maxsize=4096)
+def _iso_second(seconds: int) -> str:
+    """Cached: a backlog's events come in time order, many to a second."""
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _id_string(value: Any) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 #: Outbox states.
 PENDING, LEASED, DELIVERED, DEAD = "pending", "leased", "delivered", "dead"
@@ -72,9 +72,11 @@ class AcceptResult:
     dead: int = 0
 
 
-@dataclass(frozen=True)
-class ClaimedItem:
-    """A leased outbox row. The lease lapses at ``lease_expires_at`` and the row is claimable again."""
+class ClaimedItem(NamedTuple):
+    """A leased outbox row. The lease lapses at ``lease_expires_at`` and the row is claimable again.
+
+    A named tuple, as ``Outcome``: rows cross the store's boundary by the thousand each round, and a
+    tuple is about four times cheaper to make than a frozen dataclass."""
 
     id: int
     kind: str
@@ -87,8 +89,7 @@ class ClaimedItem:
     replayed: int = 0
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What happened to one item on one attempt, as kept for the debugger and dead-letter views."""
 
     id: int
@@ -131,8 +132,11 @@ class Store(ABC):
         """Lease up to ``limit`` due items, oldest first. Expired leases are taken over first."""
 
     @abstractmethod
-    def mark_delivered(self, outcomes: Iterable[Outcome], now: float) -> None:
-        """Record successful deliveries (terminal)."""
+    def mark_delivered(self, outcomes: Iterable[Outcome], now: float, *, owner: str | None = None,
+                       ) -> None:
+        """Record successful deliveries (terminal). With ``owner``, only rows that owner still
+        leases are marked: a row whose lease another process took over is that process's to settle,
+        so no row is marked twice."""
 
     @abstractmethod
     def release(

@@ -133,7 +133,8 @@ class PostgresStore(SqlStore):
                 f"RETURNING {CLAIM_COLUMNS}",
                 (LEASED, owner, now + lease_seconds, kind, PENDING, now, LEASED, now, limit),
             ).fetchall()
-        return sorted((ClaimedItem(*row) for row in rows), key=lambda item: item.id)
+        rows.sort()  # by id, the first column
+        return list(map(ClaimedItem._make, rows))
 
     def close(self) -> None:
         with self._lock:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from bridge.storage.base import (
     DEAD,
@@ -31,7 +31,12 @@ ITEM_COLUMNS = (
     "id, kind, event_type, state, payload, sent, attempts, last_error, last_status, "
     "last_response, latency_ms, created_at, finished_at"
 )
+T = TypeVar("T")
+
 CLAIM_COLUMNS = "id, kind, dedupe_key, event_type, payload, attempts, created_at, replayed"
+#: Most rows one statement settles or looks up (a power of two): at most 2 parameters each, far
+#: below both dialects' limits (SQLite 32,766).
+ROWS_PER_STATEMENT = 1024
 #: How stale a session's last sight may get before it is written again.
 SESSION_TOUCH_SECONDS = 60.0
 #: Versioned schema changes: ``migrations/<dialect>/NNNN_name.sql``, recorded in ``schema_version``.
@@ -70,6 +75,22 @@ def _text(value: str | None) -> str | None:
     except UnicodeEncodeError:
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
     return value
+
+
+def _chunks(values: Sequence[T]) -> Iterable[list[T]]:
+    """Chunks of at most ``ROWS_PER_STATEMENT``, each padded to a power of two by repeating its last
+    value. A statement's text depends on its length, and the driver keeps each text as a prepared
+    statement (sqlite3: 128 a connection, some large), so lengths come from a short list instead of
+    any number; and a batch is still one statement. A repeated value changes nothing: an ``IN``
+    list, and ``UPDATE ... FROM``, which updates a row once whatever it joins to."""
+    for start in range(0, len(values), ROWS_PER_STATEMENT):
+        chunk = list(values[start : start + ROWS_PER_STATEMENT])
+        chunk += [chunk[-1]] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))
+        yield chunk
+
+
+def _marks(count: int) -> str:
+    return ",".join("?" * count)
 
 
 def _storable(*texts: str) -> bool:
@@ -197,35 +218,59 @@ class SqlStore(Store):
         )[0]
         return DueSummary(row[0], row[1], row[2])
 
-    def mark_delivered(self, outcomes: Iterable[Outcome], now: float) -> None:
+    def mark_delivered(self, outcomes: Iterable[Outcome], now: float, *, owner: str | None = None,
+                       ) -> None:
+        """One statement per answer and chunk: a batch shares its status, answer and latency, and
+        only the text each row was sent as differs (``UPDATE ... FROM`` a list of values)."""
+        by_answer: dict[tuple[Any, ...], list[tuple[int, str | None]]] = {}
+        for o in outcomes:
+            by_answer.setdefault((o.status, o.response, o.latency_ms), []).append((o.id, o.sent))
+        if not by_answer:
+            return
+        only_owner = "AND outbox.state = ? AND outbox.lease_owner = ?" if owner is not None else ""
         with self._write() as tx:
-            tx.executemany(
-                "UPDATE outbox SET state = ?, finished_at = ?, sent = ?, last_status = ?, "
-                "last_response = ?, latency_ms = ?, last_error = NULL, lease_owner = NULL, "
-                "lease_expires_at = NULL, attempts = attempts + 1 WHERE id = ?",
-                [(DELIVERED, now, _text(o.sent), o.status, _text(o.response), o.latency_ms, o.id)
-                 for o in outcomes],
-            )
+            for (status, response, latency_ms), rows in by_answer.items():
+                for chunk in _chunks(rows):
+                    params: list[Any] = []
+                    for item_id, sent in chunk:
+                        params += (item_id, _text(sent))
+                    params += (DELIVERED, now, status, _text(response), latency_ms)
+                    if owner is not None:
+                        params += (LEASED, owner)
+                    tx.execute(
+                        f"WITH v(id, sent) AS (VALUES {','.join(['(?, ?)'] * len(chunk))}) "
+                        "UPDATE outbox SET state = ?, finished_at = ?, sent = v.sent, last_status = ?, "
+                        "last_response = ?, latency_ms = ?, last_error = NULL, lease_owner = NULL, "
+                        "lease_expires_at = NULL, attempts = attempts + 1 "
+                        f"FROM v WHERE outbox.id = v.id {only_owner}",
+                        params,
+                    )
 
     def release(
         self, ids: Sequence[int], owner: str, next_attempt_at: float, error: str | None,
         *, count_attempt: bool = True, status: int | None = None,
     ) -> None:
         with self._write() as tx:
-            tx.executemany(
-                "UPDATE outbox SET state = ?, next_attempt_at = ?, last_error = ?, "
-                "last_status = ?, attempts = attempts + ?, lease_owner = NULL, "
-                "lease_expires_at = NULL WHERE id = ? AND state = ? AND lease_owner = ?",
-                [(PENDING, next_attempt_at, _text(error), status, int(count_attempt), i, LEASED, owner)
-                 for i in ids],
-            )
+            for chunk in _chunks(ids):
+                tx.execute(
+                    "UPDATE outbox SET state = ?, next_attempt_at = ?, last_error = ?, "
+                    "last_status = ?, attempts = attempts + ?, lease_owner = NULL, "
+                    f"lease_expires_at = NULL WHERE id IN ({_marks(len(chunk))}) AND state = ? "
+                    "AND lease_owner = ?",
+                    (PENDING, next_attempt_at, _text(error), status, int(count_attempt), *chunk,
+                     LEASED, owner),
+                )
 
     def renew(self, ids: Sequence[int], owner: str, lease_expires_at: float) -> int:
+        renewed = 0
         with self._write() as tx:
-            return tx.executemany(
-                "UPDATE outbox SET lease_expires_at = ? WHERE id = ? AND state = ? AND lease_owner = ?",
-                [(lease_expires_at, i, LEASED, owner) for i in ids],
-            )
+            for chunk in _chunks(ids):
+                renewed += tx.execute(
+                    f"UPDATE outbox SET lease_expires_at = ? WHERE id IN ({_marks(len(chunk))}) "
+                    "AND state = ? AND lease_owner = ?",
+                    (lease_expires_at, *chunk, LEASED, owner),
+                ).rowcount
+        return renewed
 
     def recover_expired(self, kind: str, now: float) -> int:
         expired = self._rows(
@@ -287,9 +332,8 @@ class SqlStore(Store):
         """Run ``sql`` (with one ``IN ({marks})``) over ``keys`` in chunks; later rows win."""
         wanted = sorted(key for key in set(keys) if _storable(key))  # a NUL key matches nothing stored
         found: dict[str, str] = {}
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            for row in self._rows(sql.format(marks=",".join("?" * len(chunk))), chunk):
+        for chunk in _chunks(wanted):
+            for row in self._rows(sql.format(marks=_marks(len(chunk))), chunk):
                 found[row[0]] = row[1]
         return found
 

@@ -216,7 +216,8 @@ class SQLiteStore(SqlStore):
                 f"AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?) RETURNING {CLAIM_COLUMNS}",
                 (LEASED, owner, now + lease_seconds, kind, PENDING, now, limit),
             ).fetchall()
-        return sorted((ClaimedItem(*row) for row in rows), key=lambda item: item.id)
+        rows.sort()  # by id, the first column
+        return list(map(ClaimedItem._make, rows))
 
     def close(self) -> None:
         """Close the idle connections now, and those in use when their user is done with them (closing

@@ -31,7 +31,9 @@ unknown key (analytics-react-native#873), 200 with the settings document for a k
 Tests script tracking answers (500, 429 with Retry-After, 400, 401, slow answers) with
 :meth:`FakeSegment.then`, CDN answers (503, hangs) with :meth:`FakeSegment.cdn_then` /
 :meth:`FakeSegment.cdn_fail`, and read back every request: ``requests`` (with ``sentAt``),
-``accepted``, the ``dropped_*`` lists, ``cdn_requests`` and ``cdn_counts``.
+``accepted``, the ``dropped_*`` lists, ``cdn_requests`` and ``cdn_counts``. A test that sends a
+large backlog can keep only the accepted calls' messageIds (``keep_calls=False``: ``accepted_ids``
+and ``accepted_count``; requests then keep no calls); the answers are the same.
 """
 
 from __future__ import annotations
@@ -144,8 +146,12 @@ def _basic_user(header: str) -> str | None:
 class FakeSegment(FakeServer):
     name = "fake Segment"
 
-    def __init__(self, write_keys: set[str] | None = None) -> None:
+    def __init__(self, write_keys: set[str] | None = None, *, keep_calls: bool = True) -> None:
         super().__init__()
+        #: False: accepted calls are counted and their messageIds kept, not the calls themselves.
+        self.keep_calls = keep_calls
+        self.accepted_ids: set[str] = set()
+        self.accepted_count = 0
         #: The keys of the workspace's sources: the CDN knows them, and their calls are delivered.
         self.write_keys = set(write_keys or {"good-key"})
         #: A source's region, by write key; a key not listed is "us".
@@ -204,7 +210,8 @@ class FakeSegment(FakeServer):
             self.cdn_outage_status = status
 
     def describe(self) -> str:
-        return (f"{len(self.requests)} requests, {len(self.accepted)} calls accepted, "
+        accepted = len(self.accepted) if self.keep_calls else self.accepted_count
+        return (f"{len(self.requests)} requests, {accepted} calls accepted, "
                 f"{len(self.dropped_unknown_key)} dropped for an unknown key, "
                 f"{len(self.dropped_wrong_region)} for the wrong region, "
                 f"{len(self.dropped_over_limit)} over the batch limit; "
@@ -262,7 +269,8 @@ class FakeSegment(FakeServer):
         batch = body.get("batch", []) if isinstance(body, dict) else []
         sent_at = body.get("sentAt") if isinstance(body, dict) else None
         with self.lock:
-            self.requests.append(Received(status, key, sent_at, batch, time.time(), dropped))
+            kept = batch if self.keep_calls else []
+            self.requests.append(Received(status, key, sent_at, kept, time.time(), dropped))
 
     def _track(self, request: Request) -> Response:
         """``POST /v1/batch``: the checks the edge makes, in order; then scripts, outages, delivery."""
@@ -298,7 +306,8 @@ class FakeSegment(FakeServer):
         with self.lock:
             if time.time() < self.outage_until:
                 status = self.outage_statuses[len(self.requests) % len(self.outage_statuses)]
-                self.requests.append(Received(status, key, body.get("sentAt"), batch, time.time()))
+                self.requests.append(Received(status, key, body.get("sentAt"),
+                                              batch if self.keep_calls else [], time.time()))
                 return _json(status, {"code": "unavailable", "message": "outage"})
             scripted = self.script.popleft() if self.script else None
         if scripted is not None:
@@ -334,5 +343,9 @@ class FakeSegment(FakeServer):
         if len(batch) > MAX_BATCH_CALLS:
             self.dropped_over_limit.extend(batch)
             return "over_limit"
-        self.accepted.extend(batch)
+        if self.keep_calls:
+            self.accepted.extend(batch)
+        else:
+            self.accepted_count += len(batch)
+            self.accepted_ids.update(call.get("messageId") for call in batch if isinstance(call, dict))
         return ""

@@ -1,0 +1,220 @@
+"""The forwarder as it runs (``run_forever``): the next round is claimed and prepared while the
+current one is posted. Whatever it holds ahead stays leased and renewed, and is given back, never
+lost nor sent twice, when a batch fails, when delivery is held, and at stop (docs/behaviour.md,
+"Delivery").
+
+Real time and a real fake-Segment server; every wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.config import DEFAULT_SCHEMA_DIR
+from bridge.delivery.pacing import PacingPolicy
+from bridge.errors import StorageUnavailable
+from bridge.inbound.batching import MAX_BATCH_BYTES
+from bridge.inbound.fields import EVENT_NAME_PRESETS
+from bridge.inbound.forwarder import Forwarder, ForwarderPolicy
+from bridge.inbound.intake import sort_events
+from bridge.inbound.segment import SegmentClient
+from bridge.payloads.body import parse_body
+from bridge.payloads.schemas import EventValidator
+from bridge.storage import open_store
+from bridge.storage.base import Store
+from tests.fakes.segment import FakeSegment, Scripted
+
+VALIDATOR = EventValidator.mailjet(DEFAULT_SCHEMA_DIR)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Each test on both backends (the PostgreSQL cases are slow: they need the server)."""
+    url = (request.getfixturevalue("pg_url") if request.param == "postgres"
+           else f"sqlite:///{tmp_path / 'store.db'}")
+    s = open_store(url)
+    s.migrate()
+    yield s
+    s.close()
+
+
+def queue(store: Store, n: int, **extra: Any) -> None:
+    events = [{"event": "open", "time": 1_700_000_000 + i, "MessageID": 10**16 + i,
+               "email": f"user{i}@example.com", **extra} for i in range(n)]
+    store.accept(sort_events(parse_body(json.dumps(events).encode()), VALIDATOR).items, [], time.time())
+
+
+def poll(check: Any, what: str, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Running:
+    """A forwarder in ``run_forever`` on a thread of its own, with a write key tests can change."""
+
+    def __init__(self, store: Store, fake: FakeSegment, policy: ForwarderPolicy) -> None:
+        self.store, self.fake = store, fake
+        self.key: str | None = "good-key"
+        self.forwarder = Forwarder(store, SegmentClient(fake.url, timeout=(1.0, 5.0)),
+                                   write_key=lambda: self.key,
+                                   event_names=lambda: EVENT_NAME_PRESETS["mailjet"], policy=policy)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.forwarder.run_forever, args=(self.stop,))
+
+    def __enter__(self) -> Running:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.stop.set()
+        self.thread.join(timeout=20)
+        assert not self.thread.is_alive()
+
+    def stats(self) -> dict[str, Any]:
+        return self.store.stats(time.time())
+
+    def attempts(self) -> list[int]:
+        return sorted(row["attempts"] for row in self.store.recent(1000))
+
+
+def policy(claim_limit: int, lease_seconds: float = 60.0) -> ForwarderPolicy:
+    return ForwarderPolicy(claim_limit=claim_limit, lease_seconds=lease_seconds, idle_seconds=0.05,
+                           pacing=PacingPolicy(backoff_base=30.0))
+
+
+@pytest.fixture
+def slow_first(fake_segment: FakeSegment) -> Iterator[FakeSegment]:
+    """The first batch is answered 200 after 0.5 s: the round after it is made meanwhile."""
+    fake_segment.then(Scripted(200, delay=0.5))
+    yield fake_segment
+
+
+def test_a_backlog_is_drained_in_full_batches(store: Store, fake_segment: FakeSegment) -> None:
+    queue(store, 3000, comment="x" * 400)  # ~800 bytes a call: about 590 calls fill a batch
+    with Running(store, fake_segment, ForwarderPolicy(idle_seconds=0.05)) as run:
+        poll(lambda: run.stats()["delivered"] == 3000, "the backlog to be delivered")
+    assert sorted(fake_segment.message_ids()) == sorted(set(fake_segment.message_ids()))
+    sizes = [len(json.dumps(r.batch, ensure_ascii=False, separators=(",", ":")))
+             for r in fake_segment.requests]
+    assert max(sizes) < MAX_BATCH_BYTES
+    # 2 rounds of up to 2,000 events; each round's batches are full but its last
+    assert sum(size > 0.9 * MAX_BATCH_BYTES for size in sizes) >= len(sizes) - 2
+    assert run.stats()["leased"] == 0
+
+
+def test_stopping_gives_back_the_round_made_ahead(store: Store, slow_first: FakeSegment) -> None:
+    queue(store, 30)
+    with Running(store, slow_first, policy(claim_limit=10)) as run:
+        poll(lambda: run.stats()["leased"] == 20, "the next round to be claimed during the post")
+    stats = run.stats()
+    assert (stats["delivered"], stats["pending"], stats["leased"]) == (10, 20, 0)
+    assert run.attempts() == [0] * 20 + [1] * 10  # given back untried: no attempt counted
+    assert len(slow_first.accepted) == 10
+
+
+def test_a_failed_batch_gives_back_the_round_made_ahead_too(
+        store: Store, fake_segment: FakeSegment) -> None:
+    queue(store, 30)
+    fake_segment.then(Scripted(503, delay=0.5))
+    with Running(store, fake_segment, policy(claim_limit=10)) as run:
+        poll(lambda: len(fake_segment.requests) == 1 and run.stats()["leased"] == 0,
+             "the round to be given back")
+        stats = run.stats()
+        assert (stats["pending"], stats["delivered"]) == (30, 0)
+        assert run.attempts() == [0] * 20 + [1] * 10  # only the tried batch counts an attempt
+        time.sleep(0.2)
+        assert len(fake_segment.requests) == 1 and run.stats()["leased"] == 0  # backing off
+
+
+def test_a_held_write_key_gives_back_the_round_made_ahead(store: Store, slow_first: FakeSegment) -> None:
+    queue(store, 30)
+    with Running(store, slow_first, policy(claim_limit=10)) as run:
+        poll(lambda: run.stats()["leased"] == 20, "the next round to be claimed during the post")
+        run.key = None  # removed while the first batch is in flight
+        poll(lambda: run.stats()["leased"] == 0, "the round made ahead to be given back")
+        stats = run.stats()
+        assert (stats["delivered"], stats["pending"]) == (10, 20)
+        run.key = "good-key"
+        poll(lambda: run.stats()["delivered"] == 30, "delivery to resume")
+    ids = slow_first.message_ids()
+    assert len(ids) == 30 == len(set(ids))
+
+
+def test_leases_held_ahead_are_renewed_while_batches_are_slow(
+        store: Store, fake_segment: FakeSegment) -> None:
+    """With a 1.8 s lease and every batch taking 1 s, a round made ahead is still in flight 2 s
+    after its claim: none of this forwarder's leases may ever lapse (another process would take
+    the rows over and send them again)."""
+    queue(store, 15)
+    fake_segment.then(*(Scripted(200, delay=1.0) for _ in range(3)))
+    with Running(store, fake_segment, policy(claim_limit=5, lease_seconds=1.8)) as run:
+        owner = run.forwarder.owner
+        lapsed: list[float] = []
+
+        def checked() -> bool:
+            rows = store._rows(  # type: ignore[attr-defined]
+                "SELECT MIN(lease_expires_at) FROM outbox WHERE state = 'leased' AND lease_owner = ?",
+                (owner,))
+            now = time.time()
+            if rows[0][0] is not None and rows[0][0] <= now:
+                lapsed.append(now - rows[0][0])
+            return run.stats()["delivered"] == 15
+
+        poll(checked, "the slow backlog to be delivered", timeout=20)
+    assert lapsed == []
+    ids = fake_segment.message_ids()
+    assert len(ids) == 15 == len(set(ids))
+
+
+def test_rows_a_failed_write_left_leased_come_back_after_their_lease(
+        store: Store, fake_segment: FakeSegment) -> None:
+    """Segment took the batch but marking it failed (storage unavailable): the loop lets go of
+    those rows, and renews only what it still holds, so their lease runs out and they are sent
+    again (with the same messageIds, which Segment drops)."""
+    queue(store, 10)
+    real = store.mark_delivered
+    failures = [StorageUnavailable("disk full")]
+
+    def failing(*args: Any, **kwargs: Any) -> None:
+        if failures:
+            raise failures.pop()
+        real(*args, **kwargs)
+
+    store.mark_delivered = failing  # type: ignore[method-assign]
+    with Running(store, fake_segment, policy(claim_limit=10, lease_seconds=1.5)) as run:
+        poll(lambda: run.stats()["delivered"] == 10, "the rows to be sent again and marked")
+    ids = fake_segment.message_ids()
+    assert len(ids) == 20 and len(set(ids)) == 10
+
+
+def test_stopping_waits_for_delivered_batches_to_be_marked(
+        store: Store, fake_segment: FakeSegment) -> None:
+    """Marking runs behind the posting: a batch Segment took just before the stop is still marked
+    delivered, not given back to be sent again."""
+    queue(store, 10)
+    real = store.mark_delivered
+    marking = threading.Event()
+
+    def slow(*args: Any, **kwargs: Any) -> None:
+        marking.set()
+        time.sleep(0.3)
+        real(*args, **kwargs)
+
+    store.mark_delivered = slow  # type: ignore[method-assign]
+    with Running(store, fake_segment, policy(claim_limit=10)) as run:
+        poll(marking.is_set, "the batch to be posted and its marking to start")
+    stats = run.stats()
+    assert (stats["delivered"], stats["pending"], stats["leased"]) == (10, 0, 0)
+    assert len(fake_segment.message_ids()) == 10
