@@ -25,7 +25,7 @@ class Journal:
     @contextmanager
     def transaction(self) -> Iterator[list[str]]:
         if self.gate is not None:
-            assert self.gate.wait(10)
+            assert self.gate.wait(60)
         written: list[str] = []
         yield written
         self.committed.append(written)
@@ -40,7 +40,8 @@ def write(value: str) -> Callable[[list[str]], str]:
     return job
 
 
-def run_all(group: GroupCommit[list[str]], values: list[str]) -> dict[str, object]:
+def run_all(group: GroupCommit[list[str]], values: list[str],
+            started: threading.Event | None = None) -> dict[str, object]:
     answers: dict[str, object] = {}
 
     def one(value: str) -> None:
@@ -52,9 +53,23 @@ def run_all(group: GroupCommit[list[str]], values: list[str]) -> dict[str, objec
     threads = [threading.Thread(target=one, args=(v,)) for v in values]
     for thread in threads:
         thread.start()
+    if started is not None:
+        started.set()
     for thread in threads:
-        thread.join(10)
+        thread.join(30)
     return answers
+
+
+def settle(group: GroupCommit[list[str]], started: threading.Event) -> None:
+    """Until every caller has started and the queue has stopped growing (the committer took the
+    first one or more and waits at the gate; everyone else is queued behind)."""
+    assert started.wait(10)
+    deadline, last, still = time.monotonic() + 20, -1, 0
+    while still < 20 and time.monotonic() < deadline:
+        size = len(group._queue)
+        still = still + 1 if size == last else 0
+        last = size
+        time.sleep(0.01)
 
 
 def test_waiting_jobs_share_one_transaction_and_each_gets_its_own_answer() -> None:
@@ -63,13 +78,12 @@ def test_waiting_jobs_share_one_transaction_and_each_gets_its_own_answer() -> No
     group: GroupCommit[list[str]] = GroupCommit(journal.transaction)
     values = [f"v{n}" for n in range(30)]
     answers: dict[str, object] = {}
-    runner = threading.Thread(target=lambda: answers.update(run_all(group, values)))
+    started = threading.Event()
+    runner = threading.Thread(target=lambda: answers.update(run_all(group, values, started)))
     runner.start()
-    deadline = time.monotonic() + 10
-    while len(group._queue) < 29 and time.monotonic() < deadline:  # one is in the first transaction
-        time.sleep(0.005)
+    settle(group, started)
     gate.set()
-    runner.join(10)
+    runner.join(30)
     assert answers == {v: v.upper() for v in values}
     assert sorted(v for tx in journal.committed for v in tx) == sorted(values)
     assert len(journal.committed) <= 2
@@ -83,13 +97,12 @@ def test_a_failing_job_fails_alone() -> None:
     group: GroupCommit[list[str]] = GroupCommit(journal.transaction)
     values = ["a", "b", "poison", "c"]
     answers: dict[str, object] = {}
-    runner = threading.Thread(target=lambda: answers.update(run_all(group, values)))
+    started = threading.Event()
+    runner = threading.Thread(target=lambda: answers.update(run_all(group, values, started)))
     runner.start()
-    deadline = time.monotonic() + 10
-    while len(group._queue) < 3 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    settle(group, started)
     gate.set()
-    runner.join(10)
+    runner.join(30)
     assert isinstance(answers.pop("poison"), ValueError)
     assert answers == {"a": "A", "b": "B", "c": "C"}
     assert sorted(v for tx in journal.committed for v in tx) == ["a", "b", "c"]

@@ -122,7 +122,7 @@ def test_a_request_waiting_for_its_commit_gives_its_turn_up(tmp_path: Path) -> N
     store._write = counted  # type: ignore[method-assign]
     gate = threading.Event()
     first = store._group_commit
-    first.transaction = lambda: (gate.wait(10), counted())[1]
+    first.transaction = lambda: (gate.wait(60), counted())[1]
 
     def accept(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         item = NewItem("k", environ["PATH_INFO"], "open", "{}", 1)
@@ -136,8 +136,10 @@ def test_a_request_waiting_for_its_commit_gives_its_turn_up(tmp_path: Path) -> N
         call(app, ClientBody(b""), length=True, path=f"/{n}"))) for n in range(20)]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 10
-    while len(first._queue) < 19 and time.monotonic() < deadline:
+    deadline, last, still = time.monotonic() + 20, -1, 0
+    while still < 20 and time.monotonic() < deadline:  # the queue has stopped growing
+        size = len(first._queue)
+        still, last = (still + 1 if size == last else 0), size
         time.sleep(0.01)
     gate.set()
     for thread in threads:
