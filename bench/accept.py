@@ -2,7 +2,7 @@
 
 Both run as ``gunicorn -w 2`` (sync workers) on 127.0.0.1; wrk (Debian package ``wrk``) posts unique
 Mailjet events, one per request and 100 per request. The bridge stores every event durably (SQLite,
-WAL, synchronous=FULL) before it answers. Run: make bench. Needs: apt-get install wrk.
+WAL, synchronous=FULL) before it answers. Run: make bench-more. Needs: apt-get install wrk.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-event cost of each step of the accept path, in process (no HTTP). Run: make bench.
+"""Per-event cost of each step of the accept path, in process (no HTTP). Run: make bench-more.
 
 Decides by measurement: which validator runs on the hot path, whether a faster JSON parser is worth a
 dependency, and what a durable commit costs for one event and for a grouped body of 100.

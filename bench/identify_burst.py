@@ -1,7 +1,7 @@
 """An Engage audience burst: 20,000 identifies posted to /webhooks/segment in signed batches of 1,000
 (as Webhooks (Actions) batching sends them), applied to a fake Mailjet by the contact sync.
 
-Reports jobs made, time to accept, and time until every contact is applied. Run: make bench.
+Reports jobs made, time to accept, and time until every contact is applied. Run: make bench-more.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ on 127.0.0.1 with 2 workers (or threads, for single-process servers). For each o
 - The same with N clients that send whole headers, then their body one byte every half second.
 
 Everything stays on 127.0.0.1, and every loop is bounded: at most 300 slow connections, at most 60 s
-each, closed at the end of their phase. Run: make bench (or python bench/slow_clients.py).
+each, closed at the end of their phase. Run: make bench-more (or python bench/slow_clients.py).
 Environment: BENCH_SECONDS (wrk duration, default 10), BENCH_WORKERS (default 2), BENCH_SLOW
 (slow-header client counts, default "2,150,200"), BENCH_SLOW_BODIES (default "150"), BENCH_SERVERS
 (a comma list of names below to run only those), BENCH_APPS ("bridge,no-op" by default).
