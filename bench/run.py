@@ -336,12 +336,18 @@ def batch_bodies(count: int, seed: int) -> list[bytes]:
     return bodies
 
 
+def backlog(tmp: Path, figure: str, count: int, the_sink: Sink) -> str:
+    """A fresh SQLite database holding ``count`` queued events, and a sink with nothing counted yet."""
+    url = f"sqlite:///{tmp}/{figure.lower()}.db"
+    say(f"{figure}: filling a backlog of {count:,} events through the store")
+    fill(url, count, seed=int(figure[1:]))
+    the_sink.reset()
+    return url
+
+
 def forwarder(tmp: Path, the_sink: Sink, results: dict[str, Any]) -> None:
     """R3: ``mailjet-bridge worker`` draining a backlog vs a bare requests loop, into the same sink."""
-    url = f"sqlite:///{tmp}/r3.db"
-    say(f"R3: filling a backlog of {BACKLOG_R3:,} events through the store")
-    fill(url, BACKLOG_R3, seed=3)
-    the_sink.reset()
+    url = backlog(tmp, "R3", BACKLOG_R3, the_sink)
     env = {**BRIDGE_ENV, "BRIDGE_DATABASE_URL": url, **bridge_to_sink(the_sink)}
     say("R3: mailjet-bridge worker drains it into the sink")
     timeout = max(120.0, BACKLOG_R3 / 500)
@@ -450,10 +456,7 @@ class Tree:
 
 def memory(tmp: Path, the_sink: Sink, results: dict[str, Any]) -> None:
     """R5 and plot 2: RSS of each process every second while BACKLOG events drain through serve."""
-    url = f"sqlite:///{tmp}/r5.db"
-    say(f"R5: filling a backlog of {BACKLOG:,} events through the store")
-    fill(url, BACKLOG, seed=5)
-    the_sink.reset()
+    url = backlog(tmp, "R5", BACKLOG, the_sink)
     timeout = float(os.environ.get("BENCH_R5_TIMEOUT", "600"))
     samples: list[dict[str, Any]] = []
     say(f"R5: mailjet-bridge serve drains it, with {R5_LOAD_RATE:.0f} events/s posted meanwhile; "

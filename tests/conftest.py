@@ -121,6 +121,17 @@ def pg_url(pg_database: str) -> str:
     return pg_database
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_on_each_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A migrated store, once on SQLite and once on PostgreSQL (a database of the test's own)."""
+    url = (request.getfixturevalue("pg_url") if request.param == "postgres"
+           else f"sqlite:///{tmp_path / 'store.db'}")
+    s = open_store(url)
+    s.migrate()
+    yield s
+    s.close()
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     """A migrated SQLite store on a temporary file."""

@@ -37,13 +37,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def poll(check: Any, timeout: float, what: str) -> Any:
+def poll(check: Any, timeout: float, what: str, *, step: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = check()
         if result:
             return result
-        time.sleep(0.05)
+        time.sleep(step)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 

@@ -12,7 +12,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,38 +26,23 @@ from bridge.inbound.intake import sort_events
 from bridge.inbound.segment import SegmentClient
 from bridge.payloads.body import parse_body
 from bridge.payloads.schemas import EventValidator
-from bridge.storage import open_store
 from bridge.storage.base import Store
 from tests.fakes.segment import FakeSegment, Scripted
+from tests.processes import poll
 
 VALIDATOR = EventValidator.mailjet(DEFAULT_SCHEMA_DIR)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+@pytest.fixture
+def store(store_on_each_backend: Store) -> Store:
     """Each test on both backends (the PostgreSQL cases are slow: they need the server)."""
-    url = (request.getfixturevalue("pg_url") if request.param == "postgres"
-           else f"sqlite:///{tmp_path / 'store.db'}")
-    s = open_store(url)
-    s.migrate()
-    yield s
-    s.close()
+    return store_on_each_backend
 
 
 def queue(store: Store, n: int, **extra: Any) -> None:
     events = [{"event": "open", "time": 1_700_000_000 + i, "MessageID": 10**16 + i,
                "email": f"user{i}@example.com", **extra} for i in range(n)]
     store.accept(sort_events(parse_body(json.dumps(events).encode()), VALIDATOR).items, [], time.time())
-
-
-def poll(check: Any, what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Running:
@@ -104,7 +88,7 @@ def slow_first(fake_segment: FakeSegment) -> Iterator[FakeSegment]:
 def test_a_backlog_is_drained_in_full_batches(store: Store, fake_segment: FakeSegment) -> None:
     queue(store, 3000, comment="x" * 400)  # ~800 bytes a call: about 590 calls fill a batch
     with Running(store, fake_segment, ForwarderPolicy(idle_seconds=0.05)) as run:
-        poll(lambda: run.stats()["delivered"] == 3000, "the backlog to be delivered")
+        poll(lambda: run.stats()["delivered"] == 3000, 10, "the backlog to be delivered", step=0.01)
     assert sorted(fake_segment.message_ids()) == sorted(set(fake_segment.message_ids()))
     sizes = [len(json.dumps(r.batch, ensure_ascii=False, separators=(",", ":")))
              for r in fake_segment.requests]
@@ -117,7 +101,8 @@ def test_a_backlog_is_drained_in_full_batches(store: Store, fake_segment: FakeSe
 def test_stopping_gives_back_the_round_made_ahead(store: Store, slow_first: FakeSegment) -> None:
     queue(store, 30)
     with Running(store, slow_first, policy(claim_limit=10)) as run:
-        poll(lambda: run.stats()["leased"] == 20, "the next round to be claimed during the post")
+        poll(lambda: run.stats()["leased"] == 20,
+             10, "the next round to be claimed during the post", step=0.01)
     stats = run.stats()
     assert (stats["delivered"], stats["pending"], stats["leased"]) == (10, 20, 0)
     assert run.attempts() == [0] * 20 + [1] * 10  # given back untried: no attempt counted
@@ -130,7 +115,7 @@ def test_a_failed_batch_gives_back_the_round_made_ahead_too(
     fake_segment.then(Scripted(503, delay=0.5))
     with Running(store, fake_segment, policy(claim_limit=10)) as run:
         poll(lambda: len(fake_segment.requests) == 1 and run.stats()["leased"] == 0,
-             "the round to be given back")
+             10, "the round to be given back", step=0.01)
         stats = run.stats()
         assert (stats["pending"], stats["delivered"]) == (30, 0)
         assert run.attempts() == [0] * 20 + [1] * 10  # only the tried batch counts an attempt
@@ -141,13 +126,14 @@ def test_a_failed_batch_gives_back_the_round_made_ahead_too(
 def test_a_held_write_key_gives_back_the_round_made_ahead(store: Store, slow_first: FakeSegment) -> None:
     queue(store, 30)
     with Running(store, slow_first, policy(claim_limit=10)) as run:
-        poll(lambda: run.stats()["leased"] == 20, "the next round to be claimed during the post")
+        poll(lambda: run.stats()["leased"] == 20,
+             10, "the next round to be claimed during the post", step=0.01)
         run.key = None  # removed while the first batch is in flight
-        poll(lambda: run.stats()["leased"] == 0, "the round made ahead to be given back")
+        poll(lambda: run.stats()["leased"] == 0, 10, "the round made ahead to be given back", step=0.01)
         stats = run.stats()
         assert (stats["delivered"], stats["pending"]) == (10, 20)
         run.key = "good-key"
-        poll(lambda: run.stats()["delivered"] == 30, "delivery to resume")
+        poll(lambda: run.stats()["delivered"] == 30, 10, "delivery to resume", step=0.01)
     ids = slow_first.message_ids()
     assert len(ids) == 30 == len(set(ids))
 
@@ -172,7 +158,7 @@ def test_leases_held_ahead_are_renewed_while_batches_are_slow(
                 lapsed.append(now - rows[0][0])
             return run.stats()["delivered"] == 15
 
-        poll(checked, "the slow backlog to be delivered", timeout=20)
+        poll(checked, 20, "the slow backlog to be delivered", step=0.01)
     assert lapsed == []
     ids = fake_segment.message_ids()
     assert len(ids) == 15 == len(set(ids))
@@ -194,7 +180,7 @@ def test_rows_a_failed_write_left_leased_come_back_after_their_lease(
 
     store.mark_delivered = failing  # type: ignore[method-assign]
     with Running(store, fake_segment, policy(claim_limit=10, lease_seconds=1.5)) as run:
-        poll(lambda: run.stats()["delivered"] == 10, "the rows to be sent again and marked")
+        poll(lambda: run.stats()["delivered"] == 10, 10, "the rows to be sent again and marked", step=0.01)
     ids = fake_segment.message_ids()
     assert len(ids) == 20 and len(set(ids)) == 10
 
@@ -214,7 +200,7 @@ def test_stopping_waits_for_delivered_batches_to_be_marked(
 
     store.mark_delivered = slow  # type: ignore[method-assign]
     with Running(store, fake_segment, policy(claim_limit=10)) as run:
-        poll(marking.is_set, "the batch to be posted and its marking to start")
+        poll(marking.is_set, 10, "the batch to be posted and its marking to start", step=0.01)
     stats = run.stats()
     assert (stats["delivered"], stats["pending"], stats["leased"]) == (10, 0, 0)
     assert len(fake_segment.message_ids()) == 10

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,7 +42,7 @@ def write(value: str) -> Callable[[list[str]], str]:
 
 
 def run_all(group: GroupCommit[list[str]], values: list[str],
-            started: threading.Event | None = None) -> dict[str, object]:
+            started: threading.Event) -> dict[str, object]:
     answers: dict[str, object] = {}
 
     def one(value: str) -> None:
@@ -53,37 +54,42 @@ def run_all(group: GroupCommit[list[str]], values: list[str],
     threads = [threading.Thread(target=one, args=(v,)) for v in values]
     for thread in threads:
         thread.start()
-    if started is not None:
-        started.set()
+    started.set()
     for thread in threads:
         thread.join(30)
     return answers
 
 
-def settle(group: GroupCommit[list[str]], started: threading.Event) -> None:
-    """Until every caller has started and the queue has stopped growing (the committer took the
-    first one or more and waits at the gate; everyone else is queued behind)."""
-    assert started.wait(10)
+def queue_settled(group: GroupCommit[Any]) -> None:
+    """Until the queue has stopped growing for 0.2 s: the leader took the first job or more and
+    waits in its transaction; every caller started by then is queued behind it."""
     deadline, last, still = time.monotonic() + 20, -1, 0
     while still < 20 and time.monotonic() < deadline:
         size = len(group._queue)
-        still = still + 1 if size == last else 0
-        last = size
+        still, last = (still + 1 if size == last else 0), size
         time.sleep(0.01)
 
 
-def test_waiting_jobs_share_one_transaction_and_each_gets_its_own_answer() -> None:
+def run_gated(values: list[str]) -> tuple[dict[str, object], Journal]:
+    """Every value written by a caller of its own while the first transaction is held at a gate:
+    the gate opens once all of them have queued."""
     gate = threading.Event()
     journal = Journal(gate)
     group: GroupCommit[list[str]] = GroupCommit(journal.transaction)
-    values = [f"v{n}" for n in range(30)]
     answers: dict[str, object] = {}
     started = threading.Event()
     runner = threading.Thread(target=lambda: answers.update(run_all(group, values, started)))
     runner.start()
-    settle(group, started)
+    assert started.wait(10)
+    queue_settled(group)
     gate.set()
     runner.join(30)
+    return answers, journal
+
+
+def test_waiting_jobs_share_one_transaction_and_each_gets_its_own_answer() -> None:
+    values = [f"v{n}" for n in range(30)]
+    answers, journal = run_gated(values)
     assert answers == {v: v.upper() for v in values}
     assert sorted(v for tx in journal.committed for v in tx) == sorted(values)
     assert len(journal.committed) <= 2
@@ -92,17 +98,7 @@ def test_waiting_jobs_share_one_transaction_and_each_gets_its_own_answer() -> No
 def test_a_failing_job_fails_alone() -> None:
     """The shared transaction is rolled back and each job runs alone: only the poison one fails,
     and nothing is committed twice."""
-    gate = threading.Event()
-    journal = Journal(gate)
-    group: GroupCommit[list[str]] = GroupCommit(journal.transaction)
-    values = ["a", "b", "poison", "c"]
-    answers: dict[str, object] = {}
-    started = threading.Event()
-    runner = threading.Thread(target=lambda: answers.update(run_all(group, values, started)))
-    runner.start()
-    settle(group, started)
-    gate.set()
-    runner.join(30)
+    answers, journal = run_gated(["a", "b", "poison", "c"])
     assert isinstance(answers.pop("poison"), ValueError)
     assert answers == {"a": "A", "b": "B", "c": "C"}
     assert sorted(v for tx in journal.committed for v in tx) == ["a", "b", "c"]

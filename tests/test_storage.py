@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bridge.errors import StorageUnavailable
-from bridge.storage import open_store
 from bridge.storage.base import (
     ClaimedItem,
     DeadLetter,
@@ -26,15 +24,10 @@ T0 = 1_700_000_000.0
 SEGMENT_TRACK, MAILJET_CONTACT, MAILJET_PROPERTY = "segment_track", "mailjet_contact", "mailjet_property"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+@pytest.fixture
+def store(store_on_each_backend: Store) -> Store:
     """The same suite for every backend; PostgreSQL is skipped (and says so) only with no server."""
-    url = (request.getfixturevalue("pg_url") if request.param == "postgres"
-           else f"sqlite:///{tmp_path / 'store.db'}")
-    s = open_store(url)
-    s.migrate()
-    yield s
-    s.close()
+    return store_on_each_backend
 
 
 def json_key(item: ClaimedItem) -> str:
