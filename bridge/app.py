@@ -44,11 +44,11 @@ def create_app(
         PERMANENT_SESSION_LIFETIME=SESSION_SECONDS,
     )
     app.extensions["bridge"] = bridge
-    if settings.proxy_count:
+    web.register(app)
+    if settings.proxy_count:  # outermost: every route, the plain-WSGI webhook too, sees the client
         from werkzeug.middleware.proxy_fix import ProxyFix
 
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=settings.proxy_count, x_proto=settings.proxy_count
         )
-    web.register(app)
     return app

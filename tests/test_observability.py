@@ -122,3 +122,16 @@ def test_a_metrics_token_closes_metrics_and_the_detail_of_healthz(env: dict[str,
 def test_without_a_metrics_token_both_stay_open(client: Any) -> None:
     assert client.get("/metrics").status_code == 200
     assert "queue" in client.get("/healthz").json
+
+
+def test_behind_a_proxy_the_webhook_logs_the_real_client(env: dict[str, str], auth: dict[str, str],
+                                                         caplog: Any) -> None:
+    """The Mailjet webhook is answered in front of Flask (plain WSGI); ProxyFix still goes first."""
+    app = create_app(load_settings({**env, "BRIDGE_PROXY_COUNT": "1"}), announce=lambda _: None)
+    with caplog.at_level(logging.INFO, logger="bridge.access"):
+        answer = app.test_client().post("/webhooks/mailjet", json=[], headers={
+            **auth, "X-Forwarded-For": "203.0.113.7"})
+    assert answer.status_code == 200 and answer.json == {"accepted": 0, "duplicate": 0, "quarantined": 0}
+    (record,) = [r for r in caplog.records if r.name == "bridge.access"]
+    assert record.client == "203.0.113.7" and record.bytes_in == 2 and record.ms >= 0
+    app.extensions["bridge"].store.close()

@@ -23,8 +23,10 @@ _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 #: What JSON text must contain to hold a problem: a ``\\ud800``-style escape (the only way a body
 #: decoded from UTF-8 gets a surrogate), or a float literal that can overflow: a number with an
 #: exponent (found where a value starts, so ``4e5`` inside a hex GUID is not one) or a mantissa of
-#: 300 digits or more (integers never overflow). Two patterns: one alternation costs 4x as much.
-_EXPONENT = re.compile(r"(?:\A|[:,\[])[ \t\n\r]*-?[0-9][0-9.]*[eE]")
+#: 300 digits or more (integers never overflow). Separate patterns, and the text's start checked
+#: apart: an alternation, ``\A`` included, keeps ``re`` from scanning ahead and costs 2-4x as much.
+_EXPONENT = re.compile(r"[:,\[][ \t\n\r]*-?[0-9][0-9.]*[eE]")
+_BARE_EXPONENT = re.compile(r"[ \t\n\r]*-?[0-9][0-9.]*[eE]")
 _LONG_DIGITS = re.compile(r"[0-9]{300}")
 
 
@@ -67,7 +69,8 @@ def could_hold_problem(text: str, max_depth: int = MAX_DEPTH) -> bool:
     """
     if "\\u" in text or text.count("{") + text.count("[") > max_depth:
         return True
-    return _EXPONENT.search(text) is not None or _LONG_DIGITS.search(text) is not None
+    return (_EXPONENT.search(text) is not None or _BARE_EXPONENT.match(text) is not None
+            or _LONG_DIGITS.search(text) is not None)
 
 
 def _walk(value: Any, path: str, depth: int, max_depth: int) -> dict[str, str] | None:

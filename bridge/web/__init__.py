@@ -30,7 +30,7 @@ def register(app: Flask) -> None:
     errors.register(app)
     body.register(app)
     observability.register(app)
-    app.register_blueprint(mailjet_webhook.bp)
     app.register_blueprint(segment_webhook.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(admin.bp)
+    mailjet_webhook.register(app)  # last: its plain-WSGI front goes around everything above

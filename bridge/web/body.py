@@ -4,6 +4,9 @@ A server that answers before reading an oversized body and then closes the conne
 while the client is still sending, and the client never sees the answer. So an oversized body is
 read and thrown away (up to a bound) before the 413 goes out. A chunked body has no length to check
 up front: it is read up to the limit, and one byte more means 413, never a silently cut body.
+
+``read_body`` works on the WSGI environ alone: the Mailjet webhook reads its body without Flask
+(``bridge.web.mailjet_webhook``), the other routes through the hook registered here.
 """
 
 from __future__ import annotations
@@ -18,6 +21,14 @@ DRAIN_LIMIT = 64 * 1024 * 1024
 CHUNK = 64 * 1024
 
 
+class TooLarge(Exception):
+    """The body is over the limit; what was sent has been drained (within DRAIN_LIMIT)."""
+
+
+def too_large_message(limit: int) -> str:
+    return f"the body is over the {limit:,}-byte limit (BRIDGE_MAX_BODY_BYTES)"
+
+
 def _drain(stream: Any, remaining: int) -> None:
     while remaining > 0:
         chunk = stream.read(min(CHUNK, remaining))
@@ -26,21 +37,46 @@ def _drain(stream: Any, remaining: int) -> None:
         remaining -= len(chunk)
 
 
-def request_body(limit: int) -> bytes:
-    """The whole body, or a 413 (after draining what was sent) when it is over ``limit`` bytes."""
-    environ = request.environ
-    length = request.content_length
-    if length is not None or not environ.get("wsgi.input_terminated"):
-        return request.get_data(cache=False)  # a length over the limit was refused before the view
+def content_length(environ: dict[str, Any]) -> int | None:
+    """The declared length, or None when absent or not a number (as werkzeug reads it)."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        return None
+    return length if length >= 0 else None
+
+
+def read_body(environ: dict[str, Any], limit: int) -> bytes:
+    """The whole body, or TooLarge (after draining what was sent) when it is over ``limit`` bytes.
+
+    No declared length and no end-of-body marker from the server means no body, as werkzeug has it.
+    """
     stream = environ["wsgi.input"]
+    length = content_length(environ)
+    if length is not None:
+        if length > limit:
+            if length <= DRAIN_LIMIT:
+                _drain(stream, length)
+            raise TooLarge
+        return stream.read(length) if length else b""
+    if not environ.get("wsgi.input_terminated"):
+        return b""
     chunks, size = [], 0
     while chunk := stream.read(CHUNK):
         size += len(chunk)
         if size > limit:
             _drain(stream, DRAIN_LIMIT)
-            abort(413)
+            raise TooLarge
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def request_body(limit: int) -> bytes:
+    """The current Flask request's whole body, or a 413 when it is over ``limit`` bytes."""
+    try:
+        return read_body(request.environ, limit)
+    except TooLarge:
+        abort(413)
 
 
 def register(app: Flask) -> None:

@@ -7,6 +7,8 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from bridge.web.body import too_large_message
+
 log = logging.getLogger(__name__)
 
 
@@ -18,15 +20,13 @@ def json_error(status: int, error: str, message: str, **headers: str) -> tuple[R
 
 #: How long a webhook sender should wait after a 503 (Mailjet retries every 30 s anyway).
 STORAGE_RETRY_AFTER = "30"
+STORAGE_UNAVAILABLE = "the events could not be stored; nothing was accepted, please retry"
 
 
 def storage_unavailable() -> tuple[Response, int]:
     """The webhooks' answer when nothing could be stored: the sender must retry."""
-    return json_error(
-        503, "storage_unavailable",
-        "the events could not be stored; nothing was accepted, please retry",
-        **{"Retry-After": STORAGE_RETRY_AFTER},
-    )
+    return json_error(503, "storage_unavailable", STORAGE_UNAVAILABLE,
+                      **{"Retry-After": STORAGE_RETRY_AFTER})
 
 
 def register(app: Flask) -> None:
@@ -35,8 +35,7 @@ def register(app: Flask) -> None:
         status = exc.code or 500
         message = exc.description or exc.name
         if status == 413:
-            limit = app.config.get("MAX_CONTENT_LENGTH")
-            message = f"the body is over the {limit:,}-byte limit (BRIDGE_MAX_BODY_BYTES)"
+            message = too_large_message(app.config.get("MAX_CONTENT_LENGTH") or 0)
         error = (exc.name or "error").lower().replace(" ", "_")
         response, code = json_error(status, error, message)
         for name, value in exc.get_headers():

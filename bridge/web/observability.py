@@ -33,6 +33,18 @@ def metrics() -> Response | tuple[Response, int]:
     return Response(body, mimetype=None, content_type=PROMETHEUS_TEXT)
 
 
+def log_request(method: str, path: str, status: int, bytes_in: int, started: float | None,
+                client: str | None) -> None:
+    """Method, path, status, size and time only: never headers, query strings or bodies."""
+    if not access.isEnabledFor(logging.INFO):
+        return
+    access.info("request", extra={
+        "method": method, "path": path, "status": status, "bytes_in": bytes_in,
+        "ms": round((time.perf_counter() - started) * 1000, 2) if started else None,
+        "client": client,
+    })
+
+
 def register(app: Flask) -> None:
     app.register_blueprint(bp)
 
@@ -42,12 +54,6 @@ def register(app: Flask) -> None:
 
     @app.after_request
     def _log_request(response: Response) -> Response:
-        """Method, path, status, size and time only: never headers, query strings or bodies."""
-        started = g.get("started")
-        access.info("request", extra={
-            "method": request.method, "path": request.path, "status": response.status_code,
-            "bytes_in": request.content_length or 0,
-            "ms": round((time.perf_counter() - started) * 1000, 2) if started else None,
-            "client": request.remote_addr,
-        })
+        log_request(request.method, request.path, response.status_code, request.content_length or 0,
+                    g.get("started"), request.remote_addr)
         return response
