@@ -60,8 +60,11 @@ def test_python_dash_m_bridge_is_the_same_cli() -> None:
 
 @pytest.fixture
 def cli_env(env: dict[str, str], fake_mailjet: FakeMailjet) -> dict[str, str]:
-    return {**env, "SEGMENT_WRITE_KEY": "good-key-0000001", "MAILJET_API_KEY": "mj-key",
-            "MAILJET_API_SECRET": "mj-secret", "MAILJET_API_URL": fake_mailjet.url}
+    """The environment of a bridge whose database exists (reading commands never create one)."""
+    cli_env = {**env, "SEGMENT_WRITE_KEY": "good-key-0000001", "MAILJET_API_KEY": "mj-key",
+               "MAILJET_API_SECRET": "mj-secret", "MAILJET_API_URL": fake_mailjet.url}
+    assert run(cli_env, "db", "upgrade").exit_code == 0
+    return cli_env
 
 
 def run(env: dict[str, str], *args: str) -> Any:

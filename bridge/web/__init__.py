@@ -34,3 +34,4 @@ def register(app: Flask) -> None:
     app.register_blueprint(segment_webhook.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(admin.root)
