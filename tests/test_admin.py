@@ -233,3 +233,16 @@ def test_pages_render_rows_holding_lone_surrogates(admin_app: Any, auth: dict[st
 def test_a_logged_in_page_has_the_menu_and_the_logout_button(admin_app: Any) -> None:
     page = logged_in(admin_app).get("/admin/").text
     assert "Log out" in page and 'href="/admin/settings"' in page
+
+
+def test_the_root_redirects_to_the_admin_page(client: Any) -> None:
+    response = client.get("/")
+    assert response.status_code == 302 and response.headers["Location"] == "/admin/"
+
+
+def test_settings_page_lists_the_api_urls_with_their_source(admin_app: Any) -> None:
+    page = logged_in(admin_app).get("/admin/settings").text
+    segment_url = admin_app.extensions["bridge"].settings.segment_api_url
+    assert f'name="segment.api_url" value="{segment_url}"' in page
+    assert 'name="mailjet.api_url" value="https://api.mailjet.com"' in page
+    assert "Segment settings CDN" in page and "environment (not changed here)" in page
