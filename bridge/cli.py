@@ -129,7 +129,9 @@ def _warn_at_start(bridge: Bridge) -> None:
               help="Serve the webhooks and forward events: granian web processes and one delivery "
                    "process, on BRIDGE_HOST:BRIDGE_PORT (what `make run` runs).")
 @click.option("--workers", type=click.IntRange(1, 64), help="Web processes [BRIDGE_WORKERS].")
-def serve(workers: int | None) -> None:
+@click.option("--web-only", is_flag=True,
+              help="No delivery process: run the loops with `mailjet-bridge worker` (deploy/).")
+def serve(workers: int | None, web_only: bool) -> None:
     from bridge.server import BridgeServer, address_problem
 
     settings = _settings()
@@ -138,11 +140,13 @@ def serve(workers: int | None) -> None:
         _cannot_listen(settings, problem)
     # Every process counts metrics in files of a shared folder (prometheus-client multiprocess mode);
     # it must be set before the first import of prometheus-client and start empty.
+    # A folder shared with a worker of another unit (--web-only) keeps the worker's live files.
     metrics_dir = os.environ.get(MULTIPROCESS_ENV)
     if not metrics_dir:
         metrics_dir = os.environ[MULTIPROCESS_ENV] = tempfile.mkdtemp(prefix="mailjet-bridge-metrics-")
-    for leftover in Path(metrics_dir).glob("*.db"):
-        leftover.unlink()
+    if not web_only:
+        for leftover in Path(metrics_dir).glob("*.db"):
+            leftover.unlink()
     bridge = _build(settings, create=True)  # migrate and announce credentials once, before any start
     _warn_at_start(bridge)
     bridge.close()
@@ -155,7 +159,8 @@ def serve(workers: int | None) -> None:
         click.echo(f"mailjet-segment-bridge serving on http://{settings.host}:{settings.port} "
                    f"(public URL {settings.public_url}, admin at {settings.public_url}/admin)")
 
-    code = BridgeServer(settings, workers or settings.workers).run(on_listening=listening)
+    server = BridgeServer(settings, workers or settings.workers, delivery=not web_only)
+    code = server.run(on_listening=listening)
     if code == BridgeServer.NEVER_LISTENED:
         _cannot_listen(settings, "the web server could not bind it (is another server there?)")
     sys.exit(code)

@@ -276,9 +276,12 @@ class BridgeServer:
     #: The exit code of ``run`` when the web server ended before it ever listened (port taken).
     NEVER_LISTENED = 2
 
-    def __init__(self, settings: Settings, workers: int) -> None:
+    def __init__(self, settings: Settings, workers: int, *, delivery: bool = True) -> None:
         self.settings = settings
         self.workers = workers
+        #: False: the web server alone, with the delivery loops in a ``mailjet-bridge worker`` of
+        #: their own (a systemd unit each, deploy/).
+        self.delivery = delivery
 
     def run(self, on_listening: Callable[[], None] | None = None) -> int:
         """Serve until asked to stop (exit code 0), or until the web server ends by itself (1, or
@@ -295,7 +298,8 @@ class BridgeServer:
             name="mailjet-bridge web")
         web.start()
         delivery = DeliveryProcess()
-        delivery.start()
+        if self.delivery:
+            delivery.start()
         code = 0
         listening = False
         try:

@@ -133,7 +133,8 @@ def test_register_callbacks_is_idempotent_and_fixes_dead_ones(cli_env: dict[str,
     assert len(fake_mailjet.callbacks) == 14
 
 
-def test_register_callbacks_without_keys_fails_clearly(env: dict[str, str], fake_mailjet: FakeMailjet) -> None:
+def test_register_callbacks_without_keys_fails_clearly(env: dict[str, str],
+                                                       fake_mailjet: FakeMailjet) -> None:
     result = run({**env, "MAILJET_API_URL": fake_mailjet.url},
                  "mailjet", "register-callbacks", "--url", "https://x.example/webhooks/mailjet")
     assert result.exit_code == 1 and "no Mailjet API key pair is set" in result.output

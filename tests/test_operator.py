@@ -94,6 +94,34 @@ def test_a_port_in_use_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     assert not (tmp_path / "b.db").exists()
 
 
+def test_web_only_and_a_worker_of_its_own_as_the_systemd_units_run_them(tmp_path: Path,
+                                                                        fake_segment: FakeSegment) -> None:
+    """deploy/: `serve --web-only` sends nothing itself; the `worker` beside it delivers."""
+    port = free_port()
+    env = {"BRIDGE_PORT": str(port), "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}",
+           "SEGMENT_WRITE_KEY": "good-key", "SEGMENT_API_URL": fake_segment.url,
+           "SEGMENT_CDN_URL": fake_segment.url, "BRIDGE_WEBHOOK_USERNAME": "mailjet",
+           "BRIDGE_WEBHOOK_PASSWORD": "pw", "BRIDGE_ADMIN_PASSWORD": "admin-pw",
+           "SEGMENT_WEBHOOK_TOKEN": "token", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    web = spawn([str(BIN / "mailjet-bridge"), "serve", "--web-only"], env)
+    worker: Process | None = None
+    try:
+        poll(lambda: any("serving on" in line for line in web.lines) or web.proc.poll() is not None,
+             60, "the web server")
+        base = f"http://127.0.0.1:{port}"
+        event = {"event": "click", "time": 1_700_000_000, "MessageID": 2, "email": "ada@example.com"}
+        assert requests.post(f"{base}/webhooks/mailjet", json=event, auth=("mailjet", "pw"),
+                             timeout=10).status_code == 200
+        assert "delivery process started" not in web.output()
+        assert fake_segment.accepted == []
+        worker = spawn([str(BIN / "mailjet-bridge"), "worker"], env)
+        poll(lambda: len(fake_segment.accepted) == 1, 30, "the worker to deliver")
+    finally:
+        if worker is not None:
+            assert worker.stop(signal.SIGTERM) == 0, worker.output()
+        assert web.stop(signal.SIGTERM) == 0, web.output()
+
+
 def _admin_session(base: str, password: str) -> requests.Session:
     session = requests.Session()
     page = session.get(f"{base}/admin/login", timeout=10).text
