@@ -191,22 +191,22 @@ def run(environ: Mapping[str, str], echo: Callable[[str], None]) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     demo = Demo(environ, echo)
-    try:
-        echo(f"starting the bridge on {demo.base} (database in {demo.folder})...")
-        demo.start(stop)
-        if not stop.is_set():
-            demo.post_samples()
-            demo.welcome()
-        stop.wait()
-        echo("stopping the demo...")
-    except (RuntimeError, requests.RequestException) as exc:
-        echo(f"demo failed: {exc}")
-        demo.stop()
-        return 1
+    try:  # the handlers stay until everything is stopped: a second Ctrl-C is no traceback either
+        try:
+            echo(f"starting the bridge on {demo.base} (database in {demo.folder})...")
+            demo.start(stop)
+            if not stop.is_set():
+                demo.post_samples()
+                demo.welcome()
+            stop.wait()
+            echo("stopping the demo...")
+        except (RuntimeError, requests.RequestException) as exc:
+            echo(f"demo failed: {exc}")
+            demo.stop()
+            return 1
+        code = demo.stop()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    code = demo.stop()
     echo("demo stopped" if code == 0 else "demo stopped, but the bridge had to be killed")
     return code
-
