@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install run test test-fast screenshots lint bench bench-more wrk clean
+.PHONY: install run demo test test-fast screenshots lint bench bench-more wrk clean
 
 install: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): setup.cfg pyproject.toml
 
 run: install
 	$(BIN)/mailjet-bridge serve
+
+# The bridge with local Segment and Mailjet sinks and a temporary database: no account needed.
+demo: install
+	$(BIN)/mailjet-bridge demo
 
 lint: install
 	$(BIN)/ruff check .

@@ -12,11 +12,12 @@ import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 
 from bridge import logs
-from bridge.config import Settings, load_settings
+from bridge.config import STORED_SETTINGS, Settings, load_settings
 from bridge.errors import ConfigError, StorageUnavailable
 from bridge.metrics import MULTIPROCESS_ENV
 
@@ -37,12 +38,15 @@ def _settings() -> Settings:
         sys.exit(2)
 
 
-def _build(settings: Settings) -> Bridge:
-    """The bridge's objects (no app, no loop), or an exit with one line per problem."""
+def _build(settings: Settings, *, create: bool = False) -> Bridge:
+    """The bridge's objects (no app, no loop), or an exit with one line per problem.
+
+    Only ``serve`` and ``worker`` pass ``create``: they generate and announce missing credentials.
+    """
     from bridge.wiring import build
 
     try:
-        return build(settings)
+        return build(settings, create=create)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(f"configuration error: {problem}", err=True)
@@ -52,40 +56,124 @@ def _build(settings: Settings) -> Bridge:
         sys.exit(3)
 
 
-@click.group(help="Mailjet email events to Segment, and Segment identifies to Mailjet.")
+def _shown_database(url: str) -> str:
+    """A database URL as it may be printed: a SQLite path, or a PostgreSQL URL without its password."""
+    if url.startswith("sqlite:///"):
+        return str(Path(url[len("sqlite:///") :]).resolve())
+    parts = urlsplit(url)
+    if parts.password:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":••••@", 1))
+    return urlunsplit(parts)
+
+
+def _database_missing(settings: Settings) -> bool:
+    """True when there is no bridge database where the settings point (nothing is created to know)."""
+    url = settings.database_url
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+        return path != ":memory:" and not Path(path).is_file()
+    from bridge.storage import open_store
+
+    try:
+        store = open_store(url)
+        missing = _schema_version(store) == 0
+        store.close()
+    except StorageUnavailable:
+        return False  # unreachable is not missing: _build says why, in one line
+    return missing
+
+
+def _bridge() -> Bridge:
+    """The server's store and settings for a command that reads: it never creates a database or
+    credentials, and says where it looked when there is nothing there."""
+    settings = _settings()
+    if _database_missing(settings):
+        origin = ("from BRIDGE_DATABASE_URL" if os.environ.get("BRIDGE_DATABASE_URL", "").strip()
+                  else "the default, as BRIDGE_DATABASE_URL is not set")
+        click.echo(f"no bridge database at {_shown_database(settings.database_url)} ({origin}): start "
+                   "the bridge once with `mailjet-bridge serve`, or set BRIDGE_DATABASE_URL to the "
+                   "database the server uses", err=True)
+        sys.exit(3)
+    return _build(settings)
+
+
+def _writing_bridge() -> Bridge:
+    """For a command that changes the store (config set, replay...): it may create the database,
+    so settings can be stored before the first start, but never credentials."""
+    return _build(_settings())
+
+
+@click.group(help="Mailjet email events to Segment, and Segment identifies to Mailjet.\n\n"
+                   "Every command works on the database in BRIDGE_DATABASE_URL (default: "
+                   "$XDG_DATA_HOME/mailjet-bridge/bridge.db, else ~/.local/share/mailjet-bridge/bridge.db).")
 @click.version_option(package_name="mailjet-segment-bridge")
 def main() -> None:
     logs.configure(logging.INFO)
 
 
-@main.command(help="Serve the webhooks and forward events (granian and one delivery process; "
-                   "what `make run` runs).")
+def _cannot_listen(settings: Settings, why: str) -> None:
+    click.echo(f"cannot listen on {settings.host}:{settings.port}: {why}; set BRIDGE_PORT (or "
+               "BRIDGE_HOST) to a free address", err=True)
+    sys.exit(2)
+
+
+def _warn_at_start(bridge: Bridge) -> None:
+    """Start-up warnings: shown by serve and worker (and check), not by every command."""
+    from bridge.ops.checks import startup_warnings
+
+    for warning in startup_warnings(bridge):
+        logging.getLogger("bridge.start").warning(warning)
+
+
+@main.command(short_help="Serve the webhooks and forward events.",
+              help="Serve the webhooks and forward events: granian web processes and one delivery "
+                   "process, on BRIDGE_HOST:BRIDGE_PORT (what `make run` runs).")
 @click.option("--workers", type=click.IntRange(1, 64), help="Web processes [BRIDGE_WORKERS].")
-def serve(workers: int | None) -> None:
+@click.option("--web-only", is_flag=True,
+              help="No delivery process: run the loops with `mailjet-bridge worker` (deploy/).")
+def serve(workers: int | None, web_only: bool) -> None:
     from bridge.server import BridgeServer, address_problem
 
     settings = _settings()
     problem = address_problem(settings.host, settings.port)
     if problem:
-        click.echo(f"cannot listen on {settings.host}:{settings.port}: {problem}", err=True)
-        sys.exit(1)
+        _cannot_listen(settings, problem)
     # Every process counts metrics in files of a shared folder (prometheus-client multiprocess mode);
     # it must be set before the first import of prometheus-client and start empty.
+    # A folder shared with a worker of another unit (--web-only) keeps the worker's live files.
     metrics_dir = os.environ.get(MULTIPROCESS_ENV)
     if not metrics_dir:
         metrics_dir = os.environ[MULTIPROCESS_ENV] = tempfile.mkdtemp(prefix="mailjet-bridge-metrics-")
-    for leftover in Path(metrics_dir).glob("*.db"):
-        leftover.unlink()
-    _build(settings).close()  # migrate and announce credentials once, before any process starts
-    click.echo(f"mailjet-segment-bridge serving on http://{settings.host}:{settings.port}")
-    sys.exit(BridgeServer(settings, workers or settings.workers).run())
+    if not web_only:
+        for leftover in Path(metrics_dir).glob("*.db"):
+            leftover.unlink()
+    bridge = _build(settings, create=True)  # migrate and announce credentials once, before any start
+    _warn_at_start(bridge)
+    bridge.close()
+
+    def listening() -> None:
+        """Only now is it true: record the address for the CLI, and say so."""
+        recorder = _build(settings)
+        recorder.record_serving(settings.host, settings.port, time.time())
+        recorder.close()
+        click.echo(f"mailjet-segment-bridge serving on http://{settings.host}:{settings.port} "
+                   f"(public URL {settings.public_url}, admin at {settings.public_url}/admin)")
+
+    server = BridgeServer(settings, workers or settings.workers, delivery=not web_only)
+    code = server.run(on_listening=listening)
+    if code == BridgeServer.NEVER_LISTENED:
+        _cannot_listen(settings, "the web server could not bind it (is another server there?)")
+    sys.exit(code)
 
 
-@main.command(help="Run the delivery loops alone, beside `gunicorn wsgi:app` web processes.")
+@main.command(short_help="Run the delivery loops alone.",
+              help="Run the delivery loops alone (forwarder, contact sync, janitor), beside web "
+                   "processes such as `gunicorn wsgi:app`.")
 def worker() -> None:
     from bridge.delivery.loop import start_loops
 
-    bridge = _build(_settings())
+    bridge = _build(_settings(), create=True)
+    _warn_at_start(bridge)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -102,10 +190,6 @@ def worker() -> None:
     bridge.close()
 
 
-def _bridge() -> Bridge:
-    return _build(_settings())
-
-
 def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
@@ -113,77 +197,127 @@ def _echo_json(value: Any) -> None:
 # -- configuration ----------------------------------------------------------------------------------
 
 
-@main.group(help="Show or change the stored settings (they win over the environment).")
+@main.group(short_help="Show, store or remove settings.",
+            help="Show the settings in force, or store and remove settings. A stored setting wins over "
+                 "the environment, and a more specific setting beats a more general one (an API URL "
+                 "beats a region).")
 def config() -> None:
     pass
 
 
-@config.command("show", help="Show every setting, where it comes from, with secrets masked.")
+@config.command("show", short_help="Show every setting in force and its source.",
+                help="Show every setting in force, where it comes from (stored, environment or "
+                     "default), with secrets masked.")
 def config_show() -> None:
     from bridge.config import STORED_SETTINGS, mask
 
     for key, (value, origin) in _bridge().current.shown().items():
-        shown = mask(value) if STORED_SETTINGS[key].secret else (value or "")
+        secret = key in STORED_SETTINGS and STORED_SETTINGS[key].secret
+        shown = mask(value) if secret else (value or "")
         click.echo(f"{key:<20} {shown or '(not set)':<40} {origin}")
 
 
-@config.command("set", help="Store a setting; it applies from the next delivery on, no restart.")
+#: Values may begin with "-" (``config set mailjet.list_id -5`` reaches validation), and ``--``
+#: still ends the options.
+VALUE_ARGUMENTS = {"ignore_unknown_options": True}
+
+
+@config.command("set", short_help="Store a setting.", context_settings=VALUE_ARGUMENTS,
+                help="Store a setting; it applies from the next delivery on, with no restart. "
+                     "Keys: " + ", ".join(STORED_SETTINGS) + ".")
 @click.argument("key")
 @click.argument("value")
 def config_set(key: str, value: str) -> None:
-    import time
-
     from bridge.config import STORED_SETTINGS, check_stored_setting, mask
 
-    bridge = _bridge()
     try:
         normalised = check_stored_setting(key, value)
     except ConfigError as exc:
         raise click.UsageError(exc.problems[0]) from None
+    bridge = _writing_bridge()
     bridge.store.put_setting(key, normalised, time.time())
     shown = mask(normalised) if STORED_SETTINGS[key].secret else normalised
     click.echo(f"{key} = {shown} (stored; used from the next delivery on)")
 
 
+@config.command("unset", short_help="Remove a stored setting.",
+                help="Remove a stored setting: the environment's value (or the default) applies "
+                     "again from the next delivery on.")
+@click.argument("key")
+def config_unset(key: str) -> None:
+    from bridge.config import STORED_SETTINGS, mask
+
+    if key not in STORED_SETTINGS:
+        raise click.UsageError(f"unknown setting {key!r}: use one of {', '.join(STORED_SETTINGS)}")
+    bridge = _bridge()
+    removed = bridge.store.delete_setting(key)
+    value, origin = bridge.current.shown()[key]
+    shown = (mask(value) if STORED_SETTINGS[key].secret else value) or "(not set)"
+    click.echo(f"{key}: {'stored value removed' if removed else 'nothing was stored'}; "
+               f"now {shown} ({origin})")
+
+
 # -- checks and one-offs ----------------------------------------------------------------------------
 
 
-@main.command(help="Test the Segment write key and the Mailjet key pair; non-zero exit if one fails.")
+@main.command(short_help="Test the write key and the Mailjet keys.",
+              help="Test the Segment write key and the Mailjet key pair, and show start-up warnings; "
+                   "non-zero exit if one fails.")
 @click.option("--segment-only", is_flag=True, help="Check Segment only.")
 @click.option("--mailjet-only", is_flag=True, help="Check Mailjet only.")
 def check(segment_only: bool, mailjet_only: bool) -> None:
-    from bridge.ops.checks import check_mailjet, check_segment
+    from bridge.ops.checks import check_mailjet, check_segment, startup_warnings
+    from bridge.ops.overview import delivery_states
 
     bridge = _bridge()
+    for warning in startup_warnings(bridge):
+        click.echo(f"warn {warning}", err=True)
     checks = []
+    states = delivery_states(bridge)
     if not mailjet_only:
         checks.append(check_segment(bridge))
     if not segment_only:
         checks.append(check_mailjet(bridge))
     for ok, sentence in checks:
         click.echo(("ok   " if ok else "FAIL ") + sentence, err=not ok)
+    for upstream in [name for name, left_out in (("segment", mailjet_only), ("mailjet", segment_only))
+                     if not left_out]:
+        state = states[upstream]
+        click.echo(f"     {upstream} delivery, as the running loops last saw it: {state['state']} "
+                   f"({state['detail']})")
     if not all(ok for ok, _ in checks):
         sys.exit(1)
 
 
-@main.command("callback-url", help="Print the Mailjet callback URL, with its credentials.")
+@main.command("callback-url", short_help="Print the callback URL to paste into Mailjet.",
+              help="Print the Mailjet callback URL, with its credentials, at the public URL the "
+                   "running server recorded.")
 def callback_url_command() -> None:
-    click.echo(_bridge().callback_url())
+    bridge = _bridge()
+    if bridge.credentials.origin == "missing":
+        click.echo("no webhook credentials are stored yet: start the bridge once with "
+                   "`mailjet-bridge serve` (or set BRIDGE_WEBHOOK_USERNAME and BRIDGE_WEBHOOK_PASSWORD)",
+                   err=True)
+        sys.exit(1)
+    click.echo(bridge.callback_url())
 
 
-@main.command("segment-webhook", help="Print the URL and header to set in Segment's Webhooks destination.")
+@main.command("segment-webhook", short_help="Print the URL and header for Segment.",
+              help="Print the URL and header to set in Segment's Webhooks (Actions) destination.")
 def segment_webhook_command() -> None:
     from bridge.credentials import segment_webhook_url
 
     bridge = _bridge()
-    click.echo(f"URL:    {segment_webhook_url(bridge.settings.public_url)}")
+    click.echo(f"URL:    {segment_webhook_url(bridge.public_url())}")
     if bridge.segment_token.value is not None:
         click.echo(f"Header: Authorization: Bearer {bridge.segment_token.value}")
     if bridge.settings.segment_shared_secret:
         click.echo("Shared secret: the one in SEGMENT_SHARED_SECRET (requests must carry X-Signature)")
 
 
-@main.command(help="Show queue counts and the Segment and Mailjet delivery states.")
+@main.command(short_help="Show queue counts and delivery states.",
+              help="Show queue counts, and the Segment and Mailjet delivery states as the running "
+                   "delivery loops last stored them.")
 def stats() -> None:
     import time
 
@@ -193,33 +327,53 @@ def stats() -> None:
     _echo_json({"queue": bridge.store.stats(time.time()), **delivery_states(bridge)})
 
 
-@main.command("send-test-event", help="Queue a Mailjet 'sent' event for test@example.com.")
+@main.command("send-test-event", short_help="Queue a test event for test@example.com.",
+              help="Queue a Mailjet 'sent' event for test@example.com, as if Mailjet had posted it.")
 def send_test_event() -> None:
     from bridge.ops.checks import send_test_event as send
 
-    click.echo(f"queued a test 'sent' event ({send(_bridge())}); it reaches Segment as "
+    click.echo(f"queued a test 'sent' event ({send(_writing_bridge())}); it reaches Segment as "
                "'Email Delivered' within seconds while the bridge runs")
+
+
+@main.command(short_help="Try the bridge locally, with no accounts.",
+              help="Try the bridge locally: serve it with built-in Segment and Mailjet sinks on "
+                   "loopback and a temporary database, post Mailjet's sample events and one identify, "
+                   "and print the admin URL and password. Ctrl-C stops everything. The port is "
+                   "BRIDGE_PORT, else 8000, else any free one.")
+def demo() -> None:
+    from bridge.ops.demo import run
+
+    sys.exit(run(os.environ, lambda line: click.echo(line)))
 
 
 # -- Mailjet ----------------------------------------------------------------------------------------
 
 
-@main.group(help="Mailjet account tasks.")
+@main.group(short_help="Mailjet account tasks.", help="Mailjet account tasks.")
 def mailjet() -> None:
     pass
 
 
-@mailjet.command("register-callbacks", help="Register all seven event types (grouped) with Mailjet.")
+@mailjet.command("register-callbacks", short_help="Register the callback URL with Mailjet.",
+                 help="Register the callback URL with Mailjet for all seven event types (grouped, "
+                      "Version 2); running it again changes nothing that is already right.")
 @click.option("--url", required=True, help="Callback URL, with user:password@ (see callback-url).")
 @click.option("--backup-url", help="Backup URL, used while Mailjet suspends the primary.")
 def register_callbacks(url: str, backup_url: str | None) -> None:
     from bridge.delivery.upstream import UpstreamError
     from bridge.ops.callbacks import register_callbacks as register
 
+    bridge = _writing_bridge()
+    if not bridge.current.mailjet_credentials():
+        click.echo("no Mailjet API key pair is set (MAILJET_API_KEY and MAILJET_API_SECRET, or "
+                   "`mailjet-bridge config set mailjet.api_key ...` and mailjet.api_secret); "
+                   "nothing was sent to Mailjet", err=True)
+        sys.exit(1)
     try:
-        lines = register(_bridge(), url, backup_url)
+        lines = register(bridge, url, backup_url)
     except UpstreamError as exc:
-        click.echo(f"Mailjet refused: {exc}", err=True)
+        click.echo(f"Mailjet refused: {exc}" if exc.status else f"Mailjet did not answer: {exc}", err=True)
         sys.exit(1)
     for line in lines:
         click.echo(line)
@@ -228,12 +382,14 @@ def register_callbacks(url: str, backup_url: str | None) -> None:
 # -- dead letters and quarantine --------------------------------------------------------------------
 
 
-@main.group("dead-letters", help="List, show and replay dead letters.")
+@main.group("dead-letters", short_help="List, show and replay dead letters.",
+            help="List, show and replay dead letters.")
 def dead_letters() -> None:
     pass
 
 
-@dead_letters.command("list", help="One line per dead letter: id, direction, reason, what it concerns.")
+@dead_letters.command("list", short_help="List dead letters, newest first.",
+                      help="One line per dead letter: id, direction, what it concerns, reason.")
 @click.option("--limit", default=100, show_default=True, help="How many, newest first.")
 def dead_letters_list(limit: int) -> None:
     from bridge.ops.replay import describe
@@ -246,7 +402,8 @@ def dead_letters_list(limit: int) -> None:
         click.echo(f"{d['id']:>8}  {d['direction']:<18}  {d['concerns']:<40}  {d['reason']}")
 
 
-@dead_letters.command("show", help="Everything kept about one dead letter.")
+@dead_letters.command("show", short_help="Show everything kept about one dead letter.",
+                      help="Show everything kept about one dead letter.")
 @click.argument("item_id", type=int)
 def dead_letters_show(item_id: int) -> None:
     row = _bridge().store.item(item_id)
@@ -255,7 +412,8 @@ def dead_letters_show(item_id: int) -> None:
     _echo_json(row)
 
 
-@dead_letters.command("replay", help="Queue dead letters again: the given ids, or --all.")
+@dead_letters.command("replay", short_help="Queue dead letters again.",
+                      help="Queue dead letters again: the given ids, or --all.")
 @click.argument("ids", nargs=-1, type=int)
 @click.option("--all", "everything", is_flag=True, help="Replay every dead letter.")
 def dead_letters_replay(ids: tuple[int, ...], everything: bool) -> None:
@@ -263,7 +421,7 @@ def dead_letters_replay(ids: tuple[int, ...], everything: bool) -> None:
 
     if bool(ids) == everything:
         raise click.UsageError("give dead-letter ids, or --all")
-    bridge = _bridge()
+    bridge = _writing_bridge()
     report = ReplayReport()
     wanted = list(all_dead_ids(bridge)) if everything else list(ids)
     with click.progressbar(wanted, label="replaying", file=sys.stderr,
@@ -279,12 +437,14 @@ def dead_letters_replay(ids: tuple[int, ...], everything: bool) -> None:
     click.echo(f"{len(report.requeued)} dead letter(s) queued again")
 
 
-@main.group(help="List and show events that failed validation.")
+@main.group(short_help="List, show and replay invalid events.",
+            help="List, show and replay the events that failed validation.")
 def quarantine() -> None:
     pass
 
 
-@quarantine.command("list", help="One line per quarantined event: id, source, first error.")
+@quarantine.command("list", short_help="List quarantined events, newest first.",
+                    help="One line per quarantined event: id, source, first error.")
 @click.option("--limit", default=100, show_default=True, help="How many, newest first.")
 def quarantine_list(limit: int) -> None:
     entries = _bridge().store.quarantine_entries(limit)
@@ -296,7 +456,8 @@ def quarantine_list(limit: int) -> None:
                    f"{first.get('message', '')}")
 
 
-@quarantine.command("show", help="One quarantined event with all its validation errors.")
+@quarantine.command("show", short_help="Show one event and its validation errors.",
+                    help="Show one quarantined event with all its validation errors.")
 @click.argument("entry_id", type=int)
 def quarantine_show(entry_id: int) -> None:
     entry = _bridge().store.quarantine_entry(entry_id)
@@ -305,23 +466,25 @@ def quarantine_show(entry_id: int) -> None:
     _echo_json({**entry, "errors": json.loads(entry["errors"])})
 
 
-@quarantine.command("replay", help="Validate quarantined events again; valid ones are queued.")
+@quarantine.command("replay", short_help="Validate events again and queue valid ones.",
+                    help="Validate quarantined events again; the valid ones are queued.")
 @click.argument("ids", nargs=-1, type=int, required=True)
 def quarantine_replay(ids: tuple[int, ...]) -> None:
     from bridge.ops.replay import replay_quarantine
 
-    report = replay_quarantine(_bridge(), ids)
+    report = replay_quarantine(_writing_bridge(), ids)
     for entry_id, why in report.skipped:
         click.echo(f"{entry_id}: {why}", err=True)
     click.echo(f"{len(report.requeued)} event(s) queued")
 
 
-@main.group(help="Database schema tasks.")
+@main.group(short_help="Database schema tasks.", help="Database schema tasks.")
 def db() -> None:
     pass
 
 
-@db.command("upgrade", help="Apply pending schema migrations now (start-up also applies them).")
+@db.command("upgrade", short_help="Apply pending schema migrations now.",
+            help="Apply pending schema migrations now (start-up also applies them).")
 def db_upgrade() -> None:
     from bridge.storage import open_store
 

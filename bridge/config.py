@@ -9,6 +9,8 @@ applies without a restart.
 
 from __future__ import annotations
 
+import os
+import pwd
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,7 +25,8 @@ from bridge.outbound.mailjet import MAILJET_ACTIONS
 from bridge.storage.base import Store
 
 __all__ = ["MAILJET_ACTIONS", "SEGMENT_REGIONS", "Effective", "Settings", "load_settings"]
-DEFAULT_DATABASE_URL = "sqlite:///./var/bridge.db"
+#: Under the XDG data folder, so ``make run`` and the CLI share one database from any folder.
+DATA_SUBDIR = "mailjet-bridge"
 #: The checkout's schemas/, or where a non-editable install put them (setup.cfg data_files).
 DEFAULT_SCHEMA_DIR = next(
     (folder for folder in (Path(__file__).resolve().parent.parent / "schemas",
@@ -32,6 +35,16 @@ DEFAULT_SCHEMA_DIR = next(
     Path(__file__).resolve().parent.parent / "schemas",
 )
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
+
+
+def default_database_url(environ: Mapping[str, str]) -> str:
+    """``$XDG_DATA_HOME/mailjet-bridge/bridge.db`` (``~/.local/share/...`` when unset): one place per
+    user, whatever folder a command runs in."""
+    data_home = environ.get("XDG_DATA_HOME", "").strip()
+    if not data_home or not Path(data_home).is_absolute():  # the XDG spec ignores relative paths
+        home = environ.get("HOME", "").strip() or pwd.getpwuid(os.getuid()).pw_dir
+        data_home = str(Path(home) / ".local" / "share")
+    return f"sqlite:///{Path(data_home) / DATA_SUBDIR / 'bridge.db'}"
 
 
 @dataclass(frozen=True)
@@ -58,7 +71,9 @@ class Settings:
     segment_webhook_token: str | None = field(default=None, repr=False)
     #: When set, /metrics and the detail of /healthz need ``Authorization: Bearer`` this token.
     metrics_token: str | None = field(default=None, repr=False)
-    database_url: str = DEFAULT_DATABASE_URL
+    #: From ``default_database_url`` when BRIDGE_DATABASE_URL is not set; this one only for
+    #: Settings built by hand.
+    database_url: str = "sqlite:///:memory:"
     admin_password: str | None = field(default=None, repr=False)
     event_names: str = "mailjet"
     host: str = "127.0.0.1"
@@ -150,7 +165,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         username = password = None
     if username and ":" in username:
         r.problems.append("BRIDGE_WEBHOOK_USERNAME must not contain ':' (Basic auth splits on it)")
-    database_url = r.text("BRIDGE_DATABASE_URL", DEFAULT_DATABASE_URL) or DEFAULT_DATABASE_URL
+    database_url = r.text("BRIDGE_DATABASE_URL") or default_database_url(environ)
     if not database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
         r.problems.append(
             f"BRIDGE_DATABASE_URL={database_url!r} is not valid: use sqlite:///path "
@@ -219,21 +234,26 @@ STORED_SETTINGS: dict[str, StoredSetting] = {
 }
 
 
-def check_stored_setting(key: str, value: str) -> str:
+def check_stored_setting(key: str, value: str, name: str | None = None) -> str:
     """Validate a value for ``key`` with the environment's rules; returns it normalised.
 
-    Raises ConfigError with one line naming the key and what it accepts.
+    Raises ConfigError with one line naming the setting (``name``: as a page labels it; else the
+    key) and what it accepts.
     """
     spec = STORED_SETTINGS.get(key)
     if spec is None:
         raise ConfigError([f"unknown setting {key!r}: use one of {', '.join(STORED_SETTINGS)}"])
     value = value.strip()
     if not value:
-        raise ConfigError([f"{key}: a value is required"])
+        raise ConfigError([f"{name or key}: a value is required"])
     try:
-        parsed = load_settings({spec.env: value})
+        parsed = load_settings({spec.env: value, "HOME": "/"})
     except ConfigError as exc:
-        raise ConfigError([p.replace(spec.env, key, 1) for p in exc.problems]) from None
+        if name:
+            problems = [f"{name}: {p.split('=', 1)[1]}" for p in exc.problems]
+        else:
+            problems = [p.replace(spec.env, key, 1) for p in exc.problems]
+        raise ConfigError(problems) from None
     return str(getattr(parsed, spec.field))
 
 
@@ -304,7 +324,11 @@ class Effective:
                 action or self.settings.mailjet_action)
 
     def shown(self) -> dict[str, tuple[str | None, str]]:
-        """Every storable setting: (value, where it comes from: stored, environment or default)."""
+        """Every setting in force: (value, where it comes from: stored, environment or default).
+
+        The API URLs are shown as they are used: an unset Segment URL is the region's, and a region
+        that an explicit URL makes moot says so.
+        """
         shown: dict[str, tuple[str | None, str]] = {}
         defaults = Settings()
         for key, spec in STORED_SETTINGS.items():
@@ -316,4 +340,13 @@ class Effective:
                 shown[key] = (None if configured is None else str(configured), "environment")
             else:
                 shown[key] = (None if configured is None else str(configured), "default")
+        if self.explicit_api_url() is None:
+            region = self.segment_region()
+            how = "the write key's source" if region == "auto" else "the region"
+            shown["segment.api_url"] = (self.segment_api_url(), f"{shown['segment.region'][1]}: from {how}")
+        else:
+            value, origin = shown["segment.region"]
+            shown["segment.region"] = (value, f"{origin}; moot: segment.api_url wins")
+        cdn = self.settings.segment_cdn_url
+        shown["segment.cdn_url"] = (cdn, "default" if cdn == defaults.segment_cdn_url else "environment")
         return shown

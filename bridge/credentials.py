@@ -49,10 +49,20 @@ class WebhookCredentials:
         return user_ok & pass_ok
 
 
-def webhook_credentials(settings: Settings, store: Store, now: float) -> WebhookCredentials:
-    """Configured credentials, else stored ones, else new ones stored now (first start wins)."""
+def webhook_credentials(settings: Settings, store: Store, now: float, *,
+                        create: bool = True) -> WebhookCredentials:
+    """Configured credentials, else stored ones, else new ones stored now (first start wins).
+
+    ``create=False`` (the CLI) only reads: with none stored, the origin is "missing".
+    """
     if settings.webhook_username and settings.webhook_password:
         return WebhookCredentials(settings.webhook_username, settings.webhook_password)
+    if not create:
+        stored_text = store.get_setting(STORED_KEY)
+        if stored_text is None:
+            return WebhookCredentials(GENERATED_USERNAME, "", "missing")
+        stored_pair = json.loads(stored_text)
+        return WebhookCredentials(stored_pair["username"], stored_pair["password"], "stored")
     candidate = {"username": GENERATED_USERNAME, "password": secrets.token_urlsafe(24)}
     created = store.put_setting(STORED_KEY, json.dumps(candidate), now, only_if_absent=True)
     stored = json.loads(store.get_setting(STORED_KEY) or json.dumps(candidate))
@@ -79,13 +89,17 @@ class BearerToken:
         return scheme.lower() == "bearer" and same
 
 
-def segment_token(settings: Settings, store: Store, now: float) -> BearerToken:
+def segment_token(settings: Settings, store: Store, now: float, *, create: bool = True) -> BearerToken:
     """``SEGMENT_WEBHOOK_TOKEN``; else none if the shared secret guards the endpoint; else a token
-    generated once and stored (first start wins), so the identify endpoint is never open."""
+    generated once and stored (first start wins), so the identify endpoint is never open.
+    ``create=False`` only reads the stored one."""
     if settings.segment_webhook_token:
         return BearerToken(settings.segment_webhook_token, "environment")
     if settings.segment_shared_secret:
         return BearerToken()
+    if not create:
+        stored = store.get_setting(SEGMENT_TOKEN_KEY)
+        return BearerToken(stored, "stored" if stored else "none")
     created = store.put_setting(SEGMENT_TOKEN_KEY, secrets.token_urlsafe(24), now, only_if_absent=True)
     return BearerToken(store.get_setting(SEGMENT_TOKEN_KEY), "generated" if created else "stored")
 
@@ -137,10 +151,13 @@ class AdminLogin:
             return False
 
 
-def admin_login(settings: Settings, store: Store, now: float) -> AdminLogin:
-    """``BRIDGE_ADMIN_PASSWORD``, else a generated password whose hash is stored (first start wins)."""
+def admin_login(settings: Settings, store: Store, now: float, *, create: bool = True) -> AdminLogin:
+    """``BRIDGE_ADMIN_PASSWORD``, else a generated password whose hash is stored (first start wins).
+    ``create=False`` only reads the stored hash."""
     if settings.admin_password:
         return AdminLogin(configured=settings.admin_password, hash_key=CONFIGURED_HASH_KEY)
+    if not create:
+        return AdminLogin(stored_hash=store.get_setting(ADMIN_PASSWORD_KEY))
     password = secrets.token_urlsafe(18)
     created = store.put_setting(ADMIN_PASSWORD_KEY, generate_password_hash(password), now,
                                 only_if_absent=True)

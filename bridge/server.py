@@ -206,7 +206,7 @@ def address_problem(host: str, port: int) -> str | None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(address)
     except OSError as exc:
-        return str(exc)
+        return exc.strerror.lower() if exc.strerror else str(exc)
     return None
 
 
@@ -260,15 +260,32 @@ class DeliveryProcess:
         mark_process_dead(self.proc.pid)
 
 
+def accepts(host: str, port: int) -> bool:
+    """Whether something accepts connections on host:port now (a wildcard host: on loopback)."""
+    target = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    try:
+        with socket.create_connection((target, port), timeout=POLL_SECONDS):
+            return True
+    except OSError:
+        return False
+
+
 class BridgeServer:
     """The web server and one delivery process, until SIGTERM or Ctrl-C."""
 
-    def __init__(self, settings: Settings, workers: int) -> None:
+    #: The exit code of ``run`` when the web server ended before it ever listened (port taken).
+    NEVER_LISTENED = 2
+
+    def __init__(self, settings: Settings, workers: int, *, delivery: bool = True) -> None:
         self.settings = settings
         self.workers = workers
+        #: False: the web server alone, with the delivery loops in a ``mailjet-bridge worker`` of
+        #: their own (a systemd unit each, deploy/).
+        self.delivery = delivery
 
-    def run(self) -> int:
-        """Serve until asked to stop (exit code 0), or until the web server ends by itself (1)."""
+    def run(self, on_listening: Callable[[], None] | None = None) -> int:
+        """Serve until asked to stop (exit code 0), or until the web server ends by itself (1, or
+        NEVER_LISTENED when it never listened). ``on_listening`` is called once the port accepts."""
         stop = threading.Event()
 
         def on_signal(signum: int, _frame: Any) -> None:
@@ -281,14 +298,23 @@ class BridgeServer:
             name="mailjet-bridge web")
         web.start()
         delivery = DeliveryProcess()
-        delivery.start()
+        if self.delivery:
+            delivery.start()
         code = 0
+        listening = False
         try:
             while not stop.wait(POLL_SECONDS):
                 if web.exitcode is not None:
+                    if not listening:
+                        code = self.NEVER_LISTENED
+                        break
                     log.error("the web server exited with code %s; stopping", web.exitcode)
                     code = 1
                     break
+                if not listening and accepts(self.settings.host, self.settings.port):
+                    listening = True
+                    if on_listening is not None:
+                        on_listening()
                 delivery.check()
         finally:
             deadline = time.monotonic() + SHUTDOWN_SECONDS

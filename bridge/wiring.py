@@ -8,6 +8,7 @@ webhook credentials and admin password; it starts nothing. Delivery loops are ma
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -37,6 +38,9 @@ from bridge.outbound.mailjet import MailjetClient
 from bridge.payloads.schemas import EventValidator
 from bridge.storage import open_store
 from bridge.storage.base import Store
+
+#: The stored setting where ``serve`` records the address it listens on and its public URL.
+SERVING_KEY = "server.serving"
 
 
 def announce_on_stderr(line: str) -> None:
@@ -92,9 +96,25 @@ class Bridge:
         janitor = Janitor(self.store, settings.retention_days, dedupe_days=settings.dedupe_days)
         return [forwarder, contact_sync, janitor]
 
+    def serving(self) -> dict[str, object] | None:
+        """What ``serve`` recorded when it last started listening: address, public URL, pid, since."""
+        record = self.store.get_setting(SERVING_KEY)
+        return json.loads(record) if record else None
+
+    def public_url(self) -> str:
+        """The public URL the running server recorded, else this process's own (BRIDGE_PUBLIC_URL):
+        the CLI, run from anywhere with any environment, prints what the server serves."""
+        serving = self.serving()
+        return str(serving["public_url"]) if serving else self.settings.public_url
+
+    def record_serving(self, host: str, port: int, now: float) -> None:
+        """Called by ``serve`` once its port accepts connections."""
+        record = {"address": f"{host}:{port}", "public_url": self.settings.public_url, "since": now}
+        self.store.put_setting(SERVING_KEY, json.dumps(record), now)
+
     def callback_url(self) -> str:
         """The URL to paste into Mailjet, with the webhook credentials in it."""
-        return callback_url(self.settings.public_url, self.credentials)
+        return callback_url(self.public_url(), self.credentials)
 
     def secret_values(self) -> list[str | None]:
         """Every secret the process knows, so logs can never show one."""
@@ -107,27 +127,29 @@ class Bridge:
         self.store.close()
 
 
-def build(settings: Settings, *, announce: Callable[[str], None] = announce_on_stderr) -> Bridge:
+def build(settings: Settings, *, announce: Callable[[str], None] = announce_on_stderr,
+          create: bool = True) -> Bridge:
     """Open and migrate the store, load the schemas, settle credentials; start nothing.
 
-    Raises ConfigError (one line per bad value) or StorageUnavailable.
+    ``create=False`` (CLI commands other than serve and worker) reads the credentials the server
+    stored and generates none. Raises ConfigError (one line per bad value) or StorageUnavailable.
     """
     store = open_store(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
     store.migrate()
     mailjet_validator = EventValidator.mailjet(settings.schema_dir)
     segment_validator = EventValidator.segment(settings.schema_dir)
-    credentials = webhook_credentials(settings, store, time.time())
+    credentials = webhook_credentials(settings, store, time.time(), create=create)
     if credentials.origin == "generated":
         announce(
             "Webhook credentials were generated and stored. Paste this callback URL into Mailjet "
             f"(shown once; `mailjet-bridge callback-url` prints it again): "
             f"{callback_url(settings.public_url, credentials)}"
         )
-    login = admin_login(settings, store, time.time())
+    login = admin_login(settings, store, time.time(), create=create)
     if login.generated:
         announce(f"Admin password generated (shown once): {login.generated} "
                  f"- log in at {settings.public_url}/admin")
-    token = segment_token(settings, store, time.time())
+    token = segment_token(settings, store, time.time(), create=create)
     if token.origin == "generated":
         announce(
             "Segment webhook token generated and stored. In Segment's Webhooks (Actions) destination, "

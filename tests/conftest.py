@@ -50,11 +50,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _scrub_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The developer's shell must not leak configuration into the tests."""
+def _scrub_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The developer's shell must not leak configuration into the tests, and a test that sets no
+    database must not touch the real default one ($XDG_DATA_HOME/mailjet-bridge/bridge.db): the
+    data folder is the test's own, in this process and in every process it starts."""
     for name in list(os.environ):
         if name.startswith(PREFIXES):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
 
 
 class Clock:

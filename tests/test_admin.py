@@ -96,10 +96,20 @@ def test_settings_are_validated_and_stored(admin_app: Any) -> None:
     token = csrf(client, "/admin/settings")
     response = client.post("/admin/settings", data={
         "csrf_token": token, "mailjet.list_id": "abc", "segment.region": "eu", "segment.write_key": "",
-    }, follow_redirects=True)
-    assert "mailjet.list_id=&#39;abc&#39; is not valid" in response.text
-    assert "Saved: segment.region" in response.text
+    })
+    # refused as a whole, with the field named as the page labels it and what was typed kept
+    assert response.status_code == 400
+    assert "Mailjet contact list id: &#39;abc&#39; is not valid" in response.text
+    assert "mailjet.list_id=" not in response.text
+    assert re.search(r'name="mailjet\.list_id" value="abc"', response.text)
+    assert re.search(r'name="segment\.region">\s*<option >auto</option><option >us</option>'
+                     r'<option selected>eu</option>', response.text)
     store = admin_app.extensions["bridge"].store
+    assert store.get_setting("segment.region") is None
+    response = client.post("/admin/settings", data={
+        "csrf_token": token, "mailjet.list_id": "12", "segment.region": "eu", "segment.write_key": "",
+    }, follow_redirects=True)
+    assert "Saved: segment.region, mailjet.list_id" in response.text
     assert store.get_setting("segment.region") == "eu"
     assert store.get_setting("segment.write_key") is None  # blank keeps the current key
     current = admin_app.extensions["bridge"].current
@@ -223,3 +233,16 @@ def test_pages_render_rows_holding_lone_surrogates(admin_app: Any, auth: dict[st
 def test_a_logged_in_page_has_the_menu_and_the_logout_button(admin_app: Any) -> None:
     page = logged_in(admin_app).get("/admin/").text
     assert "Log out" in page and 'href="/admin/settings"' in page
+
+
+def test_the_root_redirects_to_the_admin_page(client: Any) -> None:
+    response = client.get("/")
+    assert response.status_code == 302 and response.headers["Location"] == "/admin/"
+
+
+def test_settings_page_lists_the_api_urls_with_their_source(admin_app: Any) -> None:
+    page = logged_in(admin_app).get("/admin/settings").text
+    segment_url = admin_app.extensions["bridge"].settings.segment_api_url
+    assert f'name="segment.api_url" value="{segment_url}"' in page
+    assert 'name="mailjet.api_url" value="https://api.mailjet.com"' in page
+    assert "Segment settings CDN" in page and "environment (not changed here)" in page

@@ -60,8 +60,11 @@ def test_python_dash_m_bridge_is_the_same_cli() -> None:
 
 @pytest.fixture
 def cli_env(env: dict[str, str], fake_mailjet: FakeMailjet) -> dict[str, str]:
-    return {**env, "SEGMENT_WRITE_KEY": "good-key-0000001", "MAILJET_API_KEY": "mj-key",
-            "MAILJET_API_SECRET": "mj-secret", "MAILJET_API_URL": fake_mailjet.url}
+    """The environment of a bridge whose database exists (reading commands never create one)."""
+    cli_env = {**env, "SEGMENT_WRITE_KEY": "good-key-0000001", "MAILJET_API_KEY": "mj-key",
+               "MAILJET_API_SECRET": "mj-secret", "MAILJET_API_URL": fake_mailjet.url}
+    assert run(cli_env, "db", "upgrade").exit_code == 0
+    return cli_env
 
 
 def run(env: dict[str, str], *args: str) -> Any:
@@ -130,9 +133,13 @@ def test_register_callbacks_is_idempotent_and_fixes_dead_ones(cli_env: dict[str,
     assert len(fake_mailjet.callbacks) == 14
 
 
-def test_register_callbacks_without_keys_fails_clearly(env: dict[str, str]) -> None:
-    result = run(env, "mailjet", "register-callbacks", "--url", "https://x.example/webhooks/mailjet")
+def test_register_callbacks_without_keys_fails_clearly(env: dict[str, str],
+                                                       fake_mailjet: FakeMailjet) -> None:
+    result = run({**env, "MAILJET_API_URL": fake_mailjet.url},
+                 "mailjet", "register-callbacks", "--url", "https://x.example/webhooks/mailjet")
     assert result.exit_code == 1 and "no Mailjet API key pair is set" in result.output
+    assert "refused" not in result.output and "nothing was sent to Mailjet" in result.output
+    assert fake_mailjet.requests == []
 
 
 def _dead_letter_setup(cli_env: dict[str, str], fake_segment: FakeSegment, n: int) -> list[int]:
@@ -222,3 +229,104 @@ def test_segment_webhook_prints_the_url_and_the_header(cli_env: dict[str, str]) 
     assert result.exit_code == 0
     assert "URL:    http://127.0.0.1:8000/webhooks/segment" in result.stdout
     assert "Header: Authorization: Bearer test-webhook-token" in result.stdout
+
+
+# -- #12: one state, settings that explain themselves, starting -------------------------------------
+
+def _commands(group: Any, prefix: str = "") -> Any:
+    import click
+
+    for name, command in group.commands.items():
+        yield f"{prefix}{name}", command
+        if isinstance(command, click.Group):
+            yield from _commands(command, f"{prefix}{name} ")
+
+
+def test_help_summaries_are_whole_sentences_that_fit() -> None:
+    for name, command in _commands(main):
+        summary = command.get_short_help_str(limit=45)
+        assert summary.endswith(".") and not summary.endswith("..."), (name, summary)
+        assert len(summary) <= 45, (name, summary)
+    listing = run({}, "--help").stdout
+    assert all(len(line) <= 80 for line in listing.splitlines())
+
+
+@pytest.mark.parametrize("args", [
+    ["stats"], ["callback-url"], ["dead-letters", "list"], ["quarantine", "list"],
+    ["quarantine", "show", "1"], ["config", "show"], ["check"], ["segment-webhook"],
+    ["config", "unset", "mailjet.list_id"],
+], ids=lambda args: " ".join(args))
+def test_a_reading_command_with_no_database_creates_nothing_and_says_where_it_looked(
+        tmp_path: Any, args: list[str]) -> None:
+    data_home = tmp_path / "data"
+    result = run({"XDG_DATA_HOME": str(data_home)}, *args)
+    assert result.exit_code == 3
+    expected = data_home / "mailjet-bridge" / "bridge.db"
+    assert result.output == (
+        f"no bridge database at {expected} (the default, as BRIDGE_DATABASE_URL is not set): start the "
+        "bridge once with `mailjet-bridge serve`, or set BRIDGE_DATABASE_URL to the database the server "
+        "uses\n")
+    assert not data_home.exists()
+
+
+def test_reading_commands_create_no_credentials(env: dict[str, str]) -> None:
+    """The server's database holds no generated credentials yet: callback-url says so, and nothing
+    is generated or announced."""
+    bare = {k: v for k, v in env.items() if not k.startswith(("BRIDGE_WEBHOOK", "SEGMENT_WEBHOOK",
+                                                              "BRIDGE_ADMIN"))}
+    assert run(bare, "db", "upgrade").exit_code == 0
+    result = run(bare, "callback-url")
+    assert result.exit_code == 1 and "no webhook credentials are stored yet" in result.stderr
+    assert run(bare, "stats").stderr == ""
+    from bridge.storage import open_store
+
+    store = open_store(bare["BRIDGE_DATABASE_URL"])
+    assert all(store.get_setting(key) is None for key in (
+        "webhook.credentials", "segment.webhook_token", "admin.password_hash"))
+    store.close()
+
+
+def test_config_unset_gives_the_environment_back(cli_env: dict[str, str]) -> None:
+    assert run(cli_env, "config", "set", "mailjet.list_id", "42").exit_code == 0
+    assert "42" in run(cli_env, "config", "show").stdout
+    result = run(cli_env, "config", "unset", "mailjet.list_id")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == "mailjet.list_id: stored value removed; now 1 (default)"
+    again = run(cli_env, "config", "unset", "mailjet.list_id")
+    assert "nothing was stored" in again.stdout
+    unknown = run(cli_env, "config", "unset", "segment.colour")
+    assert unknown.exit_code == 2 and "unknown setting 'segment.colour'" in unknown.output
+
+
+@pytest.mark.parametrize("args", [["-5"], ["--", "-5"]], ids=["bare", "after-double-dash"])
+def test_a_value_beginning_with_a_dash_reaches_validation(cli_env: dict[str, str], args: list[str]) -> None:
+    result = run(cli_env, "config", "set", "mailjet.list_id", *args)
+    assert result.exit_code == 2
+    assert "mailjet.list_id='-5' is not valid: use a whole number of at least 1" in result.output
+    assert "No such option" not in result.output
+
+
+def test_config_show_lists_the_api_urls_in_force(cli_env: dict[str, str]) -> None:
+    shown = {line.split()[0]: line for line in run(cli_env, "config", "show").stdout.splitlines()}
+    assert shown["segment.api_url"].split()[1:] == [cli_env["SEGMENT_API_URL"], "environment"]
+    assert shown["mailjet.api_url"].split()[1:] == [cli_env["MAILJET_API_URL"], "environment"]
+    assert shown["segment.cdn_url"].split()[1:] == [cli_env["SEGMENT_CDN_URL"], "environment"]
+    # a stored region does not beat the environment's URL, and config show says the region is moot
+    assert run(cli_env, "config", "set", "segment.region", "eu").exit_code == 0
+    shown = {line.split()[0]: line for line in run(cli_env, "config", "show").stdout.splitlines()}
+    assert shown["segment.api_url"].split()[1] == cli_env["SEGMENT_API_URL"]
+    assert shown["segment.region"].endswith("stored; moot: segment.api_url wins")
+    without_url = {k: v for k, v in cli_env.items() if k != "SEGMENT_API_URL"}
+    shown = {line.split()[0]: line for line in run(without_url, "config", "show").stdout.splitlines()}
+    assert shown["segment.api_url"].split()[1:] == ["https://events.eu1.segmentapis.com", "stored:",
+                                                    "from", "the", "region"]
+
+
+def test_check_shows_start_up_warnings_and_the_stored_delivery_state(cli_env: dict[str, str],
+                                                                     fake_segment: FakeSegment) -> None:
+    fake_segment.write_keys.add("good-key-0000001")
+    result = run({**cli_env, "BRIDGE_PUBLIC_URL": "http://bridge.example.com"}, "check")
+    assert result.exit_code == 0, result.output
+    assert "warn BRIDGE_PUBLIC_URL http://bridge.example.com is plain http" in result.stderr
+    assert "segment delivery, as the running loops last saw it: starting" in result.stdout
+    assert run(cli_env, "stats").stderr == ""  # no warning from other commands

@@ -16,7 +16,7 @@ def test_defaults() -> None:
     assert s.segment_cdn_url == "https://cdn.segment.com"
     assert s.mailjet_api_url == "https://api.mailjet.com"
     assert s.mailjet_list_id == 1 and s.mailjet_action == "addnoforce"
-    assert s.database_url == "sqlite:///./var/bridge.db"
+    assert s.database_url.endswith("/mailjet-bridge/bridge.db")
     assert s.event_names == "mailjet"
     assert (s.host, s.port) == ("127.0.0.1", 8000)
     assert s.public_url == "http://127.0.0.1:8000"
@@ -68,3 +68,17 @@ def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings({"SEGMENT_REGION": "mars", "MAILJET_ACTION": "x", "BRIDGE_PORT": "-1"})
     assert len(caught.value.problems) == 3
+
+
+@pytest.mark.parametrize(("environ", "url"), [
+    pytest.param({"XDG_DATA_HOME": "/data", "HOME": "/home/ada"}, "sqlite:////data/mailjet-bridge/bridge.db",
+                 id="xdg-data-home"),
+    pytest.param({"HOME": "/home/ada"}, "sqlite:////home/ada/.local/share/mailjet-bridge/bridge.db",
+                 id="home"),
+    pytest.param({"XDG_DATA_HOME": "relative", "HOME": "/home/ada"},
+                 "sqlite:////home/ada/.local/share/mailjet-bridge/bridge.db", id="relative-xdg-ignored"),
+    pytest.param({"HOME": "/home/ada", "BRIDGE_DATABASE_URL": "sqlite:///x.db"}, "sqlite:///x.db",
+                 id="explicit-url-wins"),
+])
+def test_default_database_does_not_depend_on_the_current_folder(environ: dict[str, str], url: str) -> None:
+    assert load_settings(environ).database_url == url

@@ -23,6 +23,8 @@ def test_healthy_bridge_reports_queue_and_delivery_state(client: Any) -> None:
 def test_missing_write_key_is_reported_but_events_are_still_accepted(env: dict[str, str]) -> None:
     del env["SEGMENT_WRITE_KEY"]
     app = create_app(load_settings(env), announce=lambda _: None)
+    assert app.test_client().get("/healthz").json["segment"]["state"] == "starting"
+    app.extensions["bridge"].loops()[0].run_once()  # the state is the one the loops store
     body = app.test_client().get("/healthz").json
     assert body["status"] == "degraded"
     assert body["segment"]["state"] == "no_write_key"
@@ -42,3 +44,16 @@ def test_unavailable_storage_gives_503_with_the_reason(settings: Settings, tmp_p
     assert response.json["storage"] == "unavailable"
     assert response.json["reason"].startswith("cannot open SQLite database"), response.json
     shutil.rmtree(db)
+
+
+def test_a_stored_no_key_state_gives_way_once_a_key_is_set(env: dict[str, str]) -> None:
+    """The state comes from the loops; a key set since the last run makes "no_write_key" stale."""
+    without = create_app(load_settings({**env, "SEGMENT_WRITE_KEY": ""}), announce=lambda _: None)
+    without.extensions["bridge"].loops()[0].run_once()
+    assert without.test_client().get("/healthz").json["segment"]["state"] == "no_write_key"
+    without.extensions["bridge"].store.close()
+    with_key = create_app(load_settings(env), announce=lambda _: None)
+    with_key.extensions["bridge"].loops()[0].run_once()  # nothing queued: no delivery, no "ok" yet
+    body = with_key.test_client().get("/healthz").json
+    assert body["segment"]["state"] == "starting" and body["status"] == "ok"
+    with_key.extensions["bridge"].store.close()

@@ -131,7 +131,15 @@ def test_mailjet_target(store: Store, env: dict[str, str], stored: dict[str, str
 
 @pytest.mark.parametrize(("env", "stored", "expected"), [
     case({}, {}, {"segment.write_key": (None, "default"), "mailjet.list_id": ("1", "default"),
-                  "segment.api_url": (None, "default")}, "defaults"),
+                  "segment.api_url": ("https://api.segment.io", "default: from the write key's source"),
+                  "mailjet.api_url": ("https://api.mailjet.com", "default")}, "defaults"),
+    case({"SEGMENT_API_URL": "http://127.0.0.1:9"}, {"segment.region": "eu"},
+         {"segment.api_url": ("http://127.0.0.1:9", "environment"),
+          "segment.region": ("eu", "stored; moot: segment.api_url wins")},
+         "an-environment-url-beats-a-stored-region"),
+    case({"SEGMENT_REGION": "eu"}, {}, {
+        "segment.api_url": ("https://events.eu1.segmentapis.com", "environment: from the region")},
+         "url-from-the-region"),
     case({"SEGMENT_WRITE_KEY": "env-key", "MAILJET_LIST_ID": "7"}, {},
          {"segment.write_key": ("env-key", "environment"), "mailjet.list_id": ("7", "environment")},
          "environment"),
@@ -145,11 +153,19 @@ def test_shown_origins(store: Store, env: dict[str, str], stored: dict[str, str]
     assert {key: shown[key] for key in expected} == expected
 
 
-def test_shown_lists_every_storable_setting(store: Store) -> None:
+def test_shown_lists_every_storable_setting_and_the_cdn(store: Store) -> None:
     assert set(effective(store, {}, {}).shown()) == {
         "segment.write_key", "segment.region", "segment.api_url", "mailjet.api_key",
         "mailjet.api_secret", "mailjet.api_url", "mailjet.list_id", "mailjet.action", "events.names",
+        "segment.cdn_url",
     }
+
+
+def test_an_environment_api_url_beats_a_stored_region(store: Store) -> None:
+    """More specific beats more general, whatever the sources (SPEC §1)."""
+    for region in ("eu", "us"):
+        current = effective(store, {"SEGMENT_API_URL": "http://127.0.0.1:9"}, {"segment.region": region})
+        assert current.segment_api_url() == "http://127.0.0.1:9"
 
 
 @pytest.mark.parametrize(("key", "value", "normalised"), [

@@ -428,3 +428,13 @@ def test_release_and_renew_take_any_number_of_ids(store: Store) -> None:
     stats = store.stats(T0)
     assert (stats["pending"], stats["leased"]) == (2100, 0)
     assert store.claim(SEGMENT_TRACK, 3000, "w", 30, T0 + 5)[0].attempts == 1
+
+
+def test_delete_setting_removes_only_that_setting(store_on_each_backend: Store) -> None:
+    """``config unset``: the stored value goes, the others stay; deleting again finds nothing."""
+    store = store_on_each_backend
+    store.put_setting("mailjet.list_id", "42", 1.0)
+    store.put_setting("segment.region", "eu", 1.0)
+    assert store.delete_setting("mailjet.list_id") is True
+    assert store.get_setting("mailjet.list_id") is None and store.get_setting("segment.region") == "eu"
+    assert store.delete_setting("mailjet.list_id") is False

@@ -245,6 +245,7 @@ class DeliveryLoop(Generic[G]):
         if isinstance(credential, Held):
             self.pacer.set_status(credential.state, credential.detail)
             return None
+        self.pacer.credential_present()
         if not self.pacer.ready(credential) or not self.due(now):
             return None
         return credential

@@ -45,6 +45,11 @@ def backoff_delay(failures: int, base: float, cap: float, rng: random.Random) ->
     return step / 2 + rng.uniform(0, step / 2)
 
 
+#: Stored states that a set, usable credential contradicts.
+OUTDATED_WITH_A_CREDENTIAL = frozenset({"no_write_key", "no_api_keys", "no_credentials",
+                                        "unknown_write_key", "region_mismatch"})
+
+
 def status_key(upstream: str) -> str:
     """The stored setting that holds an upstream's delivery state."""
     return f"status.{upstream}"
@@ -68,6 +73,7 @@ class Pacer:
         self._refused: Hashable | None = None
         self._status: tuple[str, str] | None = None
         self._stored_at = 0.0
+        self._looked_at_stored = False
 
     def set_status(self, state: str, detail: str, *, detail_every: float = 0.0) -> None:
         """Store the delivery state when it changes; a new detail in the same state only once
@@ -82,6 +88,21 @@ class Pacer:
         self.store.put_setting(status_key(self.upstream), record, now)
         level = logging.INFO if state == "ok" else logging.WARNING
         log.log(level, "%s delivery %s: %s", self.upstream, state, detail)
+
+    def credential_present(self) -> None:
+        """A credential is set and nothing holds delivery: a stored "no key" or "held" state (this
+        process's, or one a previous run left) no longer says what is true, so it becomes
+        ``starting`` until the next delivery."""
+        if self._status is None:
+            if self._looked_at_stored:
+                return
+            self._looked_at_stored = True
+            record = self.store.get_setting(status_key(self.upstream))
+            state = json.loads(record).get("state") if record else None
+        else:
+            state = self._status[0]
+        if state in OUTDATED_WITH_A_CREDENTIAL:
+            self.set_status("starting", "no delivery yet")
 
     def ready(self, credential: Hashable) -> bool:
         """May we call the upstream now with this credential?"""

@@ -113,6 +113,12 @@ def hold_for(check: KeyCheck, region: str, explicit_api_url: bool) -> tuple[str,
     return None
 
 
+def last_check(store: Store) -> KeyCheck | None:
+    """The last verdict stored, whichever key it is about: what the running loops saw."""
+    record = store.get_setting(RECORD_KEY)
+    return KeyCheck.from_json(record) if record else None
+
+
 def stored_check(store: Store, write_key: str) -> KeyCheck | None:
     """The last verdict stored for this key, if the stored one is about it."""
     record = store.get_setting(RECORD_KEY)

@@ -6,6 +6,7 @@ import json
 import random
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from bridge.delivery.upstream import UpstreamError, Verdict
 from bridge.inbound.intake import sort_events
@@ -80,3 +81,18 @@ def send_test_event(bridge: Bridge) -> str:
     intake = sort_events([(event, text)], bridge.mailjet_validator)
     bridge.store.accept(intake.items, [], time.time())
     return f"MessageID {event['MessageID']}"
+
+
+#: Hosts whose plain-http callback URL never crosses a network.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def startup_warnings(bridge: Bridge) -> list[str]:
+    """What an operator should fix before real traffic arrives (shown by serve, worker and check)."""
+    warnings = []
+    public = urlsplit(bridge.settings.public_url)
+    if public.scheme == "http" and public.hostname not in LOOPBACK_HOSTS:
+        warnings.append(f"BRIDGE_PUBLIC_URL {bridge.settings.public_url} is plain http: the webhook "
+                        "credentials in Mailjet's callback URL would cross the network unencrypted; "
+                        "serve it behind HTTPS")
+    return warnings

@@ -9,7 +9,7 @@ from typing import Any
 
 from bridge.delivery.pacing import status_key
 from bridge.inbound import intake as inbound
-from bridge.inbound.source import stored_check
+from bridge.inbound.source import last_check
 from bridge.outbound import intake as outbound
 from bridge.wiring import Bridge
 
@@ -18,22 +18,19 @@ CHARTED_KINDS = (inbound.KIND, outbound.CONTACT_KIND)
 
 
 def delivery_states(bridge: Bridge) -> dict[str, dict[str, Any]]:
-    """Segment's and Mailjet's delivery state, as the loops last stored it (shared by every process)."""
+    """Segment's and Mailjet's delivery state as the loops last stored it, with the verdict on the
+    write key they last checked: the same answer from every process (a CLI in another shell, with
+    none of the server's environment, included)."""
     states = {}
     for upstream in ("segment", "mailjet"):
         record = bridge.store.get_setting(status_key(upstream))
         starting = {"state": "starting", "detail": "no delivery yet"}
         states[upstream] = json.loads(record) if record else starting
-    key = bridge.current.write_key()
-    if not key:
-        states["segment"] = {"state": "no_write_key", "detail": "no Segment write key is set"}
-    else:
-        check = stored_check(bridge.store, key)
+    if states["segment"]["state"] != "no_write_key":
+        check = last_check(bridge.store)
         states["segment"]["write_key"] = (
             {"verdict": check.verdict, "detail": check.detail, "checked_at": check.checked_at}
             if check else {"verdict": "unchecked", "detail": "not checked yet"})
-    if not bridge.current.mailjet_credentials():
-        states["mailjet"] = {"state": "no_api_keys", "detail": "no Mailjet API key pair is set"}
     return states
 
 

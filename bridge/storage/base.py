@@ -207,6 +207,10 @@ class Store(ABC):
     def put_setting(self, key: str, value: str, now: float, *, only_if_absent: bool = False) -> bool:
         """Store a setting; with ``only_if_absent`` an existing value wins. True if written."""
 
+    @abstractmethod
+    def delete_setting(self, key: str) -> bool:
+        """Remove a stored setting (``config unset``). True if there was one."""
+
     # -- what operators read and replay (CLI, admin page, metrics) -----------------------------
 
     @abstractmethod

@@ -361,6 +361,10 @@ class SqlStore(Store):
                 (key, value, now),
             ).rowcount > 0
 
+    def delete_setting(self, key: str) -> bool:
+        with self._write() as tx:
+            return tx.execute("DELETE FROM settings WHERE key = ?", (key,)).rowcount > 0
+
     def stats(self, now: float, stuck_after: float = 300.0) -> dict[str, Any]:
         counts = {state: 0 for state in (PENDING, LEASED, DELIVERED, DEAD)}
         for state, count in self._rows("SELECT state, COUNT(*) FROM outbox GROUP BY state"):

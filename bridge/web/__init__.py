@@ -33,4 +33,5 @@ def register(app: Flask) -> None:
     app.register_blueprint(segment_webhook.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(admin.root)
     mailjet_webhook.register(app)  # last: its plain-WSGI front goes around everything above

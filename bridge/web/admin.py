@@ -166,54 +166,82 @@ def overview() -> Any:
     return render_template("admin/overview.html", data=data, chart=chart)
 
 
+root = Blueprint("root", __name__)
+
+
+@root.get("/")
+def home() -> Any:
+    """Someone opening the bridge's address in a browser wants the admin page."""
+    return redirect(url_for("admin.overview"))
+
+
 # -- settings -------------------------------------------------------------------------------------
 
 #: What the settings form shows and how: (key, label, kind, choices).
 FIELDS = [
     ("segment.write_key", "Segment write key", "secret", None),
     ("segment.region", "Segment region", "choice", ["auto", *SEGMENT_REGIONS]),
+    ("segment.api_url", "Segment API URL", "text", None),
     ("mailjet.api_key", "Mailjet API key", "secret", None),
     ("mailjet.api_secret", "Mailjet API secret", "secret", None),
+    ("mailjet.api_url", "Mailjet API URL", "text", None),
     ("mailjet.list_id", "Mailjet contact list id", "text", None),
     ("mailjet.action", "List action for identifies", "choice", list(MAILJET_ACTIONS)),
     ("events.names", "Event naming preset", "choice", list(EVENT_NAME_PRESETS)),
 ]
+#: Settings in force that no form changes (the environment's), listed under the form.
+READ_ONLY = [("segment.cdn_url", "Segment settings CDN (write key checks)")]
 
 
-@bp.get("/settings")
-@login_required
-def settings_page() -> Any:
+def _settings_page(typed: dict[str, str] | None = None, problems: dict[str, str] | None = None) -> Any:
+    """The form with every value in force and its source; after a refused save, with what was typed
+    and each problem beside its field."""
     bridge = current_bridge()
     effective = bridge.current.shown()
     rows = []
     for key, label, kind, choices in FIELDS:
         value, origin = effective[key]
         shown = mask(value) if STORED_SETTINGS[key].secret else (value or "")
+        typed_value = (typed or {}).get(key)
         rows.append({"key": key, "label": label, "kind": kind, "choices": choices, "value": shown,
-                     "origin": origin})
+                     "typed": typed_value if kind != "secret" else None, "origin": origin,
+                     "problem": (problems or {}).get(key)})
+    fixed = [{"label": label, "value": effective[key][0], "origin": effective[key][1]}
+             for key, label in READ_ONLY]
     masked_url = bridge.callback_url().replace(bridge.credentials.password, "••••••••")
-    return render_template("admin/settings.html", rows=rows, callback_url=masked_url)
+    return render_template("admin/settings.html", rows=rows, fixed=fixed, callback_url=masked_url,
+                           problems=list((problems or {}).values()))
+
+
+@bp.get("/settings")
+@login_required
+def settings_page() -> Any:
+    return _settings_page()
 
 
 @bp.post("/settings")
 @login_required
 def save_settings() -> Any:
+    """All or nothing: with a bad value nothing is stored, and the page comes back (400) with every
+    value as typed and the problem named by its label."""
     bridge = current_bridge()
     current = bridge.current.shown()
-    changed, problems = [], []
-    for key, _label, kind, _choices in FIELDS:
+    checked, problems = {}, {}
+    for key, label, kind, _choices in FIELDS:
         value = request.form.get(key, "").strip()
         if not value or (kind != "secret" and value == (current[key][0] or "")):
             continue  # a blank secret field keeps the current one
         try:
-            bridge.store.put_setting(key, check_stored_setting(key, value), time.time())
-            changed.append(key)
+            checked[key] = check_stored_setting(key, value, name=label)
         except ConfigError as exc:
-            problems.extend(exc.problems)
-    for problem in problems:
-        flash(problem, "error")
-    if changed:
-        flash("Saved: " + ", ".join(changed) + ". Used from the next delivery on.", "ok")
+            problems[key] = exc.problems[0]
+    if problems:
+        typed = {key: request.form.get(key, "") for key, *_ in FIELDS}
+        return _settings_page(typed, problems), 400
+    for key, value in checked.items():
+        bridge.store.put_setting(key, value, time.time())
+    if checked:
+        flash("Saved: " + ", ".join(checked) + ". Used from the next delivery on.", "ok")
     return redirect(url_for("admin.settings_page"))
 
 
