@@ -178,4 +178,9 @@ def search(bridge: Bridge, term: str, limit: int = SEARCH_LIMIT) -> list[dict[st
                                                       for e in errors if isinstance(e, dict))}]
             record["row"] = entry
             found.append(record)
-    return sorted(found, key=lambda record: record["received"], reverse=True)
+    return sorted(found, key=_newest_first)
+
+
+def _newest_first(record: Mapping[str, Any]) -> tuple[float, int]:
+    row = record["row"]
+    return -float(row.get("created_at") or row.get("received_at") or 0), -record["id"]

@@ -168,7 +168,8 @@ def logout() -> Any:
 @login_required
 def overview() -> Any:
     data = overviews.overview(current_bridge())
-    chart = Markup(events_per_minute(data["timeline"], data["now"], data["window"]))
+    # drawn at about the card's width (the page's max width), so its text keeps its size as it scales
+    chart = Markup(events_per_minute(data["timeline"], data["now"], data["window"], width=1160, height=240))
     return render_template("admin/overview.html", data=data, chart=chart)
 
 
