@@ -170,3 +170,35 @@ def test_a_version_4_database_is_upgraded_and_its_rows_found(tmp_path: Path) -> 
         assert (row["dedupe_key"], row["recipient"]) == ("old", None)
     finally:
         store.close()
+
+
+def test_rows_settled_before_labels_existed_are_labelled_by_the_janitor(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database upgraded to schema 5 holds delivered rows without labels: the janitor labels them,
+    a window of ids per round, and remembers where it got to; then it stops looking."""
+    from bridge.delivery import janitor as janitor_module
+    from bridge.delivery.janitor import LABELS_KEY, Janitor
+    from bridge.inbound.track import labels as track_labels
+    from bridge.outbound.intake import labels as outbound_labels
+
+    monkeypatch.setattr(janitor_module, "LABEL_WINDOW", 2)
+    store.accept([event(f"k{n}", f"user{n}@example.com", 100 + n) for n in range(3)], [], T0,
+                 dead=[DeadLetter(CONTACT, "c1", "identify", '{"traits": {"email": "Eve@Example.com"}}',
+                                  "no list")])
+    claimed = store.claim(TRACK, 10, "w", 60, T0)
+    store.mark_delivered([Outcome(item.id, status=200) for item in claimed], T0)  # as before schema 5
+    assert store.find(recipient="user0@example.com") == []
+
+    janitor = Janitor(store, 0, labellers={TRACK: track_labels, CONTACT: outbound_labels})
+    janitor.run_once()
+    assert json.loads(store.get_setting(LABELS_KEY) or "{}") == {"next": 2, "until": 4}
+    assert ids(store.find(recipient="user1@example.com")) == [claimed[1].id]
+    assert store.find(recipient="user2@example.com") == []  # the next window
+    janitor.run_once()
+    (row,) = store.find(message_ref="102")
+    assert row["recipient"] == "user2@example.com"
+    assert store.find(recipient="eve@example.com")[0]["state"] == "dead"
+    store.accept([event("later", "late@example.com", 999)], [], T0)
+    janitor.run_once()  # done: rows after the first round are labelled when they are settled
+    assert json.loads(store.get_setting(LABELS_KEY) or "{}") == {"next": 4, "until": 4}
+    assert store.find(recipient="late@example.com") == []

@@ -173,6 +173,18 @@ def message_ref(event: Mapping[str, Any]) -> str | None:
     return None if ident is None else str(ident)
 
 
+def labels(text: str, key: str) -> tuple[str | None, str | None]:
+    """The debugger's labels of a stored event (recipient, Mailjet message id); none for text that
+    is not an event object (a compacted or unreadable row)."""
+    try:
+        event = loads_strict(text) if text else None
+    except (ValueError, RecursionError):
+        return None, None
+    if not isinstance(event, dict):
+        return None, None
+    return recipient_of(event, normalize_email(event.get("email")), key), message_ref(event)
+
+
 def _payload(value: Any) -> Any:
     """Payload as sent: an object or array when it holds JSON text for one that Segment can carry
     (strict JSON, within the depth bound as the event's field), else the string."""

@@ -240,6 +240,19 @@ class Store(ABC):
         those candidates itself."""
 
     @abstractmethod
+    def unlabelled(self, after_id: int, window: int) -> list[dict[str, Any]]:
+        """Settled rows (delivered, dead) with ids in ``(after_id, after_id + window]`` that carry
+        no labels and still hold their payload: rows settled before labels existed."""
+
+    @abstractmethod
+    def label(self, labels: Sequence[tuple[int, str | None, str | None]]) -> None:
+        """Set (id, recipient, message_ref) on rows that have no labels yet."""
+
+    @abstractmethod
+    def last_id(self) -> int:
+        """The highest outbox id (0 when empty)."""
+
+    @abstractmethod
     def find_quarantined(self, text: str, limit: int = 100) -> list[dict[str, Any]]:
         """Quarantine entries whose body contains ``text`` (case-insensitive), newest first."""
 

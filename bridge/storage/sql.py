@@ -466,6 +466,25 @@ class SqlStore(Store):
                 found[row["id"]] = row
         return sorted(found.values(), key=lambda row: -row["id"])[:limit]
 
+    def unlabelled(self, after_id: int, window: int) -> list[dict[str, Any]]:
+        return self._dicts(
+            "SELECT id, kind, payload, dedupe_key FROM outbox WHERE id > ? AND id <= ? "
+            "AND state IN (?, ?) AND recipient IS NULL AND payload != '' ORDER BY id",
+            (after_id, after_id + window, DELIVERED, DEAD),
+        )
+
+    def label(self, labels: Sequence[tuple[int, str | None, str | None]]) -> None:
+        rows = [(_label(recipient), _label(ref), item_id) for item_id, recipient, ref in labels
+                if recipient is not None or ref is not None]
+        for start in range(0, len(rows), ROWS_PER_STATEMENT):  # short transactions: intake goes on
+            with self._write() as tx:
+                tx.executemany("UPDATE outbox SET recipient = ?, message_ref = ? "
+                               "WHERE id = ? AND recipient IS NULL",
+                               rows[start : start + ROWS_PER_STATEMENT])
+
+    def last_id(self) -> int:
+        return int(self._rows("SELECT COALESCE(MAX(id), 0) FROM outbox")[0][0])
+
     def find_quarantined(self, text: str, limit: int = 100) -> list[dict[str, Any]]:
         if not _storable(text):
             return []
