@@ -347,6 +347,31 @@ def demo() -> None:
     sys.exit(run(os.environ, lambda line: click.echo(line)))
 
 
+@main.command(short_help="Find one event and its journey.",
+              help="Find every event of one email or message id: delivered, pending, dead or "
+                   "quarantined, with its journey.")
+@click.argument("term", metavar="EMAIL|ID")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (each event with its journey).")
+def find(term: str, as_json: bool) -> None:
+    from bridge.ops.lookup import search
+
+    found = search(_bridge(), term)
+    if not found:
+        click.echo(f"No event found for {term!r} among delivered, pending, dead and quarantined "
+                   "events.", err=True)
+        sys.exit(1)
+    if as_json:
+        _echo_json([{k: v for k, v in record.items() if k != "row"} for record in found])
+        return
+    for record in found:
+        click.echo(f"{record['source']} {record['id']}  {record['status']:<11}  {record['event']}  "
+                   f"{record['recipient']}  message {record['message_id'] or '-'}")
+        click.echo(f"    event time {record['event_time'] or '-'}  latency {record['latency'] or '-'}  "
+                   f"Segment messageId {record['segment_message_id'] or '-'}")
+        for step in record["journey"]:
+            click.echo(f"    {step['at'] or '-':<20}  {step['step']:<22}  {step['answer']}".rstrip())
+
+
 # -- Mailjet ----------------------------------------------------------------------------------------
 
 
@@ -463,7 +488,10 @@ def quarantine_show(entry_id: int) -> None:
     entry = _bridge().store.quarantine_entry(entry_id)
     if entry is None:
         raise click.UsageError(f"no quarantine entry {entry_id}")
-    _echo_json({**entry, "errors": json.loads(entry["errors"])})
+    from bridge.ops.lookup import iso_utc
+
+    _echo_json({**entry, "received_at": iso_utc(entry["received_at"]),
+                "errors": json.loads(entry["errors"])})
 
 
 @quarantine.command("replay", short_help="Validate events again and queue valid ones.",

@@ -30,10 +30,14 @@ from bridge.delivery.janitor import Janitor
 from bridge.delivery.loop import Loop
 from bridge.delivery.pacing import PacingPolicy
 from bridge.inbound.forwarder import Forwarder, ForwarderPolicy
+from bridge.inbound.intake import KIND
 from bridge.inbound.segment import SegmentClient
 from bridge.inbound.source import KeyVerifier, hold_for
+from bridge.inbound.track import labels as track_labels
 from bridge.metrics import Metrics
 from bridge.outbound.contact_sync import ContactSync, ContactSyncPolicy
+from bridge.outbound.intake import CONTACT_KIND, PROPERTY_KIND
+from bridge.outbound.intake import labels as outbound_labels
 from bridge.outbound.mailjet import MailjetClient
 from bridge.payloads.schemas import EventValidator
 from bridge.storage import open_store
@@ -93,7 +97,9 @@ class Bridge:
             policy=ContactSyncPolicy(lease_seconds=settings.lease_seconds, pacing=pacing),
             metrics=self.metrics,
         )
-        janitor = Janitor(self.store, settings.retention_days, dedupe_days=settings.dedupe_days)
+        janitor = Janitor(self.store, settings.retention_days, dedupe_days=settings.dedupe_days,
+                          labellers={KIND: track_labels, CONTACT_KIND: outbound_labels,
+                                     PROPERTY_KIND: outbound_labels})
         return [forwarder, contact_sync, janitor]
 
     def serving(self) -> dict[str, object] | None:

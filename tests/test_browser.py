@@ -8,6 +8,7 @@ temporary folder; ``make screenshots`` passes --screenshots-dir docs/img to refr
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -113,11 +114,34 @@ def test_operator_round_in_the_browser(browser: Any, start_make_run: Any, fake_s
     fresh = {"event": "click", "time": 1_800_000_100, "MessageID": 7777, "email": "new@example.com",
              "url": "https://example.com/offer"}
     requests.post(f"{base}/webhooks/mailjet", json=fresh, auth=auth, timeout=10)
-    page.wait_for_selector("#debugger-rows td.type:text-is('click')", timeout=15_000)
-    page.wait_for_selector("#debugger-rows tr.state-delivered td.type:text-is('click')", timeout=30_000)
-    page.click("#debugger-rows tr[data-id] summary")  # open the newest: as received, as sent, answer
+    page.wait_for_selector("#debugger-rows td.event:has-text('Email Link Clicked')", timeout=15_000)
+    page.wait_for_selector("#debugger-rows tr.state-delivered td.event:has-text('Email Link Clicked')",
+                           timeout=30_000)
+    page.click("#debugger-rows tr.more summary")  # open the newest: journey, as received, as sent, answer
     page.wait_for_selector("text=As sent")
     page.screenshot(path=str(shots / "debugger.png"), full_page=True)
+
+    # 4b. "did reader1's open reach Segment?": search by email, read the event's journey
+    page.fill("#q", "Reader1@Example.com")
+    page.click("#find")
+    page.wait_for_selector("#search-summary")
+    found = page.locator("#debugger-rows tr.event")
+    assert found.count() == 1
+    row = found.first
+    more = page.locator(f"#debugger-rows tr.more[data-more='outbox-{row.get_attribute('data-id')}']")
+    assert row.locator("td.event").inner_text().startswith("Email Opened")
+    assert row.locator("td.recipient").inner_text() == "reader1@example.com"
+    assert row.locator("td.message-id").inner_text() == "7001"
+    assert row.locator("td.state").inner_text() == "delivered"
+    more.locator("summary").click()
+    steps = more.locator("table.journey td.step").all_inner_texts()
+    assert steps[0] == "received" and steps[-1] == "delivered", steps
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row.locator("td.time").first.inner_text())
+    assert more.locator("table.journey td.id").last.inner_text().startswith("200")
+    assert "Email Opened" in more.locator("pre").nth(1).inner_text()  # as sent
+    # a long Segment messageId wraps inside the page instead of widening it
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.screenshot(path=str(shots / "debugger-search.png"), full_page=True)
 
     # 5. a dead letter, replayed from the dead-letters page
     doomed = {"event": "bounce", "time": 1_800_000_200, "MessageID": 8888, "email": "gone@example.com",
@@ -142,6 +166,14 @@ def test_operator_round_in_the_browser(browser: Any, start_make_run: Any, fake_s
     page.screenshot(path=str(shots / "quarantine.png"), full_page=True)
     page.click("nav a:text-is('Overview')")
     page.wait_for_selector("svg[role=img]")
+    kept_aside = page.inner_text("#kept-aside")
+    assert "Dead letters: 0" in kept_aside and "Quarantined: 1" in kept_aside
+    chart, room = page.evaluate("""(() => {
+        const card = document.querySelector('.card.chart'), style = getComputedStyle(card);
+        return [card.querySelector('svg').getBoundingClientRect().width,
+                card.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight)];
+    })()""")
+    assert chart >= room - 1, (chart, room)  # the chart fills its card
     page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
     # no page, log line or metric shows a secret

@@ -362,8 +362,9 @@ class DeliveryLoop(Generic[G]):
         if self.metrics:
             self.metrics.loop_error(self.upstream)
         delay = self.pacer.failed(error[:300], None)
+        now = self.clock()
         self.store.release([i.id for i in [*items, *self.held_back()]], self.owner,
-                           self.clock() + delay, error, count_attempt=False)
+                           now + delay, error, count_attempt=False, now=now)
 
     def give_back(self, exc: UpstreamError, credential: Hashable, tried: list[ClaimedItem],
                   untried: list[ClaimedItem]) -> None:
@@ -383,7 +384,7 @@ class DeliveryLoop(Generic[G]):
             error = f"{self.upstream_name} unavailable: {exc.describe()}"[:500]
             due, counted = now + self.pacer.failed(error[:300], exc.retry_after), True
         self.store.release([i.id for i in tried], self.owner, due, error, count_attempt=counted,
-                           status=exc.status)
+                           status=exc.status, now=now)
         untried = [*untried, *self.held_back()]
         if untried:
             self.store.release([i.id for i in untried], self.owner, due, None, count_attempt=False)

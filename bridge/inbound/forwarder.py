@@ -30,7 +30,7 @@ from bridge.delivery.upstream import UpstreamError
 from bridge.inbound.batching import MAX_BATCH_EVENTS, MAX_EVENT_BYTES, pack
 from bridge.inbound.intake import KIND
 from bridge.inbound.segment import Accepted, SegmentClient
-from bridge.inbound.track import track_call
+from bridge.inbound.track import message_ref, recipient_of, track_call
 from bridge.metrics import Metrics
 from bridge.payloads.identity import normalize_email
 from bridge.storage.base import ClaimedItem, Outcome, Store
@@ -52,6 +52,9 @@ class _Prepared:
     item: ClaimedItem
     call: str
     encoded: bytes
+    #: The debugger's labels (``Outcome.recipient``, ``Outcome.message_ref``).
+    recipient: str | None = None
+    message_ref: str | None = None
 
 
 #: Strict JSON (``allow_nan=False``): a non-finite number raises for its one event instead of reaching
@@ -142,10 +145,11 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
             # the stored key: a row keeps the messageId it was accepted with, whatever the rule now
             call = _encode(track_call(event, event_names=names, user_id=user_id, key=item.dedupe_key))
             encoded = call.encode("utf-8")
+            recipient, ref = recipient_of(event, email, item.dedupe_key), message_ref(event)
             if len(encoded) > MAX_EVENT_BYTES:
-                return Outcome(item.id, sent=call, error=(
+                return Outcome(item.id, sent=call, recipient=recipient, message_ref=ref, error=(
                     f"event is {len(encoded):,} bytes, over Segment's 32 KB limit per event"))
-            return _Prepared(item, call, encoded)
+            return _Prepared(item, call, encoded, recipient, ref)
 
         prepared, unsendable = self.isolate(prepare_one, parsed)
         return pack(prepared, _size), dead + unsendable
@@ -246,4 +250,4 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
     def _outcome(p: _Prepared, status: int | None, body: str, latency_ms: float | None,
                  error: str | None = None) -> Outcome:
         return Outcome(p.item.id, sent=p.call, status=status, response=body, latency_ms=latency_ms,
-                       error=error)
+                       error=error, recipient=p.recipient, message_ref=p.message_ref)

@@ -161,6 +161,30 @@ def anonymous_id(event: Mapping[str, Any], email: str | None, key: str | None = 
     return f"mailjet-event:{key or dedupe_key(event)}"
 
 
+def recipient_of(event: Mapping[str, Any], email: str | None, key: str) -> str:
+    """Whom an event is about, as the debugger finds it: the normalised email, else the
+    ``anonymousId`` the call carries without one."""
+    return email or anonymous_id(event, email, key)
+
+
+def message_ref(event: Mapping[str, Any]) -> str | None:
+    """The event's Mailjet message id as text (``42`` and ``"42"`` agree), for the debugger."""
+    ident = message_id_value(event)
+    return None if ident is None else str(ident)
+
+
+def labels(text: str, key: str) -> tuple[str | None, str | None]:
+    """The debugger's labels of a stored event (recipient, Mailjet message id); none for text that
+    is not an event object (a compacted or unreadable row)."""
+    try:
+        event = loads_strict(text) if text else None
+    except (ValueError, RecursionError):
+        return None, None
+    if not isinstance(event, dict):
+        return None, None
+    return recipient_of(event, normalize_email(event.get("email")), key), message_ref(event)
+
+
 def _payload(value: Any) -> Any:
     """Payload as sent: an object or array when it holds JSON text for one that Segment can carry
     (strict JSON, within the depth bound as the event's field), else the string."""

@@ -209,7 +209,8 @@ class ContactSync(DeliveryLoop[_Job]):
         if stale:
             self.store.mark_delivered([Outcome(
                 item.id, response="not sent: a newer identify was already applied to this contact",
-            ) for item, _ in stale], self.clock())
+                recipient=email,
+            ) for item, email in stale], self.clock())
             self.report("superseded", [], identifies=len(stale))  # settled, nothing to count as sent
         gone = {item.id for item, _ in stale}
         return [u for u in updates if u[0].id not in gone]
@@ -318,8 +319,8 @@ class ContactSync(DeliveryLoop[_Job]):
             if contact.update.email in failures:
                 dead.append(contact)
                 continue
-            delivered.extend(Outcome(i.id, sent=job.sent(contact), status=201, response=answer)
-                             for i in contact.items)
+            delivered.extend(Outcome(i.id, sent=job.sent(contact), status=201, response=answer,
+                                     recipient=contact.update.email) for i in contact.items)
         self.delivered(f"job {job_id} of {len(job.contacts)} contacts ended: {status.get('Status')}")
         if delivered:
             self.store.mark_delivered(delivered, now)
@@ -399,7 +400,8 @@ class ContactSync(DeliveryLoop[_Job]):
         return failures, unattributed
 
     def _dead(self, job: _Job, contacts: list[_Contact], reason: str) -> None:
-        outcomes = [Outcome(i.id, sent=job.sent(c), error=reason) for c in contacts for i in c.items]
+        outcomes = [Outcome(i.id, sent=job.sent(c), error=reason, recipient=c.update.email)
+                    for c in contacts for i in c.items]
         self.store.mark_dead(outcomes, self.owner, self.clock())
         self.report("dead", ["identify"] * len(outcomes), error=reason)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,20 @@ def identify_email(event: dict[str, Any]) -> str | None:
     traits = event.get("traits") or {}
     context_traits = (event.get("context") or {}).get("traits") or {}
     return normalize_email(traits.get("email")) or normalize_email(context_traits.get("email"))
+
+
+def labels(text: str, key: str) -> tuple[str | None, str | None]:
+    """The debugger's label of a stored identify or property: its email (no upstream message id)."""
+    try:
+        event = json.loads(text) if text else None
+    except (ValueError, RecursionError):
+        return None, None
+    if not isinstance(event, dict):
+        return None, None
+    try:
+        return normalize_email(event.get("email")) or identify_email(event), None
+    except AttributeError:  # traits that are not an object: no email to label it with
+        return None, None
 
 
 def _member(value: Any, name: str) -> Any:

@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 
 #: Outbox states.
 PENDING, LEASED, DELIVERED, DEAD = "pending", "leased", "delivered", "dead"
+#: Failed attempts kept per row for the debugger (the newest; older ones are overwritten).
+ATTEMPTS_KEPT = 10
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,10 @@ class Outcome(NamedTuple):
     response: str | None = None
     latency_ms: float | None = None
     error: str | None = None
+    #: Labels the debugger finds the row by, known once the item was read for sending: its
+    #: recipient (email, else anonymous id) and its upstream message id (Mailjet's MessageID).
+    recipient: str | None = None
+    message_ref: str | None = None
 
 
 class Store(ABC):
@@ -141,9 +147,10 @@ class Store(ABC):
     @abstractmethod
     def release(
         self, ids: Sequence[int], owner: str, next_attempt_at: float, error: str | None,
-        *, count_attempt: bool = True, status: int | None = None,
+        *, count_attempt: bool = True, status: int | None = None, now: float | None = None,
     ) -> None:
-        """Give leased items back for a later attempt; only the lease owner's rows are touched."""
+        """Give leased items back for a later attempt; only the lease owner's rows are touched. With
+        an ``error`` (the items were tried, or the round failed), the attempt is kept for the debugger."""
 
     @abstractmethod
     def release_owner(self, owner: str, now: float) -> int:
@@ -226,6 +233,36 @@ class Store(ABC):
     def recent(self, limit: int = 50, *, kind: str | None = None, event_type: str | None = None,
                state: str | None = None) -> list[dict[str, Any]]:
         """Newest outbox rows first, optionally filtered (the live debugger)."""
+
+    @abstractmethod
+    def find(self, *, recipient: str | None = None, message_ref: str | None = None,
+             dedupe_key: str | None = None, text: str | None = None, kinds: Sequence[str] = (),
+             limit: int = 100) -> list[dict[str, Any]]:
+        """Outbox rows of any state, newest first, whose labels match exactly (indexed), plus the
+        rows of ``kinds`` not labelled yet (pending, leased, or dead at intake) whose payload
+        contains ``text`` (case-insensitive) or whose key is ``dedupe_key``: the caller checks
+        those candidates itself."""
+
+    @abstractmethod
+    def unlabelled(self, after_id: int, window: int) -> list[dict[str, Any]]:
+        """Settled rows (delivered, dead) with ids in ``(after_id, after_id + window]`` that carry
+        no labels and still hold their payload: rows settled before labels existed."""
+
+    @abstractmethod
+    def label(self, labels: Sequence[tuple[int, str | None, str | None]]) -> None:
+        """Set (id, recipient, message_ref) on rows that have no labels yet."""
+
+    @abstractmethod
+    def last_id(self) -> int:
+        """The highest outbox id (0 when empty)."""
+
+    @abstractmethod
+    def find_quarantined(self, text: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Quarantine entries whose body contains ``text`` (case-insensitive), newest first."""
+
+    @abstractmethod
+    def attempts(self, item_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        """The failed attempts kept for each row (at most ATTEMPTS_KEPT), oldest first."""
 
     @abstractmethod
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from importlib import resources
 from typing import Any, Protocol, TypeVar
 
 from bridge.storage.base import (
+    ATTEMPTS_KEPT,
     DEAD,
     DELIVERED,
     LEASED,
@@ -29,7 +30,8 @@ from bridge.storage.group_commit import GroupCommit
 
 ITEM_COLUMNS = (
     "id, kind, event_type, state, payload, sent, attempts, last_error, last_status, "
-    "last_response, latency_ms, created_at, finished_at"
+    "last_response, latency_ms, created_at, finished_at, next_attempt_at, event_time, dedupe_key, "
+    "recipient, message_ref"
 )
 T = TypeVar("T")
 
@@ -91,6 +93,17 @@ def _chunks(values: Sequence[T]) -> Iterable[list[T]]:
 
 def _marks(count: int) -> str:
     return ",".join("?" * count)
+
+
+def _label(value: str | None) -> str | None:
+    """A search label as stored: one a NUL or lone surrogate would alter is not kept (never matched)."""
+    return value if value is not None and _text(value) == value else None
+
+
+def _contains(text: str) -> str:
+    """A ``LIKE ... ESCAPE '\\'`` pattern for lower-cased text holding ``text`` literally."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 def _storable(*texts: str) -> bool:
@@ -221,10 +234,11 @@ class SqlStore(Store):
     def mark_delivered(self, outcomes: Iterable[Outcome], now: float, *, owner: str | None = None,
                        ) -> None:
         """One statement per answer and chunk: a batch shares its status, answer and latency, and
-        only the text each row was sent as differs (``UPDATE ... FROM`` a list of values)."""
-        by_answer: dict[tuple[Any, ...], list[tuple[int, str | None]]] = {}
+        only the text each row was sent as, and its labels, differ (``UPDATE ... FROM`` values)."""
+        by_answer: dict[tuple[Any, ...], list[tuple[int, str | None, str | None, str | None]]] = {}
         for o in outcomes:
-            by_answer.setdefault((o.status, o.response, o.latency_ms), []).append((o.id, o.sent))
+            by_answer.setdefault((o.status, o.response, o.latency_ms), []).append(
+                (o.id, o.sent, o.recipient, o.message_ref))
         if not by_answer:
             return
         only_owner = "AND outbox.state = ? AND outbox.lease_owner = ?" if owner is not None else ""
@@ -232,26 +246,38 @@ class SqlStore(Store):
             for (status, response, latency_ms), rows in by_answer.items():
                 for chunk in _chunks(rows):
                     params: list[Any] = []
-                    for item_id, sent in chunk:
-                        params += (item_id, _text(sent))
+                    for item_id, sent, recipient, message_ref in chunk:
+                        params += (item_id, _text(sent), _label(recipient), _label(message_ref))
                     params += (DELIVERED, now, status, _text(response), latency_ms)
                     if owner is not None:
                         params += (LEASED, owner)
                     tx.execute(
-                        f"WITH v(id, sent) AS (VALUES {','.join(['(?, ?)'] * len(chunk))}) "
+                        "WITH v(id, sent, recipient, message_ref) AS "
+                        f"(VALUES {','.join(['(?, ?, ?, ?)'] * len(chunk))}) "
                         "UPDATE outbox SET state = ?, finished_at = ?, sent = v.sent, last_status = ?, "
                         "last_response = ?, latency_ms = ?, last_error = NULL, lease_owner = NULL, "
-                        "lease_expires_at = NULL, attempts = attempts + 1 "
-                        f"FROM v WHERE outbox.id = v.id {only_owner}",
+                        "lease_expires_at = NULL, attempts = attempts + 1, recipient = v.recipient, "
+                        f"message_ref = v.message_ref FROM v WHERE outbox.id = v.id {only_owner}",
                         params,
                     )
 
     def release(
         self, ids: Sequence[int], owner: str, next_attempt_at: float, error: str | None,
-        *, count_attempt: bool = True, status: int | None = None,
+        *, count_attempt: bool = True, status: int | None = None, now: float | None = None,
     ) -> None:
         with self._write() as tx:
             for chunk in _chunks(ids):
+                if error is not None:  # tried, or the round failed: kept for the debugger. The
+                    # slot is attempts modulo ATTEMPTS_KEPT (no ``%``: psycopg reads it as a placeholder)
+                    tx.execute(
+                        "INSERT INTO attempts (item_id, slot, at, status, error) "
+                        "SELECT id, attempts - attempts / ? * ?, ?, ?, ? FROM outbox "
+                        f"WHERE id IN ({_marks(len(chunk))}) AND state = ? AND lease_owner = ? "
+                        "ON CONFLICT (item_id, slot) DO UPDATE SET at = excluded.at, "
+                        "status = excluded.status, error = excluded.error",
+                        (ATTEMPTS_KEPT, ATTEMPTS_KEPT, next_attempt_at if now is None else now, status,
+                         _text(error), *chunk, LEASED, owner),
+                    )
                 tx.execute(
                     "UPDATE outbox SET state = ?, next_attempt_at = ?, last_error = ?, "
                     "last_status = ?, attempts = attempts + ?, lease_owner = NULL, "
@@ -308,10 +334,10 @@ class SqlStore(Store):
             tx.executemany(
                 "UPDATE outbox SET state = ?, finished_at = ?, sent = ?, last_status = ?, "
                 "last_response = ?, latency_ms = ?, last_error = ?, attempts = attempts + 1, "
-                "lease_owner = NULL, lease_expires_at = NULL "
+                "lease_owner = NULL, lease_expires_at = NULL, recipient = ?, message_ref = ? "
                 "WHERE id = ? AND state = ? AND lease_owner = ?",
                 [(DEAD, now, _text(o.sent), o.status, _text(o.response), o.latency_ms, _text(o.error),
-                  o.id, LEASED, owner) for o in outcomes],
+                  _label(o.recipient), _label(o.message_ref), o.id, LEASED, owner) for o in outcomes],
             )
 
     def add_dead_letters(self, entries: Sequence[DeadLetter], now: float) -> None:
@@ -414,6 +440,73 @@ class SqlStore(Store):
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         return self._dicts(f"SELECT {ITEM_COLUMNS} FROM outbox {clause}ORDER BY id DESC LIMIT ?",
                            (*params, limit))
+
+    def find(self, *, recipient: str | None = None, message_ref: str | None = None,
+             dedupe_key: str | None = None, text: str | None = None, kinds: Sequence[str] = (),
+             limit: int = 100) -> list[dict[str, Any]]:
+        """Two indexed reads: the labelled rows by the partial indexes of migration 0005, and the
+        rows still unlabelled among the open and dead ones of ``kinds`` (``outbox_due``), whose
+        payload is scanned; delivered rows, the bulk of a large outbox, are never scanned."""
+        parts, params = [], []
+        for sql, value in (("recipient = ?", recipient), ("message_ref = ?", message_ref),
+                           ("dedupe_key = ? AND recipient IS NOT NULL", dedupe_key)):
+            if value is not None and _storable(value):
+                parts.append(f"SELECT id FROM outbox WHERE {sql}")
+                params.append(value)
+        found: dict[int, dict[str, Any]] = {}
+        if parts:
+            for row in self._dicts(f"SELECT {ITEM_COLUMNS} FROM outbox WHERE id IN "
+                                   f"({' UNION '.join(parts)}) ORDER BY id DESC LIMIT ?",
+                                   (*params, limit)):
+                found[row["id"]] = row
+        if text and kinds and _storable(text):
+            unlabelled = self._dicts(
+                f"SELECT {ITEM_COLUMNS} FROM outbox WHERE kind IN ({_marks(len(kinds))}) "
+                "AND state IN (?, ?, ?) AND recipient IS NULL "
+                "AND (LOWER(payload) LIKE ? ESCAPE '\\' OR dedupe_key = ?) ORDER BY id DESC LIMIT ?",
+                (*kinds, PENDING, LEASED, DEAD, _contains(text), dedupe_key or "", limit),
+            )
+            for row in unlabelled:
+                found[row["id"]] = row
+        return sorted(found.values(), key=lambda row: -row["id"])[:limit]
+
+    def unlabelled(self, after_id: int, window: int) -> list[dict[str, Any]]:
+        return self._dicts(
+            "SELECT id, kind, payload, dedupe_key FROM outbox WHERE id > ? AND id <= ? "
+            "AND state IN (?, ?) AND recipient IS NULL AND payload != '' ORDER BY id",
+            (after_id, after_id + window, DELIVERED, DEAD),
+        )
+
+    def label(self, labels: Sequence[tuple[int, str | None, str | None]]) -> None:
+        rows = [(_label(recipient), _label(ref), item_id) for item_id, recipient, ref in labels
+                if recipient is not None or ref is not None]
+        for start in range(0, len(rows), ROWS_PER_STATEMENT):  # short transactions: intake goes on
+            with self._write() as tx:
+                tx.executemany("UPDATE outbox SET recipient = ?, message_ref = ? "
+                               "WHERE id = ? AND recipient IS NULL",
+                               rows[start : start + ROWS_PER_STATEMENT])
+
+    def last_id(self) -> int:
+        return int(self._rows("SELECT COALESCE(MAX(id), 0) FROM outbox")[0][0])
+
+    def find_quarantined(self, text: str, limit: int = 100) -> list[dict[str, Any]]:
+        if not _storable(text):
+            return []
+        return self._dicts(
+            "SELECT id, source, body, errors, received_at FROM quarantine "
+            "WHERE LOWER(body) LIKE ? ESCAPE '\\' ORDER BY id DESC LIMIT ?",
+            (_contains(text), limit),
+        )
+
+    def attempts(self, item_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        kept: dict[int, list[dict[str, Any]]] = {}
+        for chunk in _chunks(sorted(set(item_ids))):
+            for row in self._dicts(
+                "SELECT item_id, at, status, error FROM attempts "
+                f"WHERE item_id IN ({_marks(len(chunk))}) ORDER BY item_id, at", chunk,
+            ):
+                kept.setdefault(row.pop("item_id"), []).append(row)
+        return kept
 
     def dead_ids(self, after_id: int = 0, limit: int = 1000) -> list[int]:
         rows = self._rows("SELECT id FROM outbox WHERE state = ? AND id > ? ORDER BY id LIMIT ?",
@@ -534,11 +627,10 @@ class SqlStore(Store):
         removed = 0
         while True:
             with self._write() as tx:
-                count = tx.execute(
-                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = ? "
-                    "AND finished_at < ? ORDER BY id LIMIT ?)",
-                    (DELIVERED, before, batch),
-                ).rowcount
+                doomed = ("(SELECT id FROM outbox WHERE state = ? AND finished_at < ? ORDER BY id "
+                          "LIMIT ?)", (DELIVERED, before, batch))
+                tx.execute(f"DELETE FROM attempts WHERE item_id IN {doomed[0]}", doomed[1])
+                count = tx.execute(f"DELETE FROM outbox WHERE id IN {doomed[0]}", doomed[1]).rowcount
             removed += count
             if count < batch:
                 return removed

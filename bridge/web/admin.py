@@ -36,7 +36,7 @@ from markupsafe import Markup
 from bridge.config import MAILJET_ACTIONS, SEGMENT_REGIONS, STORED_SETTINGS, check_stored_setting, mask
 from bridge.errors import ConfigError
 from bridge.inbound.fields import EVENT_NAME_PRESETS, EVENT_TYPES
-from bridge.ops import checks, replay
+from bridge.ops import checks, lookup, replay
 from bridge.ops import overview as overviews
 from bridge.storage.base import DEAD, DELIVERED, LEASED, PENDING
 from bridge.web.chart import events_per_minute
@@ -73,6 +73,12 @@ def _csrf_token() -> str:
 @bp.app_context_processor
 def _template_helpers() -> dict[str, Any]:
     return {"csrf_token": _csrf_token}
+
+
+@bp.app_template_filter("iso")
+def _iso(seconds: float | None) -> str:
+    """Every time a page shows is ISO-8601 UTC."""
+    return lookup.iso_utc(seconds)
 
 
 @bp.before_request
@@ -162,7 +168,8 @@ def logout() -> Any:
 @login_required
 def overview() -> Any:
     data = overviews.overview(current_bridge())
-    chart = Markup(events_per_minute(data["timeline"], data["now"], data["window"]))
+    # drawn at about the card's width (the page's max width), so its text keeps its size as it scales
+    chart = Markup(events_per_minute(data["timeline"], data["now"], data["window"], width=1160, height=240))
     return render_template("admin/overview.html", data=data, chart=chart)
 
 
@@ -269,6 +276,7 @@ STATES = (PENDING, LEASED, DELIVERED, DEAD)
 
 
 def _pretty(text: str | None) -> str:
+    """JSON indented for reading; anything else as it is."""
     if not text:
         return ""
     try:
@@ -280,17 +288,25 @@ def _pretty(text: str | None) -> str:
 @bp.get("/debugger")
 @login_required
 def debugger() -> Any:
+    """The newest events, or with ``q`` every event of one recipient or message id, each with its
+    journey (received, attempts, delivered or dead)."""
+    bridge = current_bridge()
+    query = (request.args.get("q") or "").strip()[:500]
     event_type = request.args.get("type") or None
     state = request.args.get("state") or None
-    rows = current_bridge().store.recent(100, event_type=event_type, state=state)
-    for row in rows:
-        row["payload_pretty"] = _pretty(row["payload"])
-        row["sent_pretty"] = _pretty(row["sent"])
-        row["response_pretty"] = _pretty(row["last_response"])
-        row["when"] = time.strftime("%H:%M:%S", time.gmtime(row["created_at"]))
+    if query:
+        records = lookup.search(bridge, query)
+    else:
+        records = lookup.with_journeys(bridge, bridge.store.recent(100, event_type=event_type, state=state))
+    for record in records:
+        row = record["row"]
+        record["payload_pretty"] = _pretty(row.get("payload") or row.get("body"))
+        record["sent_pretty"] = _pretty(row.get("sent"))
+        record["response_pretty"] = _pretty(row.get("last_response"))
     template = "admin/_debugger_rows.html" if request.args.get("partial") else "admin/debugger.html"
-    return render_template(template, rows=rows, types=[*EVENT_TYPES, "identify", "property"],
-                           states=STATES, chosen_type=event_type or "", chosen_state=state or "")
+    return render_template(template, rows=records, types=[*EVENT_TYPES, "identify", "property"],
+                           states=STATES, chosen_type=event_type or "", chosen_state=state or "",
+                           query=query)
 
 
 # -- dead letters and quarantine ------------------------------------------------------------------
@@ -299,7 +315,8 @@ def debugger() -> Any:
 @bp.get("/dead-letters")
 @login_required
 def dead_letters() -> Any:
-    rows = [{**replay.describe(row), "row": row} for row in current_bridge().store.dead_letters(200)]
+    rows = [{**replay.describe(row), "row": row, "when": lookup.iso_utc(row["finished_at"])}
+            for row in current_bridge().store.dead_letters(200)]
     return render_template("admin/dead_letters.html", rows=rows)
 
 
