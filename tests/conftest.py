@@ -76,7 +76,8 @@ def clock() -> Clock:
 
 
 PG_SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-PG_TABLES = "outbox, quarantine, identities, settings, login_failures"
+PG_TABLES = ("outbox, quarantine, identities, settings, login_failures, backfill_checkpoints, "
+             "backfill_messages")
 
 
 def _pg_answers() -> str | None:

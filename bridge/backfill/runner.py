@@ -138,7 +138,7 @@ class Backfill:
             leaves = [leaf for resource in RESOURCES for leaf in self._plan(resource)]
             self.progress.windows_total = self.progress.windows_done + len(leaves)
             self.on_progress(self.progress, "planned")
-            if not self.dry_run:
+            if not self.dry_run and leaves:
                 self.states = self._message_states()
                 for leaf in leaves:
                     self._page_window(leaf)
