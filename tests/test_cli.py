@@ -213,8 +213,8 @@ def test_db_upgrade(backend: str, tmp_path: Any, request: pytest.FixtureRequest)
     url = request.getfixturevalue("pg_url") if backend == "postgres" else f"sqlite:///{tmp_path / 'u.db'}"
     first = run({"BRIDGE_DATABASE_URL": url}, "db", "upgrade")
     assert first.exit_code == 0, first.output
-    assert first.stdout.strip() in ("schema version 4 (was 0)", "schema version 4, up to date")
-    assert run({"BRIDGE_DATABASE_URL": url}, "db", "upgrade").stdout.strip() == "schema version 4, up to date"
+    assert first.stdout.strip() in ("schema version 5 (was 0)", "schema version 5, up to date")
+    assert run({"BRIDGE_DATABASE_URL": url}, "db", "upgrade").stdout.strip() == "schema version 5, up to date"
 
 
 def test_segment_webhook_prints_the_url_and_the_header(cli_env: dict[str, str]) -> None:

@@ -262,7 +262,7 @@ def test_release_owner_gives_back_every_lease(store: Store) -> None:
 
 
 def test_schema_version_is_recorded(store: Store) -> None:
-    assert store.schema_version() == 4
+    assert store.schema_version() == 5
 
 
 def test_operator_queries(store: Store) -> None:
