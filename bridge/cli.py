@@ -414,6 +414,10 @@ def backfill(since: str, until_text: str | None, dry_run: bool, max_window_rows:
         for line in printed.summary(plan, run.progress, client.counts):
             click.echo(line)
         sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("\nbackfill interrupted: run the same command again; it resumes where it stopped",
+                   err=True)
+        sys.exit(130)
     if terminal:
         click.echo("", err=True)
     if dry_run:

@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 
-from bridge.backfill.client import BackfillStopped, HistoryClient, RetryPolicy
+from bridge.app import create_app
+from bridge.backfill.client import BackfillStopped, CallCounts, HistoryClient, RetryPolicy
 from bridge.backfill.mapping import MessageRecord, click_event, open_event
+from bridge.backfill.progress import bar, status_line
 from bridge.backfill.reconcile import reconcile
 from bridge.backfill.resources import PAGE_LIMIT
-from bridge.backfill.runner import Backfill, Plan, cutoff, stored_status
-from bridge.config import DEFAULT_SCHEMA_DIR
+from bridge.backfill.runner import Backfill, Plan, Progress, cutoff, stored_status
+from bridge.config import DEFAULT_SCHEMA_DIR, load_settings
 from bridge.inbound.intake import KIND, new_item
 from bridge.inbound.track import dedupe_key, message_id
 from bridge.payloads.schemas import EventValidator
@@ -32,6 +34,7 @@ from tests.fakes.mailjet_history import (
     build_history,
     expected,
 )
+from tests.test_admin import PASSWORD, logged_in
 
 VALIDATOR = EventValidator.mailjet(DEFAULT_SCHEMA_DIR)
 #: Ten days ago at midnight: far from "today", so a request without FromTS finds nothing.
@@ -215,7 +218,9 @@ def test_a_dry_run_counts_per_type_and_window_and_queues_nothing(
     assert all(path.count("/") == 3 and q.get("countOnly") == "1" for path, q in history.requests)
 
 
-def test_reconcile_reports_differences_with_statcounters(store: Store, history: FakeMailjetHistory) -> None:
+def test_reconcile_reports_differences_with_statcounters(
+        store_on_each_backend: Store, history: FakeMailjetHistory) -> None:
+    store = store_on_each_backend
     backfill = run(store, history)
     assert reconcile(store, backfill.client, SINCE, UNTIL).differences == []
     history.add(Message(2**60 + 1, SINCE + 100, 500, 5, "late@example.com", "g", opens=[SINCE + 200]))
@@ -223,7 +228,8 @@ def test_reconcile_reports_differences_with_statcounters(store: Store, history: 
     assert {(d.event_type, d.mailjet - d.bridge) for d in result.differences} == {("sent", 1), ("open", 1)}
 
 
-def test_until_defaults_to_the_earliest_live_event_plus_an_hour(store: Store) -> None:
+def test_until_defaults_to_the_earliest_live_event_plus_an_hour(store_on_each_backend: Store) -> None:
+    store = store_on_each_backend
     live = {"event": "open", "time": SINCE + 5 * DAY, "MessageID": 1, "email": "a@example.com"}
     store.accept([new_item(live, json.dumps(live))], [], time.time())
     plan = cutoff(store, SINCE, None, time.time(), dry_run=False)
@@ -232,3 +238,23 @@ def test_until_defaults_to_the_earliest_live_event_plus_an_hour(store: Store) ->
     early = {"event": "open", "time": SINCE + 1, "MessageID": 2, "email": "b@example.com"}
     store.accept([new_item(early, json.dumps(early))], [], time.time() + 1)
     assert cutoff(store, SINCE, None, time.time() + 2, dry_run=False).until == plan.until
+
+
+def test_the_admin_overview_shows_the_backfill(env: dict[str, str], history: FakeMailjetHistory) -> None:
+    admin_app = create_app(load_settings({**env, "BRIDGE_ADMIN_PASSWORD": PASSWORD}),
+                           announce=lambda _: None)
+    store = admin_app.extensions["bridge"].store
+    assert 'id="backfill"' not in logged_in(admin_app).get("/admin/").text
+    run(store, history)
+    page = logged_in(admin_app).get("/admin/").text
+    assert 'id="backfill"' in page and "finished" in page
+    assert f"{len(expected(history, SINCE, UNTIL))} queued" in page
+    store.close()
+
+
+def test_the_progress_bar_and_lines_say_windows_pages_types_requests_and_429s() -> None:
+    progress = Progress(windows_total=8, windows_done=2, pages=5, queued={"open": 40, "sent": 12})
+    counts = CallCounts(requests=30, throttled=2)
+    line = status_line(progress, counts)
+    assert line == "windows 2/8  pages 5  queued 52 (sent=12 open=40)  requests 30  429s 2"
+    assert bar(progress, counts).startswith("[######" + "." * 18 + "] windows 2/8")

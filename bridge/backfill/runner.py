@@ -145,6 +145,9 @@ class Backfill:
         except BackfillStopped as exc:
             self._status("stopped", str(exc))
             raise
+        except KeyboardInterrupt:
+            self._status("stopped", "interrupted; run the same command again to resume")
+            raise
         self._status("finished" if not self.dry_run else "dry run")
         return self.progress
 

@@ -264,7 +264,7 @@ class SqlStore(Store):
 
     def daily_counts(self, kind: str, since: int, until: int) -> dict[tuple[int, str], int]:
         rows = self._rows(
-            "SELECT event_time - (event_time % 86400) AS day, event_type, COUNT(*) FROM outbox "
+            "SELECT event_time / 86400 * 86400 AS day, event_type, COUNT(*) FROM outbox "
             "WHERE kind = ? AND event_time >= ? AND event_time < ? GROUP BY 1, 2",
             (kind, since, until))
         return {(int(day), event_type): int(count) for day, event_type, count in rows}
