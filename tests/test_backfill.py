@@ -258,3 +258,10 @@ def test_the_progress_bar_and_lines_say_windows_pages_types_requests_and_429s() 
     line = status_line(progress, counts)
     assert line == "windows 2/8  pages 5  queued 52 (sent=12 open=40)  requests 30  429s 2"
     assert bar(progress, counts).startswith("[######" + "." * 18 + "] windows 2/8")
+
+
+def test_a_live_feed_older_than_since_leaves_only_the_overlap_hour(store: Store) -> None:
+    live = {"event": "sent", "time": SINCE - 7_200, "MessageID": 1, "email": "a@example.com"}
+    store.accept([new_item(live, json.dumps(live))], [], time.time())
+    plan = cutoff(store, SINCE, None, time.time(), dry_run=False)
+    assert plan.until <= SINCE and plan.spine_until < SINCE  # the CLI: "nothing to backfill"

@@ -90,8 +90,8 @@ class HistoryClient:
                 response, _ms = send(self.session, "GET", self.base_url + path, params=dict(params or {}),
                                      auth=self.auth, headers={"User-Agent": USER_AGENT},
                                      timeout=self.timeout)
-            except UpstreamError as exc:  # no answer: a timeout or a refused connection
-                self._wait(attempt, None, exc.describe())
+            except UpstreamError:  # no answer: a timeout or a refused connection
+                self._wait(attempt, None)
                 continue
             status = response.status_code
             if status == 200:
@@ -101,7 +101,7 @@ class HistoryClient:
                     body = None
                 if isinstance(body, dict):
                     return body
-                self._wait(attempt, None, "an answer that is not a JSON object")
+                self._wait(attempt, None)  # an answer that is not a JSON object
                 continue
             if status == 404 and missing_ok:
                 return None
@@ -113,12 +113,12 @@ class HistoryClient:
                                       "stopped here and resumes where it stopped when run again.")
             if status == 429:
                 self.counts.throttled += 1
-            self._wait(attempt, parse_retry_after(response.headers, time.time()), f"HTTP {status}")
+            self._wait(attempt, parse_retry_after(response.headers, time.time()))
         raise BackfillStopped(
             f"Mailjet kept failing on {path} after {self.retry.attempts} tries (429s, 5xx or "
             "timeouts): run the same command again later; it resumes where it stopped.")
 
-    def _wait(self, attempt: int, retry_after: float | None, why: str) -> None:
+    def _wait(self, attempt: int, retry_after: float | None) -> None:
         if attempt + 1 >= self.retry.attempts:
             return
         self.counts.retries += 1

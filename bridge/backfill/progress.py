@@ -43,7 +43,8 @@ def summary(plan: Plan, progress: Progress, counts: CallCounts) -> list[str]:
         lines.append(f"{kind:<10}{progress.queued.get(kind, 0):>10}{progress.duplicates.get(kind, 0):>14}")
     lines.append(f"{'total':<10}{sum(progress.queued.values()):>10}{sum(progress.duplicates.values()):>14}")
     lines.append(f"windows {progress.windows_done}/{progress.windows_total}, pages {progress.pages}, "
-                 f"rows {progress.rows}, lookups {progress.lookups}, quarantined {progress.quarantined}")
+                 f"rows {progress.rows}, lookups {progress.lookups}, quarantined {progress.quarantined}, "
+                 f"rows without an event time {progress.unusable}")
     per_path = ", ".join(f"{path} {n}" for path, n in sorted(counts.by_path.items()))
     lines.append(f"requests {counts.requests} ({per_path}), "
                  f"429s {counts.throttled}, retries {counts.retries}, {progress.elapsed():.1f} s")

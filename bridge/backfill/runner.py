@@ -74,6 +74,8 @@ class Progress:
     duplicates: dict[str, int] = field(default_factory=dict)
     quarantined: int = 0
     lookups: int = 0
+    #: Rows that cannot be an event (no event time): counted and reported, never queued.
+    unusable: int = 0
     mismatches: list[str] = field(default_factory=list)
     #: Dry run: rows per (event type, window start, window end) by countOnly.
     counted: dict[tuple[str, int, int], int] = field(default_factory=dict)
@@ -103,7 +105,7 @@ def cutoff(store: Store, since: int, until: int | None, now: float, *, dry_run: 
         store.put_setting(FIRST_RUN_KEY, repr(now), now, only_if_absent=True)
         first = store.get_setting(FIRST_RUN_KEY)
     live = store.earliest_event_time(KIND, float(first) if first else now)
-    if live is not None and live > since:
+    if live is not None:
         return Plan(since, min(int(now), live + LIVE_OVERLAP_SECONDS), live,
                     "the earliest live event plus an hour")
     return Plan(since, int(now), int(now), "now (no live event held)")
@@ -126,6 +128,8 @@ class Backfill:
         self.clock = clock
         self.progress = Progress()
         self.states: Mapping[int, tuple[str, str]] = MESSAGE_STATES
+        #: Records found by lookup (messages sent before ``since``); the others are read from the
+        #: store a page at a time, so a run over a million messages does not hold them all.
         self._records: dict[str, MessageRecord] = {}
         self._contacts: dict[str, str | None] = {}
 
@@ -257,7 +261,6 @@ class Backfill:
                 record = record_of(row)
                 ident = row.get("ID")
                 if ident not in (None, ""):
-                    self._records[str(ident)] = record
                     messages[str(ident)] = record.to_json()
                 history = None
                 if str(row.get("Status") or "").lower() in STATUS_EVENTS and ident not in (None, ""):
@@ -276,7 +279,9 @@ class Backfill:
                 event = click_event(row, record)
             else:
                 event = bounce_event(row, record, self.states)
-            if event is not None:
+            if event is None:
+                self.progress.unusable += 1
+            else:
                 events.append(event)
         return events, messages
 
@@ -284,19 +289,18 @@ class Backfill:
               messages: dict[str, str]) -> dict[str, MessageRecord]:
         """Records for the page's MessageIDs: this run's, the stored ones, else ``/message/{id}``."""
         wanted = {str(i) for row in rows if (i := log_message_id(resource.name, row)) is not None}
-        missing = wanted - self._records.keys()
-        if missing:
-            for ident, text in self.store.backfill_messages(missing).items():
-                self._records[ident] = MessageRecord.from_json(text)
-        for ident in sorted(wanted - self._records.keys()):
+        found = {ident: MessageRecord.from_json(text)
+                 for ident, text in self.store.backfill_messages(wanted - self._records.keys()).items()}
+        found.update((ident, self._records[ident]) for ident in wanted & self._records.keys())
+        for ident in sorted(wanted - found.keys()):
             self.progress.lookups += 1
             body = self.client.get(f"/v3/REST/message/{ident}",
                                    {"ShowContactAlt": "true", "ShowCustomID": "true"}, missing_ok=True)
             data = [row for row in (body or {}).get("Data") or () if isinstance(row, dict)]
             record = record_of(data[0]) if data else MessageRecord()
-            self._records[ident] = record
+            self._records[ident] = found[ident] = record
             messages[ident] = record.to_json()
-        return {ident: self._records[ident] for ident in wanted}
+        return found
 
     def _contact_record(self, row: Mapping[str, Any]) -> MessageRecord:
         """No message record: the email from ``/contact/{ContactID}`` (cached per contact)."""
