@@ -372,6 +372,8 @@ def _moment(value: str, option: str) -> int:
 @click.option("--backoff-seconds", type=click.FloatRange(0.0), default=1.0, hidden=True)
 def backfill(since: str, until_text: str | None, dry_run: bool, max_window_rows: int | None,
              backoff_seconds: float) -> None:
+    import shutil
+
     from bridge.backfill import progress as printed
     from bridge.backfill.client import BackfillStopped, HistoryClient, RetryPolicy
     from bridge.backfill.reconcile import reconcile
@@ -398,8 +400,10 @@ def backfill(since: str, until_text: str | None, dry_run: bool, max_window_rows:
     terminal = sys.stderr.isatty()
 
     def show(progress: Progress, line: str) -> None:
-        if terminal:
-            click.echo("\r" + printed.bar(progress, client.counts), nl=False, err=True)
+        if terminal:  # one line redrawn in place, cut to the terminal's width so it never wraps
+            width = shutil.get_terminal_size().columns - 1
+            click.echo("\r" + printed.bar(progress, client.counts)[:width].ljust(width), nl=False,
+                       err=True)
         elif line:
             click.echo(f"{line} | {printed.status_line(progress, client.counts)}", err=True)
 
