@@ -34,6 +34,7 @@ from tests.fakes.mailjet_history import (
     build_history,
     expected,
 )
+from tests.processes import free_port
 from tests.test_admin import PASSWORD, logged_in
 
 VALIDATOR = EventValidator.mailjet(DEFAULT_SCHEMA_DIR)
@@ -265,3 +266,13 @@ def test_a_live_feed_older_than_since_leaves_only_the_overlap_hour(store: Store)
     store.accept([new_item(live, json.dumps(live))], [], time.time())
     plan = cutoff(store, SINCE, None, time.time(), dry_run=False)
     assert plan.until <= SINCE and plan.spine_until < SINCE  # the CLI: "nothing to backfill"
+
+
+def test_no_answer_is_retried_then_stops_with_a_sentence() -> None:
+    sleeps = Sleeps()
+    client = HistoryClient(f"http://127.0.0.1:{free_port()}", ("mj-key", "mj-secret"),
+                           retry=RetryPolicy(base_seconds=0.5, attempts=4), sleep=sleeps,
+                           timeout=(0.5, 0.5))
+    with pytest.raises(BackfillStopped, match="kept failing on /v3/REST/message after 4 tries"):
+        client.get("/v3/REST/message", {"countOnly": 1})
+    assert client.counts.requests == 4 and len(sleeps) == 3
