@@ -102,7 +102,8 @@ def test_backfilled_events_are_marked_and_leave_out_what_history_cannot_give(
     events = queued(store)
     assert all(e["backfilled"] is True for e in events)
     for e in events:
-        assert not {"Payload", "ip", "geo", "smtp_reply", "agent"} & e.keys()
+        assert not {"Payload", "ip", "geo", "smtp_reply", "comment", "source"} & e.keys()
+        assert ("agent" in e) == (e["event"] == "open")  # the open log has the full user agent
         assert type(e.get("MessageID", 0)) is int
     sent = [e for e in events if e["event"] == "sent"]
     assert any(e.get("time_approximate") for e in sent)  # the arrival time stands in
@@ -110,6 +111,8 @@ def test_backfilled_events_are_marked_and_leave_out_what_history_cannot_give(
     assert spam and not any(e.get("time_approximate") for e in spam)  # /messagehistory's time
     clicks = [e for e in events if e["event"] == "click"]
     assert all(e["email"].endswith("@example.com") and e["url"] for e in clicks)  # joined on MessageID
+    assert all(e["customcampaign"] == f"spring-sale-{e['mj_campaign_id']}" for e in events)
+    assert all(e["mj_list_id"] == 7 for e in events if e["event"] == "unsub")
     early = [e for e in events if e.get("email") == "early@example.com"]
     assert [e["event"] for e in early] == ["open"]  # sent before --since: found by a lookup
     big = max(e["MessageID"] for e in events)

@@ -6,9 +6,10 @@ intake (``bridge.inbound.intake``), so the schema check, the Segment mapping, th
 when their message id, email, time and url agree: ``MessageID`` is kept as an exact integer (it
 exceeds 2^53), the email is the one ``/message`` gives, the time is whole Unix seconds.
 
-Fields history cannot give (``Payload``, ``ip``, ``geo``, ``smtp_reply``, ``comment``) are left out,
-never invented. Every event carries ``backfilled: true`` and, where its time is the message's arrival
-rather than the event's own, ``time_approximate: true`` (both become Segment properties).
+Fields history cannot give (``Payload``, ``ip``, ``geo``, ``smtp_reply``, ``comment``, a click's
+``agent``) are left out, never invented. Every event carries ``backfilled: true`` and, where its
+time is the message's arrival rather than the event's own, ``time_approximate: true`` (both become
+Segment properties).
 """
 
 from __future__ import annotations
@@ -132,7 +133,11 @@ def open_event(row: Mapping[str, Any], record: MessageRecord) -> Event | None:
     at = seconds(row.get("OpenedAt"))
     if at is None:
         return None
-    return _base("open", at, id_value(row.get("MessageID")), record, row)
+    event = _base("open", at, id_value(row.get("MessageID")), record, row)
+    agent = _text(row.get("UserAgentFull"))
+    if agent is not None:
+        event["agent"] = agent  # the full string, as the live open has it (context.userAgent)
+    return event
 
 
 def click_event(row: Mapping[str, Any], record: MessageRecord) -> Event | None:

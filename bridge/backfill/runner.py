@@ -40,6 +40,7 @@ from bridge.backfill.resources import (
     Resource,
 )
 from bridge.inbound.intake import KIND, sort_events
+from bridge.inbound.track import id_value
 from bridge.payloads.schemas import EventValidator
 from bridge.storage.base import Checkpoint, Store
 
@@ -132,6 +133,7 @@ class Backfill:
         #: store a page at a time, so a run over a million messages does not hold them all.
         self._records: dict[str, MessageRecord] = {}
         self._contacts: dict[str, str | None] = {}
+        self._campaigns: dict[str, tuple[str | None, int | str | None]] = {}
 
     # -- the run ------------------------------------------------------------------------------------
 
@@ -267,7 +269,7 @@ class Backfill:
                     body = self.client.get(f"/v3/REST/messagehistory/{ident}", missing_ok=True)
                     history = [e for e in (body or {}).get("Data") or () if isinstance(e, dict)]
                 events += message_events(row, self.states, history)
-            return events, messages
+            return self._with_campaigns(events), messages
         records = self._join(resource, rows, messages)
         for row in rows:
             ident = log_message_id(resource.name, row)
@@ -283,7 +285,32 @@ class Backfill:
                 self.progress.unusable += 1
             else:
                 events.append(event)
-        return events, messages
+        return self._with_campaigns(events), messages
+
+    def _with_campaigns(self, events: list[Event]) -> list[Event]:
+        """``customcampaign`` (the campaign's ``CustomValue``) on every event, and ``mj_list_id``
+        (its ``ListID``) on unsubs, from ``/campaign/{id}``, read once per campaign and run."""
+        for event in events:
+            campaign = event.get("mj_campaign_id")
+            if campaign is None:
+                continue
+            custom, list_id = self._campaign(str(campaign))
+            if custom:
+                event["customcampaign"] = custom
+            if list_id and event["event"] == "unsub":
+                event["mj_list_id"] = list_id
+        return events
+
+    def _campaign(self, campaign: str) -> tuple[str | None, int | str | None]:
+        if campaign not in self._campaigns:
+            self.progress.lookups += 1
+            body = self.client.get(f"/v3/REST/campaign/{campaign}", missing_ok=True)
+            data = [c for c in (body or {}).get("Data") or () if isinstance(c, dict)]
+            row = data[0] if data else {}
+            custom = row.get("CustomValue")
+            self._campaigns[campaign] = (custom if isinstance(custom, str) and custom else None,
+                                         id_value(row.get("ListID")))
+        return self._campaigns[campaign]
 
     def _join(self, resource: Resource, rows: list[dict[str, Any]],
               messages: dict[str, str]) -> dict[str, MessageRecord]:

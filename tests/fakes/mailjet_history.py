@@ -14,7 +14,8 @@ What it models, as the reference reports it:
 - Paging: ``Limit`` default 10, at most 1000; **``Limit=0`` returns 1000 rows and ignores
   ``Offset``**; ``countOnly=1`` gives ``Data: []`` and the count in ``Count``/``Total``.
 - An unknown filter is a 400 (``Invalid filter``); ids above 2^53 are exact JSON integers.
-- ``/messagehistory/{id}``, ``/contact/{id}``, ``/messagestate``, ``/statcounters`` (per day).
+- ``/messagehistory/{id}``, ``/contact/{id}``, ``/campaign/{id}``, ``/messagestate``, ``/statcounters``
+  (per day).
 - Tests script answers (429 **without Retry-After**, 5xx, 400) and a delay per request, and read
   the request log.
 """
@@ -138,8 +139,8 @@ class FakeMailjetHistory(FakeServer):
         events = []
         for m in self.messages.values():
             base = {"MessageID": m.id, "Message_GUID": m.guid, "email": m.email,
-                    "mj_campaign_id": m.campaign, "mj_contact_id": m.contact, "customcampaign": "",
-                    "CustomID": "", "Payload": ""}
+                    "mj_campaign_id": m.campaign, "mj_contact_id": m.contact,
+                    "customcampaign": f"spring-sale-{m.campaign}", "CustomID": "", "Payload": ""}
             if m.status in ("sent", "opened", "clicked", "spam", "unsub"):
                 events.append({"event": "sent", "time": m.sent_at, **base,
                                "mj_message_id": str(m.id), "smtp_reply": "250 OK"})
@@ -151,7 +152,8 @@ class FakeMailjetHistory(FakeServer):
                         "hard_bounce": permanent, "error_related_to": "recipient",
                         "error": "user unknown", "comment": "550 no such user"}
                        for at, blocked, permanent, _state in m.bounces]
-            events += [{"event": kind, "time": at, **base} for kind, at in m.later]
+            events += [{"event": kind, "time": at, **base} | ({"mj_list_id": 7} if kind == "unsub" else {})
+                       for kind, at in m.later]
         return events
 
     # -- the API ------------------------------------------------------------------------------------
@@ -304,6 +306,9 @@ class FakeMailjetHistory(FakeServer):
             timeline += [{"EventAt": at, "EventType": kind, "State": "", "Comment": "",
                           "Useragent": ""} for kind, at in m.later]
             return _ok(sorted(timeline, key=lambda e: e["EventAt"]))
+        if resource == "campaign" and number in self.campaign_start:
+            return _ok([{"ID": number, "CustomValue": f"spring-sale-{number}", "ListID": 7,
+                         "SendStartAt": rfc3339(self.campaign_start[number]), "Subject": "Hello"}])
         if resource == "contact" and number in self.contacts:
             return _ok([{"ID": number, "Email": self.contacts[number], "Name": ""}])
         return _error(404, "Object not found")
