@@ -535,3 +535,91 @@ def _schema_version(store: Any) -> int:
         return store.schema_version()
     except StorageUnavailable:
         return 0
+
+
+# -- backfill (#13) ---------------------------------------------------------------------------------
+
+
+def _moment(value: str, option: str) -> int:
+    """A date or date-time (UTC unless it says otherwise) as Unix seconds."""
+    from datetime import UTC, datetime
+
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (2026-01-31) or date-time "
+                                 "(2026-01-31T12:00)", param_hint=option) from None
+    return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp())
+
+
+@main.command(help="Queue Mailjet's email history (sent, open, click, bounce, blocked, spam, unsub) "
+                   "for Segment, as the live feed would have sent it. Resumable: run it again after "
+                   "a stop and it continues; events already held are not sent twice.")
+@click.option("--since", required=True, help="First day to read (UTC), e.g. 2026-01-01.")
+@click.option("--until", "until_text", help="End (exclusive, UTC). Default: the earliest live event "
+                                            "the bridge holds plus an hour, else now.")
+@click.option("--dry-run", is_flag=True, help="Print the counts per event type and window; queue nothing.")
+@click.option("--max-window-rows", type=click.IntRange(1), default=None, hidden=True)
+@click.option("--backoff-seconds", type=click.FloatRange(0.0), default=1.0, hidden=True)
+def backfill(since: str, until_text: str | None, dry_run: bool, max_window_rows: int | None,
+             backoff_seconds: float) -> None:
+    import shutil
+
+    from bridge.backfill import progress as printed
+    from bridge.backfill.client import BackfillStopped, HistoryClient, RetryPolicy
+    from bridge.backfill.reconcile import reconcile
+    from bridge.backfill.resources import MAX_WINDOW_ROWS
+    from bridge.backfill.runner import Backfill, Progress, cutoff
+
+    start = _moment(since, "--since")
+    until = _moment(until_text, "--until") if until_text else None
+    now = time.time()
+    if start >= (until if until is not None else now):
+        raise click.UsageError("--since must be before --until (and before now)")
+    bridge = _bridge()
+    credentials = bridge.current.mailjet_credentials()
+    if not credentials:
+        click.echo("the backfill reads Mailjet's API: set MAILJET_API_KEY and MAILJET_API_SECRET "
+                   "(or `config set mailjet.api_key` / `mailjet.api_secret`)", err=True)
+        sys.exit(2)
+    client = HistoryClient(bridge.current.mailjet_api_url(), credentials,
+                           retry=RetryPolicy(base_seconds=backoff_seconds))
+    plan = cutoff(bridge.store, start, until, now, dry_run=dry_run)
+    if plan.until <= start:
+        click.echo(f"nothing to backfill: the live feed starts before --since ({plan.why})")
+        return
+    terminal = sys.stderr.isatty()
+
+    def show(progress: Progress, line: str) -> None:
+        if terminal:  # one line redrawn in place, cut to the terminal's width so it never wraps
+            width = shutil.get_terminal_size().columns - 1
+            click.echo("\r" + printed.bar(progress, client.counts)[:width].ljust(width), nl=False,
+                       err=True)
+        elif line:
+            click.echo(f"{line} | {printed.status_line(progress, client.counts)}", err=True)
+
+    run = Backfill(bridge.store, client, bridge.mailjet_validator, plan, dry_run=dry_run,
+                   max_window_rows=max_window_rows or MAX_WINDOW_ROWS, on_progress=show)
+    try:
+        result = run.run()
+    except BackfillStopped as exc:
+        if terminal:
+            click.echo("", err=True)
+        click.echo(f"backfill stopped: {exc}", err=True)
+        for line in printed.summary(plan, run.progress, client.counts):
+            click.echo(line)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("\nbackfill interrupted: run the same command again; it resumes where it stopped",
+                   err=True)
+        sys.exit(130)
+    if terminal:
+        click.echo("", err=True)
+    if dry_run:
+        for line in printed.dry_run_table(plan, result, client.counts):
+            click.echo(line)
+        return
+    for line in printed.summary(plan, result, client.counts):
+        click.echo(line)
+    for line in printed.reconcile_lines(reconcile(bridge.store, client, plan.since, plan.until)):
+        click.echo(line)

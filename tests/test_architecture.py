@@ -27,7 +27,7 @@ LAYERS: dict[str, int] = {
     "config": 4,
     "credentials": 5,
     "wiring": 6,
-    "ops": 7,
+    "ops": 7, "backfill": 4,
     "web": 8,
     "app": 9,
     "server": 10,

@@ -7,6 +7,7 @@ import statistics
 import time
 from typing import Any
 
+from bridge.backfill.runner import stored_status
 from bridge.delivery.pacing import status_key
 from bridge.inbound import intake as inbound
 from bridge.inbound.source import last_check
@@ -53,6 +54,7 @@ def overview(bridge: Bridge, window: float = 3600) -> dict[str, Any]:
         "p99_ms": percentile(latencies, 0.99),
         "stats": store.stats(now),
         "states": delivery_states(bridge),
+        "backfill": stored_status(store),
         "now": now,
         "window": window,
     }

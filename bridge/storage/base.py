@@ -74,6 +74,20 @@ class AcceptResult:
     dead: int = 0
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a backfill stands in one (resource, window): the next offset to read and, once known,
+    the window's row count by ``countOnly``. ``state`` is ``open``, ``split`` or ``done``."""
+
+    resource: str
+    window_start: int
+    window_end: int
+    state: str = "open"
+    next_offset: int = 0
+    expected: int | None = None
+    fetched: int = 0
+
+
 class ClaimedItem(NamedTuple):
     """A leased outbox row. The lease lapses at ``lease_expires_at`` and the row is claimable again.
 
@@ -322,6 +336,36 @@ class Store(ABC):
     @abstractmethod
     def clear_login_failures(self, client: str) -> None:
         """Forget a client's failures after a successful login."""
+
+    # -- the backfill of Mailjet's history (#13) ---------------------------------------------------
+
+    @abstractmethod
+    def accept_backfill_page(
+        self, items: Sequence[NewItem], quarantined: Sequence[QuarantineEntry],
+        messages: Mapping[str, str], checkpoint: Checkpoint, now: float,
+    ) -> AcceptResult:
+        """Queue one history page's items, remember its messages (MessageID -> JSON record) and
+        move its checkpoint, in one transaction: a restart never reads a committed page again."""
+
+    @abstractmethod
+    def save_checkpoint(self, checkpoint: Checkpoint, now: float) -> None:
+        """Record a checkpoint alone (a window found empty, or split in two)."""
+
+    @abstractmethod
+    def checkpoints(self, resource: str) -> dict[tuple[int, int], Checkpoint]:
+        """Every checkpoint of a resource, by (window_start, window_end)."""
+
+    @abstractmethod
+    def backfill_messages(self, message_ids: Iterable[str]) -> dict[str, str]:
+        """The stored records of these MessageIDs (text), those known."""
+
+    @abstractmethod
+    def earliest_event_time(self, kind: str, created_before: float) -> int | None:
+        """The earliest event time among items of a kind accepted before ``created_before``."""
+
+    @abstractmethod
+    def daily_counts(self, kind: str, since: int, until: int) -> dict[tuple[int, str], int]:
+        """Items of a kind by (UTC day start, event type) for event times in [since, until)."""
 
     # -- the store's own upkeep ----------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from bridge.storage.base import (
     LEASED,
     PENDING,
     AcceptResult,
+    Checkpoint,
     DeadLetter,
     DueSummary,
     NewItem,
@@ -222,6 +223,64 @@ class SqlStore(Store):
                     continue
             fresh.append(item)
         return fresh
+
+    # -- the backfill (#13) --------------------------------------------------------------------------
+
+    def accept_backfill_page(
+        self, items: Sequence[NewItem], quarantined: Sequence[QuarantineEntry],
+        messages: Mapping[str, str], checkpoint: Checkpoint, now: float,
+    ) -> AcceptResult:
+        with self._write() as tx:
+            result = self._accept_in(tx, items, quarantined, now, (), ())
+            if messages:
+                tx.executemany(
+                    "INSERT INTO backfill_messages (message_id, record) VALUES (?, ?) "
+                    "ON CONFLICT (message_id) DO UPDATE SET record = excluded.record",
+                    [(ident, _text(record)) for ident, record in sorted(messages.items())],
+                )
+            self._put_checkpoint(tx, checkpoint, now)
+        return result
+
+    def save_checkpoint(self, checkpoint: Checkpoint, now: float) -> None:
+        with self._write() as tx:
+            self._put_checkpoint(tx, checkpoint, now)
+
+    @staticmethod
+    def _put_checkpoint(tx: Tx, c: Checkpoint, now: float) -> None:
+        tx.execute(
+            "INSERT INTO backfill_checkpoints (resource, window_start, window_end, state, next_offset, "
+            "expected, fetched, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (resource, window_start, window_end) DO UPDATE SET state = excluded.state, "
+            "next_offset = excluded.next_offset, expected = excluded.expected, "
+            "fetched = excluded.fetched, updated_at = excluded.updated_at",
+            (c.resource, c.window_start, c.window_end, c.state, c.next_offset, c.expected, c.fetched,
+             now),
+        )
+
+    def checkpoints(self, resource: str) -> dict[tuple[int, int], Checkpoint]:
+        rows = self._rows(
+            "SELECT resource, window_start, window_end, state, next_offset, expected, fetched "
+            "FROM backfill_checkpoints WHERE resource = ?", (resource,))
+        return {(int(r[1]), int(r[2])): Checkpoint(r[0], int(r[1]), int(r[2]), r[3], int(r[4]),
+                                                   None if r[5] is None else int(r[5]), int(r[6]))
+                for r in rows}
+
+    def backfill_messages(self, message_ids: Iterable[str]) -> dict[str, str]:
+        return self._lookup(
+            "SELECT message_id, record FROM backfill_messages WHERE message_id IN ({marks})",
+            message_ids)
+
+    def earliest_event_time(self, kind: str, created_before: float) -> int | None:
+        row = self._rows("SELECT MIN(event_time) FROM outbox WHERE kind = ? AND created_at < ? "
+                         "AND event_time > 0", (kind, created_before))[0]
+        return None if row[0] is None else int(row[0])
+
+    def daily_counts(self, kind: str, since: int, until: int) -> dict[tuple[int, str], int]:
+        rows = self._rows(
+            "SELECT event_time / 86400 * 86400 AS day, event_type, COUNT(*) FROM outbox "
+            "WHERE kind = ? AND event_time >= ? AND event_time < ? GROUP BY 1, 2",
+            (kind, since, until))
+        return {(int(day), event_type): int(count) for day, event_type, count in rows}
 
     def due_summary(self, kind: str, now: float) -> DueSummary:
         row = self._rows(
