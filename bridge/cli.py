@@ -552,7 +552,8 @@ def _moment(value: str, option: str) -> int:
     return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp())
 
 
-@main.command(help="Queue Mailjet's email history (sent, open, click, bounce, blocked, spam, unsub) "
+@main.command(short_help="Queue Mailjet's email history for Segment.",
+              help="Queue Mailjet's email history (sent, open, click, bounce, blocked, spam, unsub) "
                    "for Segment, as the live feed would have sent it. Resumable: run it again after "
                    "a stop and it continues; events already held are not sent twice.")
 @click.option("--since", required=True, help="First day to read (UTC), e.g. 2026-01-01.")
