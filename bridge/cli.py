@@ -577,7 +577,7 @@ def backfill(since: str, until_text: str | None, dry_run: bool, max_window_rows:
     now = time.time()
     if start >= (until if until is not None else now):
         raise click.UsageError("--since must be before --until (and before now)")
-    bridge = _bridge()
+    bridge = _writing_bridge()
     credentials = bridge.current.mailjet_credentials()
     if not credentials:
         click.echo("the backfill reads Mailjet's API: set MAILJET_API_KEY and MAILJET_API_SECRET "

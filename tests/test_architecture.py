@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from bridge.storage import open_store
+
 PACKAGE = Path(__file__).resolve().parent.parent / "bridge"
 
 #: Each part of the bridge and its layer: a part may import only from parts of a lower layer.
@@ -139,6 +141,9 @@ def test_a_read_only_command_builds_no_app_and_starts_no_loop(tmp_path: Path) ->
     env = {"PATH": os.environ.get("PATH", ""), "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}",
            "BRIDGE_WEBHOOK_USERNAME": "u", "BRIDGE_WEBHOOK_PASSWORD": "p-123456",
            "BRIDGE_ADMIN_PASSWORD": "admin-123456"}
+    store = open_store(env["BRIDGE_DATABASE_URL"])  # a reading command needs a database to read
+    store.migrate()
+    store.close()
     done = subprocess.run([sys.executable, "-c", READ_ONLY_PROBE], env=env, capture_output=True,
                           text=True, timeout=60, check=False)
     probe = json.loads(done.stdout.strip().splitlines()[-1])

@@ -19,6 +19,7 @@ from werkzeug.wrappers import Request
 from bridge.server import READ_AHEAD_BYTES, TakingTurns
 from bridge.storage.base import NewItem
 from bridge.storage.sqlite import SQLiteStore
+from bridge.web.body import read_body
 from tests.test_group_commit import queue_settled
 
 
@@ -76,11 +77,19 @@ def call(app: TakingTurns, body: ClientBody, *, length: bool = True, method: str
     return answer
 
 
+def echo_read_body(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """Reads the body as the Mailjet webhook does (``bridge.web.body.read_body``, no werkzeug)."""
+    body = read_body(environ, 10 * READ_AHEAD_BYTES)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"%d %s" % (len(body), threading.current_thread().name.encode()), b"|", body]
+
+
 @pytest.mark.parametrize("size", [0, 1, 40_000, READ_AHEAD_BYTES, READ_AHEAD_BYTES + 12_345])
 @pytest.mark.parametrize("length", [True, False], ids=["content-length", "chunked"])
-def test_the_app_reads_exactly_the_body_the_client_sent(size: int, length: bool) -> None:
+@pytest.mark.parametrize("app", [echo, echo_read_body], ids=["werkzeug", "read_body"])
+def test_the_app_reads_exactly_the_body_the_client_sent(size: int, length: bool, app: Any) -> None:
     data = bytes(i % 251 for i in range(size))
-    head, body = call(TakingTurns(echo, 2), ClientBody(data), length=length).split(b"|", 1)
+    head, body = call(TakingTurns(app, 2), ClientBody(data), length=length).split(b"|", 1)
     assert head.split(b" ")[0] == b"%d" % size and body == data
 
 

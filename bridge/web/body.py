@@ -46,6 +46,19 @@ def content_length(environ: dict[str, Any]) -> int | None:
     return length if length >= 0 else None
 
 
+def _read_exactly(stream: Any, length: int) -> bytes:
+    """``length`` bytes, or fewer if the body ends first: one ``read`` may return less than asked
+    (a server's stream, or serve's read-ahead followed by the rest)."""
+    chunks, got = [], 0
+    while got < length:
+        chunk = stream.read(length - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
 def read_body(environ: dict[str, Any], limit: int) -> bytes:
     """The whole body, or TooLarge (after draining what was sent) when it is over ``limit`` bytes.
 
@@ -58,7 +71,7 @@ def read_body(environ: dict[str, Any], limit: int) -> bytes:
             if length <= DRAIN_LIMIT:
                 _drain(stream, length)
             raise TooLarge
-        return stream.read(length) if length else b""
+        return _read_exactly(stream, length)
     if not environ.get("wsgi.input_terminated"):
         return b""
     chunks, size = [], 0
