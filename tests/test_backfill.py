@@ -7,6 +7,9 @@ it says ``store_on_each_backend``. The CLI and a running bridge are in ``test_ba
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,7 +23,16 @@ from bridge.backfill.mapping import MessageRecord, click_event, open_event
 from bridge.backfill.progress import bar, status_line
 from bridge.backfill.reconcile import reconcile
 from bridge.backfill.resources import PAGE_LIMIT
-from bridge.backfill.runner import Backfill, Plan, Progress, cutoff, stored_status
+from bridge.backfill.runner import (
+    STALE_RUN_SECONDS,
+    STATUS_KEY,
+    Backfill,
+    Plan,
+    Progress,
+    cutoff,
+    other_run,
+    stored_status,
+)
 from bridge.config import DEFAULT_SCHEMA_DIR, load_settings
 from bridge.inbound.intake import KIND, new_item
 from bridge.inbound.track import dedupe_key, message_id
@@ -165,6 +177,35 @@ def test_a_run_stopped_part_way_resumes_and_queues_each_event_once(
     assert "/v3/REST/message" not in again  # finished before the stop: neither counted nor read again
     assert "/v3/REST/clickstatistics" in again
     assert stored_status(store_on_each_backend)["state"] == "finished"
+
+
+def test_a_second_run_at_once_is_refused_while_the_first_lives(
+        store: Store, history: FakeMailjetHistory) -> None:
+    """Two runs would double the requests made with one key; a run killed on this machine does not
+    hold the next one back (kill -9 and resume), and one elsewhere stops counting when it is stale."""
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
+        try:
+            running = {"state": "running", "pid": other.pid, "host": socket.gethostname(),
+                       "updated_at": time.time() - 5}
+            store.put_setting(STATUS_KEY, json.dumps(running), time.time())
+            with pytest.raises(BackfillStopped, match=f"another backfill is running \\(process {other.pid}"):
+                run(store, history)
+            assert history.requests == [] and json.loads(store.get_setting(STATUS_KEY)) == running
+        finally:
+            other.kill()
+    run(store, history)  # the other process is gone: this one goes ahead
+    assert stored_status(store)["state"] == "finished" and queued(store)
+
+
+def test_whether_another_run_is_going_on() -> None:
+    now, here, status = 1_000_000.0, "host-a", {"state": "running", "pid": 4242, "updated_at": 999_990.0}
+    assert other_run({**status, "host": here}, now, host=here, alive=lambda pid: True)
+    assert other_run({**status, "host": here}, now, host=here, alive=lambda pid: False) is None
+    assert other_run({**status, "host": "host-b"}, now, host=here, alive=lambda pid: False)
+    assert other_run({**status, "host": "host-b", "updated_at": now - STALE_RUN_SECONDS}, now,
+                     host=here) is None
+    assert other_run({**status, "host": here, "state": "finished"}, now, host=here) is None
+    assert other_run(None, now) is None and other_run({"state": "running"}, now) is None
 
 
 def test_429_without_retry_after_is_retried_with_growing_backoff(

@@ -10,6 +10,8 @@ event. A dry run only counts.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +52,37 @@ STATUS_KEY = "backfill.status"
 FIRST_RUN_KEY = "backfill.first_started_at"
 #: How far the event logs reach past the earliest live event (the overlap rule).
 LIVE_OVERLAP_SECONDS = 3600
+#: A run on another machine whose status has not moved for this long is taken to be dead (one on
+#: this machine is dead as soon as its process is gone, so a run killed with kill -9 resumes at once).
+STALE_RUN_SECONDS = 600
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        return True
+    return True
+
+
+def other_run(status: Mapping[str, Any] | None, now: float, *, host: str | None = None,
+              alive: Callable[[int], bool] = _process_alive) -> str | None:
+    """Why another run must be going on now, or None. Two runs at once would double the requests
+    made with one API key (Mailjet publishes no limit: the issue's budget is one or two in flight)."""
+    if not status or status.get("state") != "running" or not status.get("pid"):
+        return None
+    here = host or socket.gethostname()
+    pid, there = int(status["pid"]), str(status.get("host") or "")
+    if there == here:
+        if not alive(pid) or pid == os.getpid():
+            return None
+    elif now - float(status.get("updated_at") or 0) >= STALE_RUN_SECONDS:
+        return None
+    return (f"another backfill is running (process {pid} on {there or 'an unknown host'}, last "
+            f"progress {max(0.0, now - float(status.get('updated_at') or 0)):.0f} s ago): wait for "
+            "it to finish, or stop it; a run stopped part-way resumes when started again")
 
 
 @dataclass
@@ -139,6 +172,8 @@ class Backfill:
 
     def run(self) -> Progress:
         """Plan every window, then page them; raises BackfillStopped (the status records why)."""
+        if not self.dry_run and (busy := other_run(stored_status(self.store), self.clock())):
+            raise BackfillStopped(busy)  # the other run's status stays as it is
         self._status("running")
         try:
             leaves = [leaf for resource in RESOURCES for leaf in self._plan(resource)]
@@ -364,6 +399,7 @@ class Backfill:
             "windows_done": progress.windows_done, "windows_total": progress.windows_total,
             "queued": sum(progress.queued.values()), "duplicates": sum(progress.duplicates.values()),
             "requests": counts.requests, "throttled": counts.throttled, "message": message,
+            "pid": os.getpid(), "host": socket.gethostname(),
         }
         self.store.put_setting(STATUS_KEY, json.dumps(record), now)
 
