@@ -35,12 +35,14 @@ def test_labelled_rows_are_found_by_recipient_message_id_and_key(store: Store) -
     store.accept([event("k1", "Ada@Example.com", 11), event("k2", "bob@example.com", 22),
                   event("k3", "ada@example.com", 33)], [], T0)
     one, two, three = store.claim(TRACK, 10, "w", 60, T0)
-    store.mark_delivered([Outcome(one.id, sent="{}", status=200, response="ok",
-                                  recipient="ada@example.com", message_ref="11"),
-                          Outcome(two.id, sent="{}", status=200, response="ok",
-                                  recipient="bob@example.com", message_ref="22")], T0 + 1, owner="w")
+    store.mark_delivered([Outcome(one.id, sent="{}", status=200, response="ok"),
+                          Outcome(two.id, sent="{}", status=200, response="ok")], T0 + 1, owner="w")
     store.mark_dead([Outcome(three.id, status=400, error="rejected", recipient="ada@example.com",
-                             message_ref="33")], "w", T0 + 2)
+                             message_ref="33")], "w", T0 + 2)  # a dead row is labelled as it dies
+    assert store.find(recipient="ada@example.com") == [store.find(message_ref="33")[0]]
+    assert ids(store.to_label(10)) == [one.id, two.id]  # delivered rows: the janitor labels them
+    store.label([(one.id, "ada@example.com", "11"), (two.id, "bob@example.com", "22")])
+    assert store.to_label(10) == []
 
     assert ids(store.find(recipient="ada@example.com")) == [three.id, one.id]  # newest first
     assert ids(store.find(message_ref="22")) == [two.id]
@@ -67,12 +69,24 @@ def test_rows_not_labelled_yet_are_found_by_their_text(store: Store) -> None:
     assert [r["kind"] for r in store.find(text="ada@example.com", kinds=(CONTACT,))] == [CONTACT]
 
 
-def test_delivered_rows_are_found_by_their_labels_only(store: Store) -> None:
-    """A large outbox is mostly delivered rows: they are never scanned, only looked up by label."""
+def test_delivered_rows_are_scanned_only_until_they_are_labelled(store: Store) -> None:
+    """A large outbox is mostly delivered rows: once labelled they are only looked up by label, and
+    until then (the janitor labels them after delivery) they are among the few rows scanned."""
     store.accept([event("k1", "ada@example.com", 11)], [], T0)
     (item,) = store.claim(TRACK, 10, "w", 60, T0)
-    store.mark_delivered([Outcome(item.id, sent="{}", status=200, recipient="other@example.com")], T0)
+    store.mark_delivered([Outcome(item.id, sent="{}", status=200)], T0)
+    assert ids(store.find(text="ada@example.com", kinds=KINDS)) == [item.id]
+    store.label([(item.id, "other@example.com", None)])
     assert store.find(text="ada@example.com", kinds=KINDS) == []
+    assert ids(store.find(recipient="other@example.com")) == [item.id]
+
+
+def test_a_row_with_nothing_to_label_leaves_the_rows_to_label(store: Store) -> None:
+    store.accept([event("k1", "ada@example.com", 11)], [], T0)
+    (item,) = store.claim(TRACK, 10, "w", 60, T0)
+    store.mark_delivered([Outcome(item.id, sent="{}", status=200)], T0)
+    store.label([(item.id, None, None)])
+    assert store.to_label(10) == [] and ids(store.find(dedupe_key="k1")) == [item.id]
 
 
 def test_search_text_with_a_nul_matches_nothing(store: Store) -> None:
@@ -124,6 +138,9 @@ def test_the_search_uses_the_indexes(store: SqlStore, tmp_path: Path) -> None:
                 "message_ref = ? UNION SELECT id FROM outbox WHERE dedupe_key = ? AND recipient IS NOT NULL")
     scan = ("SELECT id FROM outbox WHERE kind IN (?, ?) AND state IN (?, ?, ?) AND recipient IS NULL "
             "AND (LOWER(payload) LIKE ? ESCAPE '\\' OR dedupe_key = ?)")
+    delivered_scan = ("SELECT id FROM outbox WHERE state = 'delivered' AND recipient IS NULL "
+                      "AND (LOWER(payload) LIKE ? ESCAPE '\\' OR dedupe_key = ?)")
+    to_label = "SELECT id FROM outbox WHERE state = 'delivered' AND recipient IS NULL ORDER BY id LIMIT 10"
     params = ("a@x.com", "1", "k")
     scan_params = (*KINDS, "pending", "leased", "dead", "%a%", "k")
     if store.dialect == "sqlite":
@@ -132,6 +149,9 @@ def test_the_search_uses_the_indexes(store: SqlStore, tmp_path: Path) -> None:
             word for word in plan.replace("(", " ").split() if word.startswith("outbox_")}
         plan = " ".join(str(r) for r in store._rows(f"EXPLAIN QUERY PLAN {scan}", scan_params))
         assert "outbox_due" in plan
+        for query, args in ((delivered_scan, ("%a%", "k")), (to_label, ())):
+            plan = " ".join(str(r) for r in store._rows(f"EXPLAIN QUERY PLAN {query}", args))
+            assert "outbox_to_label" in plan, plan
     else:  # a planner's choice on a tiny table is a sequential scan: ask what it can use
         import psycopg
 
@@ -144,6 +164,9 @@ def test_the_search_uses_the_indexes(store: SqlStore, tmp_path: Path) -> None:
             plan = " ".join(r[0] for r in conn.execute(
                 "EXPLAIN " + scan.replace("?", "%s").replace("%a%", "x"), scan_params))
             assert "outbox_due" in plan or "outbox_open" in plan, plan
+            for query, args in ((delivered_scan, ("%a%", "k")), (to_label, ())):
+                plan = " ".join(r[0] for r in conn.execute("EXPLAIN " + query.replace("?", "%s"), args))
+                assert "outbox_to_label" in plan, plan
 
 
 def test_a_version_4_database_is_upgraded_and_its_rows_found(tmp_path: Path) -> None:
@@ -172,12 +195,12 @@ def test_a_version_4_database_is_upgraded_and_its_rows_found(tmp_path: Path) -> 
         store.close()
 
 
-def test_rows_settled_before_labels_existed_are_labelled_by_the_janitor(
+def test_the_janitor_labels_delivered_rows_a_window_at_a_time(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A database upgraded to schema 5 holds delivered rows without labels: the janitor labels them,
-    a window of ids per round, and remembers where it got to; then it stops looking."""
+    """Delivered rows (and rows delivered before labels existed, schema 5) get their labels from the
+    janitor, a window per round; a round is busy while more wait, and idle once none do."""
     from bridge.delivery import janitor as janitor_module
-    from bridge.delivery.janitor import LABELS_KEY, Janitor
+    from bridge.delivery.janitor import Janitor
     from bridge.inbound.track import labels as track_labels
     from bridge.outbound.intake import labels as outbound_labels
 
@@ -186,19 +209,16 @@ def test_rows_settled_before_labels_existed_are_labelled_by_the_janitor(
                  dead=[DeadLetter(CONTACT, "c1", "identify", '{"traits": {"email": "Eve@Example.com"}}',
                                   "no list")])
     claimed = store.claim(TRACK, 10, "w", 60, T0)
-    store.mark_delivered([Outcome(item.id, status=200) for item in claimed], T0)  # as before schema 5
+    store.mark_delivered([Outcome(item.id, status=200) for item in claimed], T0)
     assert store.find(recipient="user0@example.com") == []
 
     janitor = Janitor(store, 0, labellers={TRACK: track_labels, CONTACT: outbound_labels})
-    janitor.run_once()
-    assert json.loads(store.get_setting(LABELS_KEY) or "{}") == {"next": 2, "until": 4}
+    assert janitor.run_once() == 2  # busy: a full window, more may wait
     assert ids(store.find(recipient="user1@example.com")) == [claimed[1].id]
     assert store.find(recipient="user2@example.com") == []  # the next window
-    janitor.run_once()
+    assert janitor.run_once() == 0  # the last one, not full: the janitor rests
     (row,) = store.find(message_ref="102")
     assert row["recipient"] == "user2@example.com"
-    assert store.find(recipient="eve@example.com")[0]["state"] == "dead"
-    store.accept([event("later", "late@example.com", 999)], [], T0)
-    janitor.run_once()  # done: rows after the first round are labelled when they are settled
-    assert json.loads(store.get_setting(LABELS_KEY) or "{}") == {"next": 4, "until": 4}
-    assert store.find(recipient="late@example.com") == []
+    assert store.to_label(10) == []
+    # a dead letter recorded at intake is found by the scan of open and dead rows
+    assert store.find(text="eve@example.com", kinds=KINDS)[0]["state"] == "dead"

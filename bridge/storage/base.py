@@ -253,22 +253,20 @@ class Store(ABC):
              dedupe_key: str | None = None, text: str | None = None, kinds: Sequence[str] = (),
              limit: int = 100) -> list[dict[str, Any]]:
         """Outbox rows of any state, newest first, whose labels match exactly (indexed), plus the
-        rows of ``kinds`` not labelled yet (pending, leased, or dead at intake) whose payload
+        rows of ``kinds`` not labelled yet (pending, leased, dead at intake, or delivered and not yet
+        labelled by the janitor) whose payload
         contains ``text`` (case-insensitive) or whose key is ``dedupe_key``: the caller checks
         those candidates itself."""
 
     @abstractmethod
-    def unlabelled(self, after_id: int, window: int) -> list[dict[str, Any]]:
-        """Settled rows (delivered, dead) with ids in ``(after_id, after_id + window]`` that carry
-        no labels and still hold their payload: rows settled before labels existed."""
+    def to_label(self, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` delivered rows that carry no labels yet, oldest first (id, kind, payload,
+        dedupe_key): the janitor labels them after delivery, off the delivery path."""
 
     @abstractmethod
     def label(self, labels: Sequence[tuple[int, str | None, str | None]]) -> None:
-        """Set (id, recipient, message_ref) on rows that have no labels yet."""
-
-    @abstractmethod
-    def last_id(self) -> int:
-        """The highest outbox id (0 when empty)."""
+        """Set (id, recipient, message_ref) on rows that have no labels yet; a row with no recipient
+        is marked labelled all the same."""
 
     @abstractmethod
     def find_quarantined(self, text: str, limit: int = 100) -> list[dict[str, Any]]:

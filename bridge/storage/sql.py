@@ -293,11 +293,10 @@ class SqlStore(Store):
     def mark_delivered(self, outcomes: Iterable[Outcome], now: float, *, owner: str | None = None,
                        ) -> None:
         """One statement per answer and chunk: a batch shares its status, answer and latency, and
-        only the text each row was sent as, and its labels, differ (``UPDATE ... FROM`` values)."""
-        by_answer: dict[tuple[Any, ...], list[tuple[int, str | None, str | None, str | None]]] = {}
+        only the text each row was sent as differs (``UPDATE ... FROM`` a list of values)."""
+        by_answer: dict[tuple[Any, ...], list[tuple[int, str | None]]] = {}
         for o in outcomes:
-            by_answer.setdefault((o.status, o.response, o.latency_ms), []).append(
-                (o.id, o.sent, o.recipient, o.message_ref))
+            by_answer.setdefault((o.status, o.response, o.latency_ms), []).append((o.id, o.sent))
         if not by_answer:
             return
         only_owner = "AND outbox.state = ? AND outbox.lease_owner = ?" if owner is not None else ""
@@ -305,18 +304,17 @@ class SqlStore(Store):
             for (status, response, latency_ms), rows in by_answer.items():
                 for chunk in _chunks(rows):
                     params: list[Any] = []
-                    for item_id, sent, recipient, message_ref in chunk:
-                        params += (item_id, _text(sent), _label(recipient), _label(message_ref))
+                    for item_id, sent in chunk:
+                        params += (item_id, _text(sent))
                     params += (DELIVERED, now, status, _text(response), latency_ms)
                     if owner is not None:
                         params += (LEASED, owner)
                     tx.execute(
-                        "WITH v(id, sent, recipient, message_ref) AS "
-                        f"(VALUES {','.join(['(?, ?, ?, ?)'] * len(chunk))}) "
+                        f"WITH v(id, sent) AS (VALUES {','.join(['(?, ?)'] * len(chunk))}) "
                         "UPDATE outbox SET state = ?, finished_at = ?, sent = v.sent, last_status = ?, "
                         "last_response = ?, latency_ms = ?, last_error = NULL, lease_owner = NULL, "
-                        "lease_expires_at = NULL, attempts = attempts + 1, recipient = v.recipient, "
-                        f"message_ref = v.message_ref FROM v WHERE outbox.id = v.id {only_owner}",
+                        "lease_expires_at = NULL, attempts = attempts + 1 "
+                        f"FROM v WHERE outbox.id = v.id {only_owner}",
                         params,
                     )
 
@@ -503,9 +501,11 @@ class SqlStore(Store):
     def find(self, *, recipient: str | None = None, message_ref: str | None = None,
              dedupe_key: str | None = None, text: str | None = None, kinds: Sequence[str] = (),
              limit: int = 100) -> list[dict[str, Any]]:
-        """Two indexed reads: the labelled rows by the partial indexes of migration 0005, and the
-        rows still unlabelled among the open and dead ones of ``kinds`` (``outbox_due``), whose
-        payload is scanned; delivered rows, the bulk of a large outbox, are never scanned."""
+        """Indexed reads only: the labelled rows by the partial indexes of migration 0005, and the
+        rows not labelled yet, whose payload is scanned: the open and dead ones of ``kinds``
+        (``outbox_due``) and the delivered ones the janitor has yet to label (``outbox_to_label``,
+        a few seconds' worth, more after a backlog). Labelled delivered rows, the bulk of a large
+        outbox, are never scanned."""
         parts, params = [], []
         for sql, value in (("recipient = ?", recipient), ("message_ref = ?", message_ref),
                            ("dedupe_key = ? AND recipient IS NOT NULL", dedupe_key)):
@@ -519,34 +519,37 @@ class SqlStore(Store):
                                    (*params, limit)):
                 found[row["id"]] = row
         if text and kinds and _storable(text):
-            unlabelled = self._dicts(
+            match = "(LOWER(payload) LIKE ? ESCAPE '\\' OR dedupe_key = ?) ORDER BY id DESC LIMIT ?"
+            wanted = (_contains(text), dedupe_key or "", limit)
+            open_or_dead = self._dicts(
                 f"SELECT {ITEM_COLUMNS} FROM outbox WHERE kind IN ({_marks(len(kinds))}) "
-                "AND state IN (?, ?, ?) AND recipient IS NULL "
-                "AND (LOWER(payload) LIKE ? ESCAPE '\\' OR dedupe_key = ?) ORDER BY id DESC LIMIT ?",
-                (*kinds, PENDING, LEASED, DEAD, _contains(text), dedupe_key or "", limit),
-            )
-            for row in unlabelled:
+                f"AND state IN (?, ?, ?) AND recipient IS NULL AND {match}",
+                (*kinds, PENDING, LEASED, DEAD, *wanted))
+            # the delivered rows the janitor has yet to label, by outbox_to_label alone (its
+            # condition spelled out, as a partial index needs; a kind here would pick outbox_due,
+            # which holds every delivered row)
+            to_label = self._dicts(
+                f"SELECT {ITEM_COLUMNS} FROM outbox WHERE state = 'delivered' AND recipient IS NULL "
+                f"AND {match}", wanted)
+            for row in [*open_or_dead, *(row for row in to_label if row["kind"] in kinds)]:
                 found[row["id"]] = row
         return sorted(found.values(), key=lambda row: -row["id"])[:limit]
 
-    def unlabelled(self, after_id: int, window: int) -> list[dict[str, Any]]:
+    def to_label(self, limit: int) -> list[dict[str, Any]]:
+        """Delivered rows without search labels yet, oldest first (``outbox_to_label``)."""
         return self._dicts(
-            "SELECT id, kind, payload, dedupe_key FROM outbox WHERE id > ? AND id <= ? "
-            "AND state IN (?, ?) AND recipient IS NULL AND payload != '' ORDER BY id",
-            (after_id, after_id + window, DELIVERED, DEAD),
-        )
+            "SELECT id, kind, payload, dedupe_key FROM outbox "
+            "WHERE state = 'delivered' AND recipient IS NULL ORDER BY id LIMIT ?", (limit,))
 
     def label(self, labels: Sequence[tuple[int, str | None, str | None]]) -> None:
-        rows = [(_label(recipient), _label(ref), item_id) for item_id, recipient, ref in labels
-                if recipient is not None or ref is not None]
+        """Set each row's labels; a row with no recipient to show gets ``''`` (never searched for),
+        so it leaves the rows still to label."""
+        rows = [(_label(recipient) or "", _label(ref), item_id) for item_id, recipient, ref in labels]
         for start in range(0, len(rows), ROWS_PER_STATEMENT):  # short transactions: intake goes on
             with self._write() as tx:
                 tx.executemany("UPDATE outbox SET recipient = ?, message_ref = ? "
                                "WHERE id = ? AND recipient IS NULL",
                                rows[start : start + ROWS_PER_STATEMENT])
-
-    def last_id(self) -> int:
-        return int(self._rows("SELECT COALESCE(MAX(id), 0) FROM outbox")[0][0])
 
     def find_quarantined(self, text: str, limit: int = 100) -> list[dict[str, Any]]:
         if not _storable(text):
