@@ -32,10 +32,14 @@ test: lint
 test-fast: lint
 	PROPERTY_EXAMPLES=20 OPENAPI_EXAMPLES=10 $(BIN)/pytest -q -m 'not slow'
 
-# Refresh the README's screenshots in docs/img/ (the suite itself writes them to a temporary folder).
+# Refresh the README's screenshots in docs/img/: the browser test writes them to its temporary
+# folder (here one of our own), never into the repository; this target copies them over.
 screenshots: install
 	@command -v chromium >/dev/null || { echo "screenshots need Debian's chromium: apt-get install chromium"; exit 1; }
-	$(BIN)/pytest -q tests/test_browser.py --screenshots-dir docs/img
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+		$(BIN)/pytest -q tests/test_browser.py --basetemp="$$tmp" && \
+		find "$$tmp" -path '*/screenshots/*.png' -exec cp {} docs/img/ \; && \
+		echo "screenshots copied to docs/img/"
 
 # Every figure of docs/benchmarks.md's table (#11), with plots in docs/img/; about 15 minutes on 2 cores.
 # BENCH_QUICK=1 is a 2-minute smoke run (its plots go to bench/out/); bench/run.py lists the settings.

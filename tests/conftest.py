@@ -30,13 +30,6 @@ SLOW_FIXTURES = {"start_make_run", "make_run", "pg_database", "pg_url", "pg_clus
 SLOW_MODULES = {"test_faults.py", "test_end_to_end.py", "test_browser.py", "test_memory.py"}
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    """A command-line option, not an environment variable: no shell setting makes ``make test``
-    write into the tracked docs/img/."""
-    parser.addoption("--screenshots-dir", default=None,
-                     help="save the browser test's screenshots here (make screenshots: docs/img)")
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark `slow` what `make test-fast` leaves out, so a new test is fast unless it needs a server.
 

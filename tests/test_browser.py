@@ -1,8 +1,9 @@
 """The operator round in a real headless Chromium against ``make run``, and the CLI beside it.
 
 A new user registers the Mailjet callbacks, fixes a wrong write key while events wait, sees the
-events delivered in the live debugger, and replays a dead letter. Screenshots of each page go to a
-temporary folder; ``make screenshots`` passes --screenshots-dir docs/img to refresh the README's.
+events delivered in the live debugger, and replays a dead letter. Screenshots of each page go to the
+test's temporary folder, never into the repository; ``make screenshots`` runs this module with a
+``--basetemp`` of its own and copies them into docs/img/ to refresh the README's.
 """
 
 from __future__ import annotations
@@ -47,12 +48,10 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def shots(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
-    """A temporary folder, so a test run leaves docs/img/ as it was. Only an explicit
-    ``--screenshots-dir`` (what ``make screenshots`` passes) writes anywhere else."""
-    chosen = request.config.getoption("--screenshots-dir")
-    folder = ROOT / chosen if chosen else tmp_path / "screenshots"
-    folder.mkdir(parents=True, exist_ok=True)
+def shots(tmp_path: Path) -> Path:
+    """The test's temporary folder: a test run leaves the tracked docs/img/ as it was."""
+    folder = tmp_path / "screenshots"
+    folder.mkdir()
     return folder
 
 
