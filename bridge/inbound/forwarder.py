@@ -30,7 +30,7 @@ from bridge.delivery.upstream import UpstreamError
 from bridge.inbound.batching import MAX_BATCH_EVENTS, MAX_EVENT_BYTES, pack
 from bridge.inbound.intake import KIND
 from bridge.inbound.segment import Accepted, SegmentClient
-from bridge.inbound.track import message_ref, recipient_of, track_call
+from bridge.inbound.track import labels, message_ref, recipient_of, track_call
 from bridge.metrics import Metrics
 from bridge.payloads.identity import normalize_email
 from bridge.storage.base import ClaimedItem, Outcome, Store
@@ -52,9 +52,6 @@ class _Prepared:
     item: ClaimedItem
     call: str
     encoded: bytes
-    #: The debugger's labels (``Outcome.recipient``, ``Outcome.message_ref``).
-    recipient: str | None = None
-    message_ref: str | None = None
 
 
 #: Strict JSON (``allow_nan=False``): a non-finite number raises for its one event instead of reaching
@@ -145,11 +142,11 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
             # the stored key: a row keeps the messageId it was accepted with, whatever the rule now
             call = _encode(track_call(event, event_names=names, user_id=user_id, key=item.dedupe_key))
             encoded = call.encode("utf-8")
-            recipient, ref = recipient_of(event, email, item.dedupe_key), message_ref(event)
-            if len(encoded) > MAX_EVENT_BYTES:
-                return Outcome(item.id, sent=call, recipient=recipient, message_ref=ref, error=(
-                    f"event is {len(encoded):,} bytes, over Segment's 32 KB limit per event"))
-            return _Prepared(item, call, encoded, recipient, ref)
+            if len(encoded) > MAX_EVENT_BYTES:  # dead: labelled now (delivered rows by the janitor)
+                return Outcome(item.id, sent=call, recipient=recipient_of(event, email, item.dedupe_key),
+                               message_ref=message_ref(event), error=(
+                                   f"event is {len(encoded):,} bytes, over Segment's 32 KB limit per event"))
+            return _Prepared(item, call, encoded)
 
         prepared, unsendable = self.isolate(prepare_one, parsed)
         return pack(prepared, _size), dead + unsendable
@@ -223,7 +220,8 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         return len(group)
 
     def _mark_delivered(self, group: list[_Prepared], answer: Accepted) -> None:
-        self.store.mark_delivered([self._outcome(p, answer.status, answer.body, answer.latency_ms)
+        self.store.mark_delivered([Outcome(p.item.id, sent=p.call, status=answer.status,
+                                           response=answer.body, latency_ms=answer.latency_ms)
                                    for p in group], self.clock(), owner=self.owner)
 
     def _report_delivered(self, group: list[_Prepared], answer: Accepted) -> None:
@@ -233,7 +231,10 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
     def reject(self, group: list[_Prepared], error: UpstreamError) -> int:
         (bad,) = group
         reason = f"Segment rejected the event ({error.status}): {error.body[:300]}"
-        self.store.mark_dead([self._outcome(bad, error.status, error.body, error.latency_ms, reason)],
+        recipient, ref = labels(bad.item.payload, bad.item.dedupe_key)  # labelled as it dies
+        self.store.mark_dead([Outcome(bad.item.id, sent=bad.call, status=error.status,
+                                      response=error.body, latency_ms=error.latency_ms, error=reason,
+                                      recipient=recipient, message_ref=ref)],
                              self.owner, self.clock())
         self.report("dead", [bad.item.event_type], status=error.status, latency_ms=error.latency_ms,
                     error=reason)
@@ -245,9 +246,3 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
     def _observe(self, latency_ms: float | None) -> None:
         if self.metrics and latency_ms is not None:
             self.metrics.observe_latency(self.upstream, latency_ms)
-
-    @staticmethod
-    def _outcome(p: _Prepared, status: int | None, body: str, latency_ms: float | None,
-                 error: str | None = None) -> Outcome:
-        return Outcome(p.item.id, sent=p.call, status=status, response=body, latency_ms=latency_ms,
-                       error=error, recipient=p.recipient, message_ref=p.message_ref)
