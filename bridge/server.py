@@ -313,8 +313,9 @@ class BridgeServer:
                     break
                 if not listening and accepts(self.settings.host, self.settings.port):
                     listening = True
-                    if on_listening is not None:
-                        on_listening()
+                    if on_listening is not None:  # on a thread: it writes to the store, and this
+                        # loop must never wait on storage (a locked database must not delay SIGTERM)
+                        threading.Thread(target=on_listening, name="on-listening", daemon=True).start()
                 delivery.check()
         finally:
             deadline = time.monotonic() + SHUTDOWN_SECONDS

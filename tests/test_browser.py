@@ -72,7 +72,9 @@ def test_operator_round_in_the_browser(browser: Any, start_make_run: Any, fake_s
     fake_mailjet.credentials = {("mj-key", MJ_SECRET)}
     env = {"BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'bridge.db'}", "SEGMENT_WRITE_KEY": WRONG_KEY,
            "MAILJET_API_KEY": "mj-key", "MAILJET_API_SECRET": MJ_SECRET, "MAILJET_API_URL": fake_mailjet.url}
-    base, process = start_make_run(env)
+    # accept-scope: the wrong key makes /healthz 503 once the worker has checked it, maybe before
+    # the first probe
+    base, process = start_make_run(env, probe="/healthz?scope=accept")
     password = admin_password(process)
     auth = callback_auth(process)
     secrets = (WRONG_KEY, GOOD_KEY, MJ_SECRET, password, auth[1])
