@@ -11,21 +11,50 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 #: Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+def _extras(record: logging.LogRecord) -> list[str]:
+    """The names a record got from ``extra=``, in the order given (one set difference, in C)."""
+    names = vars(record)
+    extra = names.keys() - _STANDARD
+    return [k for k in names if k in extra] if extra else []
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object a line. Every request logs a line, so the fixed cost is kept small: one
+    encoder for every line, and the time's text up to the second made once per second."""
+
+    _ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._second_text = ""
+
+    def _timestamp(self, created: float) -> str:
+        """ISO-8601 UTC to the millisecond, as ``datetime.isoformat(timespec="milliseconds")``."""
+        second = int(created)
+        micro = round((created - second) * 1e6)  # rounded as datetime.fromtimestamp rounds
+        if micro >= 1_000_000:
+            second, micro = second + 1, micro - 1_000_000
+        if second != self._second:  # a race here only makes the same text twice
+            self._second_text = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = second
+        return f"{self._second_text}.{micro // 1000:03d}+00:00"
+
     def format(self, record: logging.LogRecord) -> str:
         line = {
-            "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
+            "ts": self._timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        line.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        for key in _extras(record):
+            line[key] = getattr(record, key)
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+        return self._ENCODER.encode(line)
 
 
 class RedactSecrets(logging.Filter):
@@ -63,8 +92,9 @@ class RedactSecrets(logging.Filter):
         for secret in values:
             text = text.replace(secret, "[redacted]")
         record.msg, record.args = text, ()
-        for key, value in list(vars(record).items()):
-            if key not in _STANDARD and isinstance(value, str):
+        for key in _extras(record):
+            value = getattr(record, key)
+            if isinstance(value, str):
                 for secret in values:
                     value = value.replace(secret, "[redacted]")
                 setattr(record, key, value)
