@@ -143,6 +143,26 @@ def test_the_debugger_page_finds_an_email(rig: Rig) -> None:
         "/admin/debugger?q=zed@example.com").text
 
 
+def test_each_event_of_a_delivered_batch_is_shown_as_it_was_sent(rig: Rig) -> None:
+    """A batch's calls are kept once for the batch (#11, R3); each event still shows its own call."""
+    carol = {**ADA, "MessageID": 7002, "email": "carol@example.com", "event": "click",
+             "url": "https://example.com/"}
+    rig.post(ADA, carol)
+    assert rig.deliver() == 2 and len(rig.fake.requests) == 1
+    got = {call["messageId"]: call for call in rig.fake.accepted}
+    for event, email in ((ADA, "ada@example.com"), (carol, "carol@example.com")):
+        (found,) = search(rig.bridge, email)
+        sent = json.loads(found["row"]["sent"])
+        assert sent == got[message_id(dedupe_key(event))]  # what Segment got
+        assert sent["messageId"] == found["segment_message_id"] == message_id(dedupe_key(event))
+        assert found["event"] == sent["event"] and found["status"] == "delivered"
+        page = admin(rig).get(f"/admin/debugger?q={email}").text
+        shown = page.split("<h3>As sent</h3>")[1].split("</pre>")[0]
+        assert message_id(dedupe_key(event)) in shown and shown.count("messageId") == 1
+    newest = admin(rig).get("/admin/debugger").text
+    assert newest.count("<h3>As sent</h3>") == 2
+
+
 @pytest.mark.parametrize("query", ["%00", "%25", "_", "%ED%A0%80", "x" * 5000, "mailjet-",
                                    "%27;+DROP+TABLE+outbox"])
 def test_any_search_text_is_a_page_never_a_500(rig: Rig, query: str) -> None:

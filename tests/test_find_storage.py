@@ -81,6 +81,22 @@ def test_delivered_rows_are_scanned_only_until_they_are_labelled(store: Store) -
     assert ids(store.find(recipient="other@example.com")) == [item.id]
 
 
+def test_rows_of_a_batch_kept_once_are_found_with_their_own_sent_text(store: Store) -> None:
+    """Delivered in one batch whose calls are kept once (#11, R3): each row found, by its text before
+    the janitor labels it and by its labels after, shows what it was sent as."""
+    store.accept([event("k1", "ada@example.com", 11), event("k2", "bob@example.com", 22)], [], T0)
+    one, two = store.claim(TRACK, 10, "w", 60, T0)
+    sent = {one.id: '{"messageId":"mailjet-k1"}', two.id: '{"messageId":"mailjet-k2"}'}
+    store.mark_delivered([Outcome(i.id, sent=sent[i.id], status=200) for i in (one, two)], T0,
+                         owner="w", sent_batch=TRACK)
+    (found,) = store.find(text="bob@example.com", kinds=KINDS)
+    assert (found["id"], found["sent"]) == (two.id, sent[two.id])
+    store.label([(one.id, "ada@example.com", "11"), (two.id, "bob@example.com", "22")])
+    assert [(row["id"], row["sent"]) for row in store.find(recipient="ada@example.com",
+                                                           message_ref="22")] == [
+        (two.id, sent[two.id]), (one.id, sent[one.id])]
+
+
 def test_a_row_with_nothing_to_label_leaves_the_rows_to_label(store: Store) -> None:
     store.accept([event("k1", "ada@example.com", 11)], [], T0)
     (item,) = store.claim(TRACK, 10, "w", 60, T0)

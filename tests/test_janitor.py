@@ -6,6 +6,7 @@ from typing import Any
 
 from bridge.delivery.janitor import Janitor
 from bridge.storage.base import NewItem, Outcome, Store
+from bridge.storage.sql import SqlStore
 
 
 def test_the_janitor_compacts_after_the_retention_and_prunes_after_the_dedupe_period(
@@ -20,3 +21,23 @@ def test_the_janitor_compacts_after_the_retention_and_prunes_after_the_dedupe_pe
     clock.advance(23 * 86400)
     janitor.run_once()
     assert store.item(item.id) is None
+
+
+def test_the_janitor_drops_sent_batches_after_the_retention(store: Store, clock: Any) -> None:
+    """A delivered batch's calls, kept once for the batch, go with the payloads: none kept forever."""
+    assert isinstance(store, SqlStore)
+    store.accept([NewItem("k", f"key-{n}", "sent", '{"x":1}') for n in range(3)], [], clock())
+    claimed = store.claim("k", 3, "w", 60, clock())
+    store.mark_delivered([Outcome(i.id, sent=f'{{"n":{i.id}}}') for i in claimed[:2]], clock(),
+                         owner="w", sent_batch="k")
+    janitor = Janitor(store, 7, dedupe_days=30, clock=clock)
+    clock.advance(3 * 86400)
+    store.mark_delivered([Outcome(claimed[2].id, sent='"late"')], clock(), owner="w", sent_batch="k")
+    janitor.run_once()
+    assert store._rows("SELECT COUNT(*) FROM sent_batches")[0][0] == 2
+    assert [store.item(i.id)["sent"] for i in claimed] == [  # type: ignore[index]
+        f'{{"n":{claimed[0].id}}}', f'{{"n":{claimed[1].id}}}', '"late"']
+    clock.advance(5 * 86400)
+    janitor.run_once()
+    assert store._rows("SELECT COUNT(*) FROM sent_batches")[0][0] == 1
+    assert [store.item(i.id)["sent"] for i in claimed] == [None, None, '"late"']  # type: ignore[index]

@@ -439,3 +439,88 @@ def test_delete_setting_removes_only_that_setting(store_on_each_backend: Store) 
     assert store.delete_setting("mailjet.list_id") is True
     assert store.get_setting("mailjet.list_id") is None and store.get_setting("segment.region") == "eu"
     assert store.delete_setting("mailjet.list_id") is False
+
+
+# -- a delivered batch's texts, kept once for the batch (performance issue #11, R3) ----------------
+
+def batch_sent(store: Store) -> int:
+    """How many sent batches the store keeps."""
+    assert isinstance(store, SqlStore)
+    return store._rows("SELECT COUNT(*) FROM sent_batches")[0][0]
+
+
+def call_of(item: ClaimedItem) -> str:
+    return json.dumps({"messageId": f"m-{json_key(item)}", "event": "Email Sent"})
+
+
+def test_a_batch_kept_once_shows_each_row_as_it_was_sent(store: Store) -> None:
+    """Every reader gets each row's own text back, exactly, as if the row held it itself; the texts
+    are written once, whatever the number of rows and statements."""
+    keys = [f"k{i}" for i in range(1100)]  # more rows than one statement settles
+    store.accept(items(*keys), [], T0)
+    claimed = store.claim(SEGMENT_TRACK, 2000, "w", 60, T0)
+    odd = {claimed[1].id: 'x\x00y', claimed[2].id: '"\ud800"', claimed[3].id: "Grüße, 東京"}
+    store.mark_delivered([Outcome(i.id, sent=odd.get(i.id, call_of(i)), status=200, response="ok",
+                                  latency_ms=4.0) for i in claimed], T0 + 1, owner="w",
+                         sent_batch=SEGMENT_TRACK)
+    assert batch_sent(store) == 1 and store.stats(T0)["delivered"] == 1100
+    first = store.item(claimed[0].id)
+    assert first is not None and first["sent"] == call_of(claimed[0]) and "sent_batch" not in first
+    assert (first["state"], first["last_status"], first["latency_ms"], first["attempts"]) == (
+        "delivered", 200, 4.0, 1)
+    # the odd texts read back as the per-row path stores them (NUL, lone surrogate escaped)
+    assert [store.item(i)["sent"] for i in odd] == ["x\\u0000y", '"\\ud800"', "Grüße, 東京"]  # type: ignore[index]
+    shown = {i.id: odd.get(i.id, call_of(i)) for i in claimed}
+    shown.update({i: store.item(i)["sent"] for i in odd})  # type: ignore[index]
+    assert {row["id"]: row["sent"] for row in store.recent(1200)} == shown
+    (found,) = store.find(dedupe_key="k1099", text="k1099", kinds=(SEGMENT_TRACK,))
+    assert found["sent"] == call_of(claimed[-1])
+
+
+def test_a_row_retaken_by_another_owner_keeps_its_own_sent_text(store: Store) -> None:
+    """The batch's body holds every row it was sent with; a row whose lease ran out is the rival's
+    to settle, delivered (with its own batch) or dead (with its own text)."""
+    store.accept(items("a", "b", "c"), [], T0)
+    a, b = store.claim(SEGMENT_TRACK, 2, "slow", 30, T0)
+    (c,) = store.claim(SEGMENT_TRACK, 1, "slow", 100, T0)  # only c stays the slow one's
+    rival_a, rival_b = store.claim(SEGMENT_TRACK, 2, "rival", 30, T0 + 31)
+    assert (rival_a.id, rival_b.id) == (a.id, b.id)
+    store.mark_delivered([Outcome(i.id, sent=f'"slow {json_key(i)}"', status=200) for i in (a, b, c)],
+                         T0 + 32, owner="slow", sent_batch=SEGMENT_TRACK)
+    store.mark_delivered([Outcome(a.id, sent='"rival a"', status=200)], T0 + 33, owner="rival",
+                         sent_batch=SEGMENT_TRACK)
+    store.mark_dead([Outcome(b.id, sent='"rival b"', error="rejected")], "rival", T0 + 34)
+    assert [store.item(i.id)["sent"] for i in (a, b, c)] == [  # type: ignore[index]
+        '"rival a"', '"rival b"', '"slow c"']
+    (dead,) = store.dead_letters()
+    assert (dead["id"], dead["sent"]) == (b.id, '"rival b"') and "sent_batch" not in dead
+
+
+def test_a_dead_row_keeps_its_own_sent_text(store: Store) -> None:
+    store.accept(items("a", "b"), [], T0)
+    a, b = store.claim(SEGMENT_TRACK, 2, "w", 60, T0)
+    store.mark_delivered([Outcome(a.id, sent='"a"', status=200)], T0 + 1, owner="w",
+                         sent_batch=SEGMENT_TRACK)
+    store.mark_dead([Outcome(b.id, sent='{"b":1}', status=400, error="rejected")], "w", T0 + 1)
+    (dead,) = store.dead_letters()
+    assert dead["sent"] == '{"b":1}' and store.item(b.id)["sent"] == '{"b":1}'  # type: ignore[index]
+    assert store.requeue([b.id], T0 + 2) == 1  # a replay reads the payload, not what was sent
+    assert store.item(b.id)["sent"] == '{"b":1}'  # type: ignore[index]
+
+
+def test_compaction_drops_sent_batches_with_their_rows_texts(store: Store) -> None:
+    """The sent batches go with the delivered payloads, after the retention: none kept for ever."""
+    store.accept(items(*[f"k{i}" for i in range(30)]), [], T0)
+    claimed = store.claim(SEGMENT_TRACK, 30, "w", 60, T0)
+    for n, start in enumerate(range(0, 25, 5)):  # five old batches...
+        store.mark_delivered([Outcome(i.id, sent=call_of(i), status=200)
+                              for i in claimed[start:start + 5]], T0 + n, sent_batch=SEGMENT_TRACK)
+    store.mark_delivered([Outcome(i.id, sent=call_of(i), status=200) for i in claimed[25:]],
+                         T0 + 100, sent_batch=SEGMENT_TRACK)  # ...and a recent one
+    assert batch_sent(store) == 6
+    assert store.compact_delivered(T0 + 50, batch=3) == 25
+    assert batch_sent(store) == 1
+    old, recent = store.item(claimed[0].id), store.item(claimed[-1].id)
+    assert old is not None and (old["payload"], old["sent"]) == ("", None)
+    assert recent is not None and recent["sent"] == call_of(claimed[-1])
+    assert store.prune_delivered(T0 + 50) == 25 and store.item(claimed[-1].id) is not None

@@ -220,9 +220,11 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         return len(group)
 
     def _mark_delivered(self, group: list[_Prepared], answer: Accepted) -> None:
+        """The batch's calls are kept once, as one sent batch: a text written per row cost more
+        than half of each row's mark (docs/benchmarks.md, R3)."""
         self.store.mark_delivered([Outcome(p.item.id, sent=p.call, status=answer.status,
                                            response=answer.body, latency_ms=answer.latency_ms)
-                                   for p in group], self.clock(), owner=self.owner)
+                                   for p in group], self.clock(), owner=self.owner, sent_batch=KIND)
 
     def _report_delivered(self, group: list[_Prepared], answer: Accepted) -> None:
         self.report("delivered", [p.item.event_type for p in group], status=answer.status,

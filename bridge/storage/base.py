@@ -153,10 +153,12 @@ class Store(ABC):
 
     @abstractmethod
     def mark_delivered(self, outcomes: Iterable[Outcome], now: float, *, owner: str | None = None,
-                       ) -> None:
+                       sent_batch: str | None = None) -> None:
         """Record successful deliveries (terminal). With ``owner``, only rows that owner still
         leases are marked: a row whose lease another process took over is that process's to settle,
-        so no row is marked twice."""
+        so no row is marked twice. With ``sent_batch`` (a name for the batch's kind), the outcomes
+        were sent together: their texts are kept once for the batch rather than once per row (a
+        write per row saved), and each row still reads back its own text as ``sent``."""
 
     @abstractmethod
     def release(

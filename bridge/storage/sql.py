@@ -7,6 +7,7 @@ migration lock. Queries use ``?`` placeholders; the PostgreSQL store rewrites th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from importlib import resources
@@ -32,7 +33,7 @@ from bridge.storage.group_commit import GroupCommit
 ITEM_COLUMNS = (
     "id, kind, event_type, state, payload, sent, attempts, last_error, last_status, "
     "last_response, latency_ms, created_at, finished_at, next_attempt_at, event_time, dedupe_key, "
-    "recipient, message_ref"
+    "recipient, message_ref, sent_batch"
 )
 T = TypeVar("T")
 
@@ -291,32 +292,71 @@ class SqlStore(Store):
         return DueSummary(row[0], row[1], row[2])
 
     def mark_delivered(self, outcomes: Iterable[Outcome], now: float, *, owner: str | None = None,
-                       ) -> None:
+                       sent_batch: str | None = None) -> None:
         """One statement per answer and chunk: a batch shares its status, answer and latency, and
-        only the text each row was sent as differs (``UPDATE ... FROM`` a list of values)."""
+        only the text each row was sent as differs (``UPDATE ... FROM`` a list of values). With
+        ``sent_batch``, the texts are kept once, as one row of ``sent_batches``, and the rows only
+        get its id: a uniform ``UPDATE ... WHERE id IN``, with no text written per row."""
+        outcomes = list(outcomes)
         by_answer: dict[tuple[Any, ...], list[tuple[int, str | None]]] = {}
         for o in outcomes:
             by_answer.setdefault((o.status, o.response, o.latency_ms), []).append((o.id, o.sent))
         if not by_answer:
             return
         only_owner = "AND outbox.state = ? AND outbox.lease_owner = ?" if owner is not None else ""
+        settled = ("state = ?, finished_at = ?, last_status = ?, last_response = ?, latency_ms = ?, "
+                   "last_error = NULL, lease_owner = NULL, lease_expires_at = NULL, "
+                   "attempts = attempts + 1")
         with self._write() as tx:
+            batch_id = None if sent_batch is None else self._keep_sent_batch(
+                tx, sent_batch, outcomes, now)
             for (status, response, latency_ms), rows in by_answer.items():
+                answer = (DELIVERED, now, status, _text(response), latency_ms)
+                lease = (LEASED, owner) if owner is not None else ()
                 for chunk in _chunks(rows):
+                    if batch_id is not None:
+                        ids = [item_id for item_id, _ in chunk]
+                        tx.execute(f"UPDATE outbox SET {settled}, sent = NULL, sent_batch = ? "
+                                   f"WHERE id IN ({_marks(len(ids))}) {only_owner}",
+                                   (*answer, batch_id, *ids, *lease))
+                        continue
                     params: list[Any] = []
                     for item_id, sent in chunk:
                         params += (item_id, _text(sent))
-                    params += (DELIVERED, now, status, _text(response), latency_ms)
-                    if owner is not None:
-                        params += (LEASED, owner)
                     tx.execute(
                         f"WITH v(id, sent) AS (VALUES {','.join(['(?, ?)'] * len(chunk))}) "
-                        "UPDATE outbox SET state = ?, finished_at = ?, sent = v.sent, last_status = ?, "
-                        "last_response = ?, latency_ms = ?, last_error = NULL, lease_owner = NULL, "
-                        "lease_expires_at = NULL, attempts = attempts + 1 "
+                        f"UPDATE outbox SET {settled}, sent = v.sent, sent_batch = NULL "
                         f"FROM v WHERE outbox.id = v.id {only_owner}",
-                        params,
+                        (*params, *answer, *lease),
                     )
+
+    @staticmethod
+    def _keep_sent_batch(tx: Tx, kind: str, outcomes: Sequence[Outcome], now: float) -> int:
+        """Store the texts of one sent batch, with the ids of its rows in the same order; its id.
+        JSON with ASCII escapes: any text comes back exactly, and the body holds no NUL."""
+        return tx.execute(
+            "INSERT INTO sent_batches (kind, item_ids, body, created_at) VALUES (?, ?, ?, ?) "
+            "RETURNING id",
+            (kind, json.dumps([o.id for o in outcomes]), json.dumps([o.sent for o in outcomes]), now),
+        ).fetchall()[0][0]
+
+    def _with_sent(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Rows as operators read them: a row of a batch kept once (``sent_batch``) gets its own
+        text out of that batch as ``sent``, the same text it would have held itself. The one place
+        that reads ``sent_batches``: each batch is fetched and parsed once per call."""
+        wanted = sorted({row["sent_batch"] for row in rows
+                         if row.get("sent") is None and row.get("sent_batch") is not None})
+        texts: dict[int, dict[int, str | None]] = {}
+        for chunk in _chunks(wanted):
+            for batch_id, item_ids, body in self._rows(
+                    f"SELECT id, item_ids, body FROM sent_batches WHERE id IN ({_marks(len(chunk))})",
+                    chunk):
+                texts[batch_id] = dict(zip(json.loads(item_ids), json.loads(body), strict=True))
+        for row in rows:
+            batch_id = row.pop("sent_batch", None)
+            if row.get("sent") is None and batch_id in texts:
+                row["sent"] = _text(texts[batch_id].get(row["id"]))
+        return rows
 
     def release(
         self, ids: Sequence[int], owner: str, next_attempt_at: float, error: str | None,
@@ -389,8 +429,9 @@ class SqlStore(Store):
     def mark_dead(self, outcomes: Iterable[Outcome], owner: str, now: float) -> None:
         with self._write() as tx:
             tx.executemany(
-                "UPDATE outbox SET state = ?, finished_at = ?, sent = ?, last_status = ?, "
-                "last_response = ?, latency_ms = ?, last_error = ?, attempts = attempts + 1, "
+                "UPDATE outbox SET state = ?, finished_at = ?, sent = ?, sent_batch = NULL, "
+                "last_status = ?, last_response = ?, latency_ms = ?, last_error = ?, "
+                "attempts = attempts + 1, "
                 "lease_owner = NULL, lease_expires_at = NULL, recipient = ?, message_ref = ? "
                 "WHERE id = ? AND state = ? AND lease_owner = ?",
                 [(DEAD, now, _text(o.sent), o.status, _text(o.response), o.latency_ms, _text(o.error),
@@ -470,12 +511,12 @@ class SqlStore(Store):
         }
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        return self._dicts(
-            "SELECT id, kind, event_type, payload, sent, last_error, last_status, last_response, "
-            "attempts, finished_at FROM outbox WHERE state = ? ORDER BY finished_at DESC, id DESC "
-            "LIMIT ?",
+        return self._with_sent(self._dicts(
+            "SELECT id, kind, event_type, payload, sent, sent_batch, last_error, last_status, "
+            "last_response, attempts, finished_at FROM outbox WHERE state = ? "
+            "ORDER BY finished_at DESC, id DESC LIMIT ?",
             (DEAD, limit),
-        )
+        ))
 
     def quarantine_entries(self, limit: int = 100) -> list[dict[str, Any]]:
         return self._dicts(
@@ -484,7 +525,8 @@ class SqlStore(Store):
         )
 
     def item(self, item_id: int) -> dict[str, Any] | None:
-        rows = self._dicts(f"SELECT {ITEM_COLUMNS} FROM outbox WHERE id = ?", (item_id,))
+        rows = self._with_sent(self._dicts(f"SELECT {ITEM_COLUMNS} FROM outbox WHERE id = ?",
+                                           (item_id,)))
         return rows[0] if rows else None
 
     def recent(self, limit: int = 50, *, kind: str | None = None, event_type: str | None = None,
@@ -495,8 +537,8 @@ class SqlStore(Store):
                 where.append(f"{column} = ?")
                 params.append(value)
         clause = f"WHERE {' AND '.join(where)} " if where else ""
-        return self._dicts(f"SELECT {ITEM_COLUMNS} FROM outbox {clause}ORDER BY id DESC LIMIT ?",
-                           (*params, limit))
+        return self._with_sent(self._dicts(
+            f"SELECT {ITEM_COLUMNS} FROM outbox {clause}ORDER BY id DESC LIMIT ?", (*params, limit)))
 
     def find(self, *, recipient: str | None = None, message_ref: str | None = None,
              dedupe_key: str | None = None, text: str | None = None, kinds: Sequence[str] = (),
@@ -533,7 +575,7 @@ class SqlStore(Store):
                 f"AND {match}", wanted)
             for row in [*open_or_dead, *(row for row in to_label if row["kind"] in kinds)]:
                 found[row["id"]] = row
-        return sorted(found.values(), key=lambda row: -row["id"])[:limit]
+        return self._with_sent(sorted(found.values(), key=lambda row: -row["id"])[:limit])
 
     def to_label(self, limit: int) -> list[dict[str, Any]]:
         """Delivered rows without search labels yet, oldest first (``outbox_to_label``)."""
@@ -655,19 +697,35 @@ class SqlStore(Store):
             tx.execute("DELETE FROM login_failures WHERE client = ?", (client,))
 
     def compact_delivered(self, before: float, batch: int = 1000) -> int:
-        """Drop the payloads of delivered rows finished before ``before``, keeping their keys."""
+        """Drop the payloads of delivered rows finished before ``before``, keeping their keys, and
+        the sent batches kept before then (a batch is kept as its rows are marked delivered)."""
         compacted = 0
         while True:
             with self._write() as tx:
                 count = tx.execute(
-                    "UPDATE outbox SET payload = '', sent = NULL, last_response = NULL WHERE id IN "
-                    "(SELECT id FROM outbox WHERE state = ? AND finished_at < ? AND payload != '' "
-                    "ORDER BY id LIMIT ?)",
+                    "UPDATE outbox SET payload = '', sent = NULL, sent_batch = NULL, "
+                    "last_response = NULL WHERE id IN (SELECT id FROM outbox WHERE state = ? "
+                    "AND finished_at < ? AND payload != '' ORDER BY id LIMIT ?)",
                     (DELIVERED, before, batch),
                 ).rowcount
             compacted += count
             if count < batch:
-                return compacted
+                break
+        self._drop_sent_batches(before, batch)
+        return compacted
+
+    def _drop_sent_batches(self, before: float, batch: int) -> None:
+        """Delete the sent batches kept before ``before``, a few per transaction (each is up to
+        half a megabyte). A row still pointing to one shows no sent text, as a compacted row."""
+        while True:
+            with self._write() as tx:
+                count = tx.execute(
+                    "DELETE FROM sent_batches WHERE id IN (SELECT id FROM sent_batches "
+                    "WHERE created_at < ? ORDER BY created_at LIMIT ?)",
+                    (before, max(1, batch // 100)),
+                ).rowcount
+            if count < max(1, batch // 100):
+                return
 
     def newest_applied(self, emails: Iterable[str]) -> dict[str, float]:
         return {email: float(ts) for email, ts in self._lookup(
