@@ -88,3 +88,30 @@ def test_the_text_shortcut_never_hides_a_problem(text: str, depth: int) -> None:
     except (ValueError, RecursionError):
         return
     assert problem(value, depth, text=text) == problem(value, depth)
+
+
+SCALARS = (st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text()).map(
+    lambda v: json.dumps(v, ensure_ascii=False)) | st.sampled_from([*LITERALS, '"a\\\\u0041"', '"\\\\"']))
+KEYS = st.text(max_size=5).map(json.dumps) | st.sampled_from(['"\\ud800"', '"{"'])
+
+
+def flat_objects(values: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return st.builds(lambda pairs, s: "{" + ",".join(f"{s}{k}{s}:{s}{v}" for k, v in pairs) + "}",
+                     st.lists(st.tuples(KEYS, values), max_size=6), SPACE)
+
+
+#: One level of scalars, as nearly every event is (the case ``problem`` answers from the values'
+#: types), and objects one level deeper, which must not be taken for it.
+FLAT_TEXTS = SCALARS | flat_objects(SCALARS) | flat_objects(SCALARS | flat_objects(SCALARS))
+
+
+@settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "300")), deadline=None)
+@given(FLAT_TEXTS, st.sampled_from([0, 1, 2, MAX_DEPTH]))
+def test_the_flat_shortcut_never_hides_a_problem(text: str, depth: int) -> None:
+    """Flat objects and lone scalars, whose check looks at the values' types: the same answer as
+    the full walk, escapes, non-finite numbers and brackets inside strings included."""
+    try:
+        value = loads_strict(text)
+    except (ValueError, RecursionError):
+        return
+    assert problem(value, depth, text=text) == problem(value, depth)

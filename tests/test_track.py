@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.inbound.fields import EVENT_NAME_PRESETS, EVENT_TYPES
-from bridge.inbound.track import dedupe_key, legacy_dedupe_key, legacy_keys, message_id, track_call
+from bridge.inbound.track import (
+    dedupe_key,
+    legacy_dedupe_key,
+    legacy_keys,
+    message_id,
+    message_id_value,
+    track_call,
+)
 from bridge.payloads.faithful import MAX_DEPTH
 from bridge.payloads.identity import normalize_email
 from tests.conftest import FIXTURES
@@ -365,3 +375,45 @@ def test_big_integers_become_strings_at_any_depth() -> None:
     props = track_call(event, event_names=EVENT_NAME_PRESETS["mailjet"])["properties"]
     assert props["nested_big"] == {"x": [str(big), 7]}
     assert props["payload"] == {"a": str(big), "b": 2}
+
+
+def key_before_11(event: dict[str, Any]) -> str:
+    """``dedupe_key`` as it was before issue #11 wrote the usual key text out by hand."""
+    ident = message_id_value(event)
+    if ident is None:
+        content = {name: value for name, value in event.items() if value is not None}
+        encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str)
+        return hashlib.sha256(encoder.encode(content).encode("utf-8", "surrogatepass")).hexdigest()
+    parts = [event.get("event"), ident, normalize_email(event.get("email")), event.get("time"),
+             event.get("url")]
+    encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(encoder.encode(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+#: Text as it arrives: any character, escapes, quotes, controls, lone surrogates, non-ASCII.
+KEY_TEXT = st.text() | st.sampled_from(["", "open", "a\ud800b", "\udfff", '"q"\\', "\u2028", "\x00",
+                                        " Zoë@Exämple.COM ", "https://a.example/?q=1&r=\"x\""])
+KEY_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(-(2**70), 2**70),
+                        st.floats(), KEY_TEXT, st.sampled_from(["0", "42", "-5", "007", "1e3"]))
+KEY_VALUES = st.recursive(KEY_SCALARS, lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(KEY_TEXT, inner, max_size=3), max_leaves=6)
+KEY_EVENTS = st.fixed_dictionaries({}, optional={
+    "event": st.sampled_from(EVENT_TYPES) | KEY_VALUES,
+    "time": st.integers(0, 2**40) | st.sampled_from([1.5, 1e300, -0.0, float("inf"), float("nan"), True])
+    | KEY_VALUES,
+    "MessageID": st.integers(0, 2**64) | KEY_VALUES,
+    "mj_message_id": st.integers(0, 2**64).map(str) | KEY_VALUES,
+    "Message_GUID": KEY_TEXT | KEY_VALUES,
+    "email": KEY_TEXT | KEY_VALUES,
+    "url": KEY_TEXT | KEY_VALUES,
+    "agent": KEY_VALUES,
+})
+
+
+@settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "300")) * 3, deadline=None)
+@given(KEY_EVENTS)
+def test_keys_are_the_same_text_as_before_11(event: dict[str, Any]) -> None:
+    """Issue #11 writes the usual key text without the encoder: for any event, of any field types,
+    the key (so every ``messageId``) and the legacy keys are what they were."""
+    assert dedupe_key(event) == key_before_11(event)
+    assert legacy_keys(event, dedupe_key(event)) == legacy_keys(event, key_before_11(event))

@@ -46,5 +46,4 @@ def sort_events(events: list[tuple[Any, str]], validator: EventValidator) -> Int
 def new_item(event: dict[str, Any], text: str) -> NewItem:
     """A valid event as a queue item; its pre-#9 key, when different, finds rows accepted then."""
     key = dedupe_key(event)
-    return NewItem(KIND, key, event["event"], text, int(event["time"]),
-                   legacy_keys=legacy_keys(event, key))
+    return NewItem(KIND, key, event["event"], text, int(event["time"]), legacy_keys(event, key))

@@ -32,6 +32,8 @@ from bridge.payloads.identity import normalize_email
 #: ``context.library`` of every call the bridge makes to Segment.
 LIBRARY = {"name": NAME, "version": __version__}
 _KEY_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+#: How ``_KEY_ENCODER`` writes a string (it does not escape non-ASCII: ``ensure_ascii=False``).
+_JSON_STRING = json.encoder.encode_basestring
 _CONTENT_ENCODER = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str
 )
@@ -90,7 +92,20 @@ def dedupe_key(event: Mapping[str, Any]) -> str:
         return _sha256(_CONTENT_ENCODER.encode(content))
     parts = [event.get("event"), ident, normalize_email(event.get("email")), event.get("time"),
              event.get("url")]
-    return _sha256(_KEY_ENCODER.encode(parts))
+    return _sha256(_key_text(parts))
+
+
+def _key_text(parts: list[Any]) -> str:
+    """``_KEY_ENCODER.encode(parts)``, written out for the usual types of a key's five parts (text,
+    integer id, email or null, integer time, url or null) with the encoder's own string escaping:
+    setting the encoder up for each call cost more than the writing (issue #11). Other types go to
+    the encoder, so a key is the same text either way (tests/test_track.py, the property)."""
+    kind, ident, email, at, url = parts
+    if (type(kind) is str and type(ident) is int and type(at) is int
+            and (email is None or type(email) is str) and (url is None or type(url) is str)):
+        return (f"[{_JSON_STRING(kind)},{ident!r},{'null' if email is None else _JSON_STRING(email)},"
+                f"{at!r},{'null' if url is None else _JSON_STRING(url)}]")
+    return _KEY_ENCODER.encode(parts)
 
 
 def legacy_dedupe_key(event: Mapping[str, Any]) -> str:
