@@ -540,13 +540,15 @@ def table(results: dict[str, Any]) -> list[str]:
         return median_rps(results, target, body)
 
     if "bridge-sqlite" in http:
-        for store, target in (("SQLite", "bridge-sqlite"), ("PostgreSQL", "bridge-pg")):
+        # the goals: R1 ≥ 1.0x on SQLite, ≥ 0.5x on PostgreSQL; R2 ≥ 0.3x on both
+        for store, target, r1_goal in (("SQLite", "bridge-sqlite", 1.0), ("PostgreSQL", "bridge-pg", 0.5)):
             if target not in http:
                 continue
             b1, n1 = rps(target, 1), rps("noop-gunicorn", 1)
             b100, n100 = rps(target, 100), rps("noop-gunicorn", 100)
             rows.append((f"R1 single-event posts, bridge ({store}) ÷ no-op (gunicorn -w 2), req/s",
-                         f"{b1 / n1:.2f}x ({fmt(b1)} / {fmt(n1)})", "≥ 1.0x", b1 / n1 >= 1.0))
+                         f"{b1 / n1:.2f}x ({fmt(b1)} / {fmt(n1)})", f"≥ {r1_goal:.1f}x",
+                         b1 / n1 >= r1_goal))
             rows.append((f"R2 100-event posts, bridge ({store}) events/s ÷ (no-op req/s x 100)",
                          f"{b100 / n100:.2f}x ({fmt(b100 * 100)} / {fmt(n100 * 100)})", "≥ 0.3x",
                          b100 / n100 >= 0.3))
