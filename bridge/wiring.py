@@ -99,7 +99,8 @@ class Bridge:
         )
         janitor = Janitor(self.store, settings.retention_days, dedupe_days=settings.dedupe_days,
                           labellers={KIND: track_labels, CONTACT_KIND: outbound_labels,
-                                     PROPERTY_KIND: outbound_labels})
+                                     PROPERTY_KIND: outbound_labels},
+                          draining=lambda: forwarder.draining)
         return [forwarder, contact_sync, janitor]
 
     def serving(self) -> dict[str, object] | None:

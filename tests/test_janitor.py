@@ -41,3 +41,53 @@ def test_the_janitor_drops_sent_batches_after_the_retention(store: Store, clock:
     janitor.run_once()
     assert store._rows("SELECT COUNT(*) FROM sent_batches")[0][0] == 1
     assert [store.item(i.id)["sent"] for i in claimed] == [None, None, '"late"']  # type: ignore[index]
+
+
+def test_labelling_slows_down_while_a_backlog_drains(store: Store) -> None:
+    """Labels compete with the forwarder for the interpreter and the writer: while it drains a
+    backlog, a window a second instead of ten; at the usual pace again once it is done."""
+    from bridge.delivery.janitor import LABEL_PAUSE_SECONDS, LABEL_PAUSE_WHILE_DRAINING_SECONDS
+
+    draining = [True]
+    janitor = Janitor(store, 0, draining=lambda: draining[0])
+    assert janitor.pause() == LABEL_PAUSE_WHILE_DRAINING_SECONDS > LABEL_PAUSE_SECONDS
+    draining[0] = False
+    assert janitor.pause() == LABEL_PAUSE_SECONDS
+    assert Janitor(store, 0).pause() == LABEL_PAUSE_SECONDS
+
+
+def test_the_loop_asks_for_its_pause_before_each_busy_round() -> None:
+    import threading
+
+    from bridge.delivery.loop import run_until_stopped
+
+    stop, pauses, rounds = threading.Event(), [], iter([1, 1, 0])
+
+    def run_once() -> int:
+        settled = next(rounds, 0)
+        if not settled:
+            stop.set()
+        return settled
+
+    def pause() -> float:
+        pauses.append(len(pauses))
+        return 0.001
+
+    run_until_stopped("test", run_once, stop, idle_seconds=0.0, busy_pause=pause)
+    assert pauses == [0, 1]
+
+
+def test_the_wired_janitor_knows_when_the_forwarder_drains(tmp_path: Any) -> None:
+    from bridge.config import load_settings
+    from bridge.delivery.janitor import LABEL_PAUSE_SECONDS, LABEL_PAUSE_WHILE_DRAINING_SECONDS
+    from bridge.wiring import build
+
+    bridge = build(load_settings({"BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path}/b.db"}),
+                   announce=lambda _: None)
+    try:
+        forwarder, _, janitor = bridge.loops()
+        assert isinstance(janitor, Janitor) and janitor.pause() == LABEL_PAUSE_SECONDS
+        forwarder._draining = True  # as a round from a full claim sets it
+        assert janitor.pause() == LABEL_PAUSE_WHILE_DRAINING_SECONDS
+    finally:
+        bridge.close()

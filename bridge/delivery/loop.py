@@ -111,10 +111,11 @@ def _log_safely(level: int, message: str, *args: Any, exc_info: bool = False) ->
 
 def run_until_stopped(
     name: str, run_once: Callable[[], int], stop: threading.Event, idle_seconds: float,
-    busy_pause: float = 0.0,
+    busy_pause: float | Callable[[], float] = 0.0,
 ) -> None:
     """Call ``run_once`` until ``stop`` is set, resting when a round settled nothing (and pausing
-    ``busy_pause`` between busy rounds, for a loop that must leave room to others).
+    ``busy_pause`` between busy rounds, for a loop that must leave room to others; a callable is
+    asked before each pause).
 
     Storage hiccups and unexpected errors are logged and retried, never fatal: the items stay in
     the store and the next round takes them up.
@@ -130,8 +131,8 @@ def run_until_stopped(
             _log_safely(logging.ERROR, "%s: unexpected error; continuing", name, exc_info=True)
         if settled == 0:
             stop.wait(idle_seconds)
-        elif busy_pause:
-            stop.wait(busy_pause)
+        elif pause := (busy_pause() if callable(busy_pause) else busy_pause):
+            stop.wait(pause)
     log.info("%s stopped", name)
 
 

@@ -121,6 +121,11 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         #: Every lease the loop holds runs at least ``lease_seconds`` past this time.
         self._leases_fresh_at = 0.0
 
+    @property
+    def draining(self) -> bool:
+        """Whether the round being sent came from a full claim: a backlog is being drained."""
+        return self._draining
+
     def credential(self) -> str | Held | None:
         key = self.write_key()
         hold = self.gate(key) if key and self.gate else None
