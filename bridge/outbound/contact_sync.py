@@ -204,15 +204,14 @@ class ContactSync(DeliveryLoop[_Job]):
     def _drop_superseded(self, updates: list[_Update]) -> list[_Update]:
         """Settle, unsent, the identifies older than the newest applied to their contact."""
         newest = self.store.newest_applied({u.email for _, u, _ in updates})
-        stale = [(item, update.email) for item, update, ts in updates
+        stale = [item for item, update, ts in updates
                  if ts is not None and not item.replayed and ts < newest.get(update.email, ts)]
         if stale:
             self.store.mark_delivered([Outcome(
                 item.id, response="not sent: a newer identify was already applied to this contact",
-                recipient=email,
-            ) for item, email in stale], self.clock())
+            ) for item in stale], self.clock())
             self.report("superseded", [], identifies=len(stale))  # settled, nothing to count as sent
-        gone = {item.id for item, _ in stale}
+        gone = {item.id for item in stale}
         return [u for u in updates if u[0].id not in gone]
 
     def plan(self, groups: list[_Job], credential: Auth) -> list[_Job]:
@@ -319,8 +318,8 @@ class ContactSync(DeliveryLoop[_Job]):
             if contact.update.email in failures:
                 dead.append(contact)
                 continue
-            delivered.extend(Outcome(i.id, sent=job.sent(contact), status=201, response=answer,
-                                     recipient=contact.update.email) for i in contact.items)
+            delivered.extend(Outcome(i.id, sent=job.sent(contact), status=201, response=answer)
+                             for i in contact.items)
         self.delivered(f"job {job_id} of {len(job.contacts)} contacts ended: {status.get('Status')}")
         if delivered:
             self.store.mark_delivered(delivered, now)

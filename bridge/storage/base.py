@@ -116,8 +116,9 @@ class Outcome(NamedTuple):
     response: str | None = None
     latency_ms: float | None = None
     error: str | None = None
-    #: Labels the debugger finds the row by, known once the item was read for sending: its
-    #: recipient (email, else anonymous id) and its upstream message id (Mailjet's MessageID).
+    #: Labels the debugger finds a dead row by (``mark_dead``): its recipient (email, else
+    #: anonymous id) and its upstream message id (Mailjet's MessageID). Delivered rows are labelled
+    #: later by the janitor, so ``mark_delivered`` takes none.
     recipient: str | None = None
     message_ref: str | None = None
 
@@ -258,9 +259,8 @@ class Store(ABC):
              limit: int = 100) -> list[dict[str, Any]]:
         """Outbox rows of any state, newest first, whose labels match exactly (indexed), plus the
         rows of ``kinds`` not labelled yet (pending, leased, dead at intake, or delivered and not yet
-        labelled by the janitor) whose payload
-        contains ``text`` (case-insensitive) or whose key is ``dedupe_key``: the caller checks
-        those candidates itself."""
+        labelled by the janitor) whose payload contains ``text`` (case-insensitive) or whose key is
+        ``dedupe_key``: the caller checks those candidates itself."""
 
     @abstractmethod
     def to_label(self, limit: int) -> list[dict[str, Any]]:
