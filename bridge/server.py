@@ -29,11 +29,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge.config import Settings
 from bridge.metrics import mark_process_dead
 from bridge.storage.group_commit import turn_lent
+
+if TYPE_CHECKING:
+    from bridge.web.rsgi import LoopFront
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +172,14 @@ class _RestWithoutTurn:
             yield line
 
 
-def web_app() -> TakingTurns:
-    """What each web process serves: the app, built from the environment as ``serve`` left it."""
+def web_app() -> LoopFront:
+    """What each web process serves, built from the environment as ``serve`` left it: the Mailjet
+    webhook on granian's event loop, the Flask app on REQUEST_THREADS threads (``bridge.web.rsgi``)."""
     from bridge.app import create_app
+    from bridge.web.rsgi import LoopFront
 
-    return TakingTurns(create_app(), APP_TURNS)
+    app = create_app()
+    return LoopFront(TakingTurns(app, APP_TURNS), app.extensions["bridge"], REQUEST_THREADS)
 
 
 def _serve_web(host: str, port: int, workers: int) -> None:
@@ -187,8 +193,8 @@ def _serve_web(host: str, port: int, workers: int) -> None:
     from granian.server import Server
 
     server = Server(
-        "bridge.server:web_app", address=host, port=port, interface=Interfaces.WSGI,
-        workers=workers, blocking_threads=REQUEST_THREADS,
+        "bridge.server:web_app", address=host, port=port, interface=Interfaces.RSGI,
+        workers=workers,
         websockets=False, log_level=LogLevels.info, log_dictconfig=LOGGING,
         respawn_failed_workers=True, workers_kill_timeout=WEB_KILL_SECONDS,
     )

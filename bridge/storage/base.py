@@ -8,7 +8,7 @@ tests control the clock. The store knows nothing about Segment or Mailjet: an it
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -143,6 +143,15 @@ class Store(ABC):
         order, so the last pair of a userId is its current email. Returns only after the commit;
         raises StorageUnavailable if nothing could be committed.
         """
+
+    @abstractmethod
+    def accept_soon(
+        self, items: Sequence[NewItem], quarantined: Sequence[QuarantineEntry], now: float,
+        done: Callable[[AcceptResult | None, BaseException | None], None],
+    ) -> None:
+        """``accept``, without waiting for it: returns at once, and ``done(result, error)`` is called
+        on another thread once the transaction has committed (or with StorageUnavailable, or what
+        else failed). For an event loop, which must never wait for the disk."""
 
     @abstractmethod
     def due_summary(self, kind: str, now: float) -> DueSummary:

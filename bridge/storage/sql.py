@@ -8,7 +8,7 @@ migration lock. Queries use ``?`` placeholders; the PostgreSQL store rewrites th
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from importlib import resources
 from typing import Any, Protocol, TypeVar
@@ -168,6 +168,14 @@ class SqlStore(Store):
         """Committed with whatever other accepts this process has waiting (group commit)."""
         return self._group_commit.run(
             lambda tx: self._accept_in(tx, items, quarantined, now, identities, dead))
+
+    def accept_soon(
+        self, items: Sequence[NewItem], quarantined: Sequence[QuarantineEntry], now: float,
+        done: Callable[[AcceptResult | None, BaseException | None], None],
+    ) -> None:
+        """Committed on the group commit's own thread, with whatever else is waiting by then."""
+        self._group_commit.submit(
+            lambda tx: self._accept_in(tx, items, quarantined, now, (), ()), done)
 
     def _accept_in(
         self, tx: Tx, items: Sequence[NewItem], quarantined: Sequence[QuarantineEntry], now: float,

@@ -6,11 +6,13 @@ read and thrown away (up to a bound) before the 413 goes out. A chunked body has
 up front: it is read up to the limit, and one byte more means 413, never a silently cut body.
 
 ``read_body`` works on the WSGI environ alone: the Mailjet webhook reads its body without Flask
-(``bridge.web.mailjet_webhook``), the other routes through the hook registered here.
+(``bridge.web.mailjet_webhook``), the other routes through the hook registered here. Under
+``serve`` the webhook reads it on the event loop instead, with ``read_chunks`` (``bridge.web.rsgi``).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable
 from typing import Any
 
 from flask import Flask, abort, request
@@ -82,6 +84,24 @@ def read_body(environ: dict[str, Any], limit: int) -> bytes:
             raise TooLarge
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_chunks(chunks: AsyncIterable[bytes], length: int | None, limit: int) -> bytes:
+    """``read_body`` for a server with an event loop (RSGI): the body from its chunks as they come.
+    Over the limit, what was sent is read and thrown away (within DRAIN_LIMIT) before TooLarge."""
+    declared_too_large = length is not None and length > limit
+    if length is not None and length > max(limit, DRAIN_LIMIT):  # too much to drain
+        raise TooLarge
+    parts, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > DRAIN_LIMIT:
+            break
+        if size <= limit and not declared_too_large:
+            parts.append(chunk)
+    if declared_too_large or size > limit:
+        raise TooLarge
+    return b"".join(parts)
 
 
 def request_body(limit: int) -> bytes:

@@ -22,8 +22,9 @@ from flask import Flask, Response, request
 from werkzeug.datastructures import Authorization
 
 from bridge.errors import StorageUnavailable
-from bridge.inbound.intake import sort_events
+from bridge.inbound.intake import Intake, sort_events
 from bridge.payloads.body import BodyError, parse_body
+from bridge.storage.base import AcceptResult
 from bridge.web.body import TooLarge, content_length, read_body, too_large_message
 from bridge.web.current import current_bridge
 from bridge.web.errors import STORAGE_RETRY_AFTER, STORAGE_UNAVAILABLE
@@ -38,32 +39,37 @@ Answer = tuple[int, dict[str, Any], dict[str, str]]
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Basic realm="mailjet-segment-bridge"'}
 
 
-def _error(status: int, error: str, message: str, **headers: str) -> Answer:
+def error_answer(status: int, error: str, message: str, **headers: str) -> Answer:
     return status, {"error": error, "message": message}, headers
 
 
-def answer(bridge: Bridge, authorization: str | None, environ: dict[str, Any]) -> Answer:
-    """Check the caller, read and sort the events, store them: the status, JSON body and headers."""
+def caller_refused(bridge: Bridge, authorization: str | None) -> Answer | None:
+    """A 401 unless the caller gave the webhook's user and password."""
     auth = Authorization.from_header(authorization)
     if auth is None or auth.type != "basic" or not bridge.credentials.matches(
         auth.username, auth.password
     ):
-        return _error(401, "unauthorized",
+        return error_answer(401, "unauthorized",
                       "missing or wrong credentials: use the callback URL with user:password@ "
                       "(mailjet-bridge callback-url prints it)", **UNAUTHORIZED_HEADERS)
-    limit = bridge.settings.max_body_bytes
+    return None
+
+
+def too_large(bridge: Bridge) -> Answer:
+    return error_answer(413, "request_entity_too_large",
+                        too_large_message(bridge.settings.max_body_bytes))
+
+
+def sorted_or_refused(bridge: Bridge, raw: bytes) -> Intake | Answer:
+    """The body's events sorted into items and quarantine, or a 400 for a body that is not JSON."""
     try:
-        events = parse_body(read_body(environ, limit))
-    except TooLarge:
-        return _error(413, "request_entity_too_large", too_large_message(limit))
+        return sort_events(parse_body(raw), bridge.mailjet_validator)
     except BodyError as exc:
-        return _error(400, "bad_request", str(exc))
-    intake = sort_events(events, bridge.mailjet_validator)
-    try:
-        result = bridge.store.accept(intake.items, intake.quarantined, time.time())
-    except StorageUnavailable:
-        return _error(503, "storage_unavailable", STORAGE_UNAVAILABLE,
-                      **{"Retry-After": STORAGE_RETRY_AFTER})
+        return error_answer(400, "bad_request", str(exc))
+
+
+def stored(bridge: Bridge, intake: Intake, result: AcceptResult) -> Answer:
+    """The 200 for a body whose events are committed, counted in the metrics."""
     bridge.metrics.intake(
         "mailjet", [i.event_type for i in intake.items] + ["invalid"] * len(intake.quarantined),
         result.accepted_by_type, result.quarantined,
@@ -72,7 +78,32 @@ def answer(bridge: Bridge, authorization: str | None, environ: dict[str, Any]) -
                  "quarantined": result.quarantined}, {}
 
 
-def _encode(payload: dict[str, Any]) -> bytes:
+UNEXPECTED: Answer = error_answer(500, "internal_error",
+                                  "the bridge hit an unexpected error; see its log")
+STORAGE_REFUSED: Answer = error_answer(503, "storage_unavailable", STORAGE_UNAVAILABLE,
+                                 **{"Retry-After": STORAGE_RETRY_AFTER})
+
+
+def answer(bridge: Bridge, authorization: str | None, environ: dict[str, Any]) -> Answer:
+    """Check the caller, read and sort the events, store them: the status, JSON body and headers."""
+    refused = caller_refused(bridge, authorization)
+    if refused is not None:
+        return refused
+    try:
+        raw = read_body(environ, bridge.settings.max_body_bytes)
+    except TooLarge:
+        return too_large(bridge)
+    intake = sorted_or_refused(bridge, raw)
+    if not isinstance(intake, Intake):
+        return intake
+    try:
+        result = bridge.store.accept(intake.items, intake.quarantined, time.time())
+    except StorageUnavailable:
+        return STORAGE_REFUSED
+    return stored(bridge, intake, result)
+
+
+def encode(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode() + b"\n"
 
 
@@ -81,7 +112,7 @@ def _through_flask() -> Response:
     405 and OPTIONS its answer; a POST reaches this only where MailjetWebhook is not in front."""
     status, payload, headers = answer(current_bridge(), request.headers.get("Authorization"),
                                       request.environ)
-    return Response(_encode(payload), status, headers, content_type="application/json")
+    return Response(encode(payload), status, headers, content_type="application/json")
 
 
 def register(app: Flask) -> None:
@@ -104,9 +135,8 @@ class MailjetWebhook:
             status, payload, headers = answer(self.bridge, environ.get("HTTP_AUTHORIZATION"), environ)
         except Exception:
             log.exception("unexpected error while handling a request")
-            status, payload, headers = _error(
-                500, "internal_error", "the bridge hit an unexpected error; see its log")
-        body = _encode(payload)
+            status, payload, headers = UNEXPECTED
+        body = encode(payload)
         start_response(f"{status} {HTTPStatus(status).phrase}", [
             ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
             *headers.items(),
