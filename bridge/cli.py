@@ -190,6 +190,28 @@ def worker() -> None:
     bridge.close()
 
 
+@main.command(hidden=True, short_help="The writer process that serve starts.",
+              help="Commit the webhook writes of serve's web processes (started by serve).")
+def writer() -> None:
+    from bridge.server import WRITER_SOCKET_ENV
+    from bridge.storage.writer import WriterServer
+
+    path = os.environ.get(WRITER_SOCKET_ENV)
+    if not path:
+        click.echo(f"{WRITER_SOCKET_ENV} is not set: this process is started by `mailjet-bridge "
+                   "serve`", err=True)
+        sys.exit(2)
+    bridge = _build(_settings())
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    # Ctrl-C reaches the whole process group: serve stops the web processes first, then this one
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        WriterServer(bridge.store, path).serve(stop, parent=os.getppid())
+    finally:
+        bridge.close()
+
+
 def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 

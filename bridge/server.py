@@ -22,10 +22,12 @@ from __future__ import annotations
 import io
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -59,6 +61,10 @@ READ_AHEAD_BYTES = 256 * 1024
 RESTART_PAUSE_SECONDS = (1.0, 30.0)
 RESTART_RESET_SECONDS = 60.0
 POLL_SECONDS = 0.2
+#: Where ``serve`` tells its processes the writer's socket is (in a folder of its own, mode 0700).
+WRITER_SOCKET_ENV = "BRIDGE_WRITER_SOCKET"
+#: How long the writer process may take to listen before ``serve`` gives up.
+WRITER_START_SECONDS = 30.0
 
 
 class _ThreadCountIsMeant(logging.Filter):
@@ -174,12 +180,16 @@ class _RestWithoutTurn:
 
 def web_app() -> LoopFront:
     """What each web process serves, built from the environment as ``serve`` left it: the Mailjet
-    webhook on granian's event loop, the Flask app on REQUEST_THREADS threads (``bridge.web.rsgi``)."""
+    webhook on granian's event loop, its writes committed by the writer process, and the Flask app
+    on REQUEST_THREADS threads (``bridge.web.rsgi``)."""
     from bridge.app import create_app
+    from bridge.storage.writer import WriterClient
     from bridge.web.rsgi import LoopFront
 
     app = create_app()
-    return LoopFront(TakingTurns(app, APP_TURNS), app.extensions["bridge"], REQUEST_THREADS)
+    path = os.environ.get(WRITER_SOCKET_ENV)
+    return LoopFront(TakingTurns(app, APP_TURNS), app.extensions["bridge"], REQUEST_THREADS,
+                     WriterClient(path) if path else None)
 
 
 def _serve_web(host: str, port: int, workers: int) -> None:
@@ -188,13 +198,13 @@ def _serve_web(host: str, port: int, workers: int) -> None:
     # and Ctrl-C is left to the supervisor, which sends SIGTERM.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from granian.constants import Interfaces
+    from granian.constants import Interfaces, Loops
     from granian.log import LogLevels
     from granian.server import Server
 
     server = Server(
         "bridge.server:web_app", address=host, port=port, interface=Interfaces.RSGI,
-        workers=workers,
+        workers=workers, loop=Loops.uvloop,
         websockets=False, log_level=LogLevels.info, log_dictconfig=LOGGING,
         respawn_failed_workers=True, workers_kill_timeout=WEB_KILL_SECONDS,
     )
@@ -216,20 +226,25 @@ def address_problem(host: str, port: int) -> str | None:
     return None
 
 
-class DeliveryProcess:
-    """``mailjet-bridge worker`` as a child process, started again whenever it dies."""
+class ChildProcess:
+    """A ``mailjet-bridge`` command as a child process, started again whenever it dies."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, command: str) -> None:
+        self.name = name
+        self.command = command
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
         self.pause = RESTART_PAUSE_SECONDS[0]
         self.restart_at: float | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bridge", "worker"])
+        self.proc = subprocess.Popen([sys.executable, "-m", "bridge", self.command])
         self.started = time.monotonic()
         self.restart_at = None
-        log.info("delivery process started", extra={"pid": self.proc.pid})
+        log.info("%s process started", self.name, extra={"pid": self.proc.pid})
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def check(self) -> None:
         """Restart the process if it died and its pause is over."""
@@ -243,7 +258,7 @@ class DeliveryProcess:
         mark_process_dead(self.proc.pid)
         if now - self.started >= RESTART_RESET_SECONDS:
             self.pause = RESTART_PAUSE_SECONDS[0]
-        log.warning("delivery process exited with code %s; starting it again in %.0f s",
+        log.warning("%s process exited with code %s; starting it again in %.0f s", self.name,
                     self.proc.returncode, self.pause, extra={"pid": self.proc.pid})
         self.restart_at = now + self.pause
         self.pause = min(self.pause * 2, RESTART_PAUSE_SECONDS[1])
@@ -259,11 +274,25 @@ class DeliveryProcess:
         try:
             self.proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            log.warning("delivery process still running after %.0f s; killed", SHUTDOWN_SECONDS,
-                        extra={"pid": self.proc.pid})
+            log.warning("%s process still running after %.0f s; killed", self.name,
+                        SHUTDOWN_SECONDS, extra={"pid": self.proc.pid})
             self.proc.kill()
             self.proc.wait()
         mark_process_dead(self.proc.pid)
+
+
+def _writer_listens(writer: ChildProcess, path: str, stop: threading.Event) -> bool:
+    """Until the writer process accepts connections (False if it exits or serve is stopped)."""
+    deadline = time.monotonic() + WRITER_START_SECONDS
+    while writer.alive() and not stop.is_set() and time.monotonic() < deadline:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(path)
+                return True
+            except OSError:
+                pass
+        stop.wait(0.02)
+    return False
 
 
 def accepts(host: str, port: int) -> bool:
@@ -299,11 +328,28 @@ class BridgeServer:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, on_signal)
+        with tempfile.TemporaryDirectory(prefix="mailjet-bridge-") as private:  # mode 0700
+            os.environ[WRITER_SOCKET_ENV] = os.path.join(private, "writer.sock")
+            try:
+                return self._run(stop, on_listening)
+            finally:
+                os.environ.pop(WRITER_SOCKET_ENV, None)
+
+    def _run(self, stop: threading.Event, on_listening: Callable[[], None] | None) -> int:
+        writer = ChildProcess("writer", "writer")
+        writer.start()  # first: the web processes send it their webhook writes
+        if not _writer_listens(writer, os.environ[WRITER_SOCKET_ENV], stop):
+            writer.terminate()
+            writer.wait(time.monotonic() + SHUTDOWN_SECONDS)
+            if stop.is_set():
+                return 0
+            log.error("the writer process did not start; stopping")
+            return 1
         web = multiprocessing.get_context("fork").Process(
             target=_serve_web, args=(self.settings.host, self.settings.port, self.workers),
             name="mailjet-bridge web")
         web.start()
-        delivery = DeliveryProcess()
+        delivery = ChildProcess("delivery", "worker")
         if self.delivery:
             delivery.start()
         code = 0
@@ -323,6 +369,7 @@ class BridgeServer:
                         # loop must never wait on storage (a locked database must not delay SIGTERM)
                         threading.Thread(target=on_listening, name="on-listening", daemon=True).start()
                 delivery.check()
+                writer.check()
         finally:
             deadline = time.monotonic() + SHUTDOWN_SECONDS
             if web.exitcode is None:
@@ -333,5 +380,7 @@ class BridgeServer:
                 log.warning("web server still running after %.0f s; killed", SHUTDOWN_SECONDS)
                 web.kill()
                 web.join()
+            writer.terminate()  # last: the web processes' requests in flight were its to commit
             delivery.wait(deadline)
+            writer.wait(deadline)
         return code

@@ -8,7 +8,7 @@ tests control the clock. The store knows nothing about Segment or Mailjet: an it
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -145,13 +145,12 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def accept_soon(
-        self, items: Sequence[NewItem], quarantined: Sequence[QuarantineEntry], now: float,
-        done: Callable[[AcceptResult | None, BaseException | None], None],
-    ) -> None:
-        """``accept``, without waiting for it: returns at once, and ``done(result, error)`` is called
-        on another thread once the transaction has committed (or with StorageUnavailable, or what
-        else failed). For an event loop, which must never wait for the disk."""
+    def accept_many(
+        self, bodies: Sequence[tuple[Sequence[NewItem], Sequence[QuarantineEntry], float]],
+    ) -> list[AcceptResult | BaseException]:
+        """``accept`` of each (items, quarantined, now) in one transaction, where they can share it:
+        each body's result, or the error it alone fails with (StorageUnavailable if nothing could
+        be committed). Without identities or dead letters: the Mailjet webhook's bodies."""
 
     @abstractmethod
     def due_summary(self, kind: str, now: float) -> DueSummary:

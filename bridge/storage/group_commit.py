@@ -14,22 +14,18 @@ While it waits or commits, a caller gives up its app turn, if it holds one
 (``bridge.server.TakingTurns`` lends it with ``turn_lent``): a request waiting for the disk uses no
 CPU, and the requests behind it join the next group instead of queueing for a turn.
 
-An event loop must not wait for the disk: it hands its jobs over with ``submit``, and a committer
-thread of the group's own commits them and calls each job's ``done`` (``bridge.web.rsgi``). One
-hand-over between threads per group, not per request. Both kinds of job share the same queue and
-the same transactions.
+Under ``serve`` the Mailjet webhook's writes go to the writer process instead
+(``bridge.storage.writer``), which commits a round of requests from every web process at a time
+with ``commit_together``.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Generic, TypeVar
-
-log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 Tx = TypeVar("Tx")
@@ -64,16 +60,11 @@ def _turn_given_up() -> Iterator[None]:
         turn.acquire()
 
 
-Done = Callable[[Any, BaseException | None], None]
-
-
 class _Job(Generic[Tx, R]):
-    __slots__ = ("done", "error", "finished", "result", "wake", "work")
+    __slots__ = ("error", "finished", "result", "wake", "work")
 
-    def __init__(self, work: Callable[[Tx], R], done: Done | None = None) -> None:
+    def __init__(self, work: Callable[[Tx], R]) -> None:
         self.work = work
-        #: A submitted job's callback; None for a caller waiting in ``run``.
-        self.done = done
         #: Set when the job is committed (or failed), or when its caller is to lead the next commit.
         self.wake = threading.Event()
         self.finished = False
@@ -82,13 +73,7 @@ class _Job(Generic[Tx, R]):
 
     def settle(self, result: R | None, error: BaseException | None) -> None:
         self.result, self.error, self.finished = result, error, True
-        if self.done is None:
-            self.wake.set()
-            return
-        try:
-            self.done(result, error)
-        except Exception:  # the callback's own failure must not stop the commits of others
-            log.exception("a group commit's callback failed")
+        self.wake.set()
 
 
 class GroupCommit(Generic[Tx]):
@@ -108,14 +93,13 @@ class GroupCommit(Generic[Tx]):
         self._pid = os.getpid()
         self._queue: list[_Job[Tx, Any]] = []
         self._leading = False
-        #: Set when the committer thread is to lead (started at the first ``submit``).
-        self._committer_leads: threading.Event | None = None
 
     def run(self, work: Callable[[Tx], R]) -> R:
         """``work(tx)`` committed (possibly with others' work); its result, or its exception."""
         job: _Job[Tx, R] = _Job(work)
         with self._lock:
-            self._after_fork()
+            if self._pid != os.getpid():  # forked: a commit under way stayed in the parent
+                self._pid, self._queue, self._leading = os.getpid(), [], False
             self._queue.append(job)
             leader, self._leading = not self._leading, True
         with _turn_given_up():
@@ -129,46 +113,6 @@ class GroupCommit(Generic[Tx]):
             raise job.error
         return job.result  # type: ignore[return-value]
 
-    def submit(self, work: Callable[[Tx], R], done: Callable[[R | None, BaseException | None], None],
-               ) -> None:
-        """Queue ``work(tx)`` and return at once; once its transaction has committed (or failed),
-        ``done(result, error)`` is called on the committer thread. For an event loop."""
-        job: _Job[Tx, R] = _Job(work, done)
-        with self._lock:
-            self._after_fork()
-            self._queue.append(job)
-            if self._leading:  # the leader's commits take it, or it hands the lead on to the committer
-                return
-            self._leading = True
-            leads = self._committer()
-        leads.set()
-
-    def _after_fork(self) -> None:
-        """In a forked child: a commit under way and the committer thread stayed in the parent."""
-        if self._pid != os.getpid():
-            self._pid, self._queue, self._leading = os.getpid(), [], False
-            self._committer_leads = None
-
-    def _committer(self) -> threading.Event:
-        """The committer thread's signal to lead, the thread started if need be (under the lock)."""
-        if self._committer_leads is None:
-            self._committer_leads = threading.Event()
-            threading.Thread(target=self._commit_when_told, args=(self._committer_leads,),
-                             name="group-commit", daemon=True).start()
-        return self._committer_leads
-
-    def _commit_when_told(self, leads: threading.Event) -> None:
-        """The committer thread: each time it is given the lead, commit until nothing is queued."""
-        while True:
-            leads.wait()
-            leads.clear()
-            while True:
-                with self._lock:
-                    if not self._queue:
-                        self._leading = False
-                        break
-                self._commit_queued()
-
     def _commit_queued(self) -> None:
         with self._lock:
             jobs, self._queue = self._queue[: self.max_jobs], self._queue[self.max_jobs :]
@@ -177,24 +121,26 @@ class GroupCommit(Generic[Tx]):
     def _hand_over(self) -> None:
         """The leader is done: the first waiting job's caller leads the next commit, or none does."""
         with self._lock:
-            if not self._queue:
-                self._leading = False
-            elif self._queue[0].done is None:
+            if self._queue:
                 self._queue[0].wake.set()  # not settled: its caller wakes to lead
             else:
-                self._committer().set()
+                self._leading = False
     def _commit(self, jobs: list[_Job[Tx, Any]]) -> None:
-        results: list[Any] = []
-        try:
-            with self.transaction() as tx:
-                for job in jobs:
-                    results.append(job.work(tx))
-        except BaseException as exc:
-            if len(jobs) == 1:
-                jobs[0].settle(None, exc)
-                return
-            for job in jobs:  # alone, so that only the job that fails gets the error
-                self._commit([job])
-            return
-        for job, result in zip(jobs, results, strict=True):
-            job.settle(result, None)
+        for job, (result, error) in zip(
+                jobs, commit_together(self.transaction, [job.work for job in jobs]), strict=True):
+            job.settle(result, error)
+
+
+def commit_together(transaction: Callable[[], AbstractContextManager[Tx]],
+                    works: Sequence[Callable[[Tx], R]]) -> list[tuple[R | None, BaseException | None]]:
+    """Each ``work(tx)`` in one transaction, and its (result, error): when the shared transaction
+    fails, each work runs again in a transaction of its own, so only the one that fails alone
+    gets an error. (Also what the writer process commits its rounds with, bridge.storage.writer.)"""
+    try:
+        with transaction() as tx:
+            results = [work(tx) for work in works]
+    except BaseException as exc:
+        if len(works) == 1:
+            return [(None, exc)]
+        return [outcome for work in works for outcome in commit_together(transaction, [work])]
+    return [(result, None) for result in results]

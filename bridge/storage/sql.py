@@ -8,7 +8,7 @@ migration lock. Queries use ``?`` placeholders; the PostgreSQL store rewrites th
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from importlib import resources
 from typing import Any, Protocol, TypeVar
@@ -28,7 +28,7 @@ from bridge.storage.base import (
     QuarantineEntry,
     Store,
 )
-from bridge.storage.group_commit import GroupCommit
+from bridge.storage.group_commit import GroupCommit, commit_together
 
 ITEM_COLUMNS = (
     "id, kind, event_type, state, payload, sent, attempts, last_error, last_status, "
@@ -169,13 +169,13 @@ class SqlStore(Store):
         return self._group_commit.run(
             lambda tx: self._accept_in(tx, items, quarantined, now, identities, dead))
 
-    def accept_soon(
-        self, items: Sequence[NewItem], quarantined: Sequence[QuarantineEntry], now: float,
-        done: Callable[[AcceptResult | None, BaseException | None], None],
-    ) -> None:
-        """Committed on the group commit's own thread, with whatever else is waiting by then."""
-        self._group_commit.submit(
-            lambda tx: self._accept_in(tx, items, quarantined, now, (), ()), done)
+    def accept_many(
+        self, bodies: Sequence[tuple[Sequence[NewItem], Sequence[QuarantineEntry], float]],
+    ) -> list[AcceptResult | BaseException]:
+        outcomes = commit_together(self._write, [
+            lambda tx, body=body: self._accept_in(tx, body[0], body[1], body[2], (), ())
+            for body in bodies])
+        return [result if error is None else error for result, error in outcomes]  # type: ignore[misc]
 
     def _accept_in(
         self, tx: Tx, items: Sequence[NewItem], quarantined: Sequence[QuarantineEntry], now: float,

@@ -1,11 +1,12 @@
 """What ``serve``'s web processes run: granian's RSGI interface, with the Mailjet webhook on its loop.
 
-Under WSGI every request was handed from granian's runtime to a Python thread, which then waited
-for the interpreter, for a turn and for its group commit: about half of a single-event post's cost
-(docs/benchmarks.md, #11). Here ``POST /webhooks/mailjet`` runs on the worker's event loop: its body
-is read as it arrives (a slow client holds nothing), its events are checked and sorted on the loop,
-and the store's committer thread commits every body queued meanwhile in one transaction
-(``Store.accept_soon``). Each request is still answered only after its own commit.
+Under WSGI every request was handed from granian's runtime to a Python thread, and each web process
+committed its own requests, taking turns with the others at SQLite's one write lock: two web
+processes served fewer single-event posts than one (docs/benchmarks.md, #11). Here
+``POST /webhooks/mailjet`` runs on the worker's event loop: its body is read as it arrives (a slow
+client holds nothing), its events are checked and sorted on the loop, and the sorted events go to
+the host's writer process (``bridge.storage.writer``), which commits the requests of every web
+process together. Each request is still answered only after its own commit.
 
 Every other request is read on the loop too, within the size limit, and then handed to the Flask app
 (a WSGI callable: ``bridge.server.TakingTurns`` around it) on a pool of threads. Flask knows nothing
@@ -26,6 +27,7 @@ from typing import Any
 from bridge.errors import StorageUnavailable
 from bridge.inbound.intake import Intake
 from bridge.storage.base import AcceptResult
+from bridge.storage.writer import WriterClient
 from bridge.web.body import TooLarge, read_chunks
 from bridge.web.mailjet_webhook import (
     PATH,
@@ -121,9 +123,11 @@ def _call(app: WSGIApp, environ: dict[str, Any]) -> tuple[int, Headers, bytes]:
 class LoopFront:
     """An RSGI app: the Mailjet webhook on the event loop, everything else to ``app`` on threads."""
 
-    def __init__(self, app: WSGIApp, bridge: Bridge, threads: int) -> None:
+    def __init__(self, app: WSGIApp, bridge: Bridge, threads: int,
+                 writer: WriterClient | None = None) -> None:
         self.app = app
         self.bridge = bridge
+        self.writer = writer
         self.threads = threads
         self.limit = bridge.settings.max_body_bytes
         self.proxies = bridge.settings.proxy_count
@@ -178,24 +182,15 @@ class LoopFront:
             return STORAGE_REFUSED
         return stored(bridge, intake, result)
 
-    def _committed(self, intake: Intake) -> asyncio.Future[AcceptResult]:
-        """The intake stored by the store's committer thread, as a future of this loop."""
-        loop = self.loop
-        assert loop is not None
-        future: asyncio.Future[AcceptResult] = loop.create_future()
-
-        def settle(result: AcceptResult | None, error: BaseException | None) -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)  # type: ignore[arg-type]
-
-        self.bridge.store.accept_soon(
-            intake.items, intake.quarantined, time.time(),
-            lambda result, error: loop.call_soon_threadsafe(settle, result, error))
-        return future
+    async def _committed(self, intake: Intake) -> AcceptResult:
+        """The intake committed: by the host's writer process under ``serve``; else (the front run
+        on its own) by this process's group commit, on a pool thread."""
+        now = time.time()
+        if self.writer is not None:
+            return await self.writer.accept(intake.items, intake.quarantined, now)
+        assert self.loop is not None
+        return await self.loop.run_in_executor(
+            self.pool, self.bridge.store.accept, intake.items, intake.quarantined, now)
 
     async def _wsgi(self, scope: Any, protocol: Any) -> None:
         """Any other request: its body read here (within the limit), then the WSGI app on a thread.
