@@ -1,20 +1,26 @@
-"""``mailjet-bridge serve``: granian serving the web app, and one delivery process beside it.
+"""``mailjet-bridge serve``: granian serving the web app, a writer process and a delivery process.
 
-Granian reads every request's headers in Rust, so a client that trickles its headers holds no Python
-thread; gunicorn's sync workers were each held by one such client (docs/benchmarks.md). Granian has
-no per-worker hooks, so the delivery loops run in a process of their own, the same code as
-``mailjet-bridge worker``. ``serve`` supervises the two:
+Granian reads every request's headers in Rust, so a client that trickles its headers holds nothing
+of Python's; gunicorn's sync workers were each held by one such client (docs/benchmarks.md). The web
+processes run granian's RSGI interface (``bridge.web.rsgi``): the Mailjet webhook on the event
+loop, the Flask app on threads. Granian has no per-worker hooks, so the other work runs in
+processes of its own. ``serve`` supervises:
 
+- the writer process (``mailjet-bridge writer``, ``bridge.storage.writer``): it commits the Mailjet
+  webhook's writes of every web process together. Started first; restarted here if it dies (the
+  requests it had not answered get a 503, and the sender retries);
 - the web server: granian's main process and its ``workers`` web processes, which it restarts if one
   dies;
-- the delivery process (forwarder, contact sync, janitor), restarted here if it dies, with a growing
-  pause if it keeps dying;
-- SIGTERM or Ctrl-C stops both: requests in flight get their answer, the loops give their leases back,
-  and everything has exited within about 10 s.
+- the delivery process (forwarder, contact sync, janitor, ``mailjet-bridge worker``), restarted here
+  if it dies, with a growing pause if it keeps dying;
+- SIGTERM or Ctrl-C stops them all: requests in flight get their answer (the writer is stopped
+  last, once the web processes have ended), the loops give their leases back, and everything has
+  exited within about 10 s.
 
 Every process counts metrics in PROMETHEUS_MULTIPROC_DIR (``serve`` sets it), so ``/metrics`` on any
 web process adds up the counters of all of them, the delivery process's included. ``wsgi:app`` under
-a plain gunicorn has none of this: there the loops run as ``mailjet-bridge worker``.
+a plain gunicorn has none of this: there the loops run as ``mailjet-bridge worker``, and each web
+process commits its own requests.
 """
 
 from __future__ import annotations
@@ -46,8 +52,8 @@ log = logging.getLogger(__name__)
 SHUTDOWN_SECONDS = 10.0
 #: Granian kills a web process still busy this long after SIGTERM (a request stuck that long).
 WEB_KILL_SECONDS = 8
-#: Requests one web process takes on at once, each on a thread of granian's (see TakingTurns).
-#: Headers still on their way take no thread: granian reads them before it calls the app.
+#: Requests for the Flask app (every route but the Mailjet webhook) one web process runs at once,
+#: on threads of its own (see TakingTurns); their bodies have been read on the event loop first.
 REQUEST_THREADS = 128
 #: Of those, how many run app code at once. A request waits for its body from the client without a
 #: turn. More turns only make requests wait on each other for the interpreter: with a turn for every
@@ -56,7 +62,7 @@ APP_TURNS = 2
 #: How much of a body is read before its request takes a turn (the rest, if any, is read by the app,
 #: which gives its turn up while it waits for the client). A Mailjet post of 100 events is 40 KB.
 READ_AHEAD_BYTES = 256 * 1024
-#: Pauses before restarting a delivery process that died: doubling from the first to the last, and
+#: Pauses before restarting a writer or delivery process that died: doubling from the first to the last, and
 #: back to the first once a process has lived for RESTART_RESET_SECONDS.
 RESTART_PAUSE_SECONDS = (1.0, 30.0)
 RESTART_RESET_SECONDS = 60.0
@@ -67,24 +73,15 @@ WRITER_SOCKET_ENV = "BRIDGE_WRITER_SOCKET"
 WRITER_START_SECONDS = 30.0
 
 
-class _ThreadCountIsMeant(logging.Filter):
-    """Granian warns when a process may run more Python threads than 2 x cores + 1; serve means to
-    (REQUEST_THREADS): at most APP_TURNS of them run app code, the others wait."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Python threads" not in record.getMessage()
-
-
 #: granian's own lines as JSON too, through the root handler (where the secrets filter sits).
 LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "bridge.logs.JsonFormatter"}},
-    "filters": {"thread_count": {"()": _ThreadCountIsMeant}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
                             "stream": "ext://sys.stderr"}},
     "root": {"handlers": ["stderr"], "level": "INFO"},
-    "loggers": {"_granian": {"level": "INFO", "propagate": True, "filters": ["thread_count"]}},
+    "loggers": {"_granian": {"level": "INFO", "propagate": True}},
 }
 
 
@@ -96,10 +93,10 @@ class TakingTurns:
     sends its body slowly holds a thread, not a turn. The app reads the same bytes either way. A
     request waiting for its group commit (``bridge.storage.group_commit``) gives its turn up too.
 
-    The requests run on granian's own threads, which it ends when idle and starts again when busy;
-    the SQLite store's connections are a pool, not one per thread, so that churn leaves nothing open.
-    (Running each request on a pool of threads of our own cost a hand-over per request: about 17 %
-    of a single-event post's CPU, docs/benchmarks.md.)
+    Under ``serve`` the requests run on the web process's pool of threads (``bridge.web.rsgi``),
+    with their bodies already read on the event loop, so the read-ahead finds them whole; it still
+    serves a WSGI server that hands the app a body still arriving. The SQLite store's connections
+    are a pool, not one per thread, so threads that come and go leave nothing open.
     """
 
     def __init__(self, app: Callable[..., Iterable[bytes]], turns: int) -> None:
@@ -306,7 +303,7 @@ def accepts(host: str, port: int) -> bool:
 
 
 class BridgeServer:
-    """The web server and one delivery process, until SIGTERM or Ctrl-C."""
+    """The writer process, the web server and one delivery process, until SIGTERM or Ctrl-C."""
 
     #: The exit code of ``run`` when the web server ended before it ever listened (port taken).
     NEVER_LISTENED = 2

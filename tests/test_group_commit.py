@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from bridge.storage.base import NewItem
+from bridge.errors import StorageUnavailable
+from bridge.payloads.schemas import quarantine_entry
+from bridge.storage.base import NewItem, QuarantineEntry
 from bridge.storage.group_commit import GroupCommit
 from bridge.storage.sqlite import SQLiteStore
 
@@ -159,3 +162,50 @@ def test_many_writers_each_get_their_answer_and_every_write_commits_once() -> No
     committed = [v for tx in journal.committed for v in tx]
     assert sorted(committed) == sorted(f"w{n}-{k}" for n in range(32) for k in range(50))
     assert not group._leading
+
+
+# -- accept_many: the writer process's rounds (bridge/storage/writer.py) --------------------------
+
+
+def test_accept_many_answers_what_accept_would(tmp_path: Path) -> None:
+    """The same bodies, one store through ``accept`` one at a time and one through ``accept_many``
+    in one round: the same counts, redeliveries and quarantine included."""
+    one, many = SQLiteStore(tmp_path / "one.db"), SQLiteStore(tmp_path / "many.db")
+    for store in (one, many):
+        store.migrate()
+    bad = quarantine_entry("mailjet", '{"event": "typo"}', [{"message": "unknown"}])
+    bodies: list[tuple[list[NewItem], list[QuarantineEntry]]] = [
+        ([NewItem("k", "a", "open", "{}", 1), NewItem("k", "b", "click", "{}", 1)], []),
+        ([NewItem("k", "a", "open", "{}", 1), NewItem("k", "c", "open", "{}", 2)], [bad]),
+        ([], [bad]),
+        ([NewItem("k", "a", "open", "{}", 1), NewItem("k", "a", "open", "{}", 1)], []),
+        ([], []),
+    ]
+    try:
+        expected = [one.accept(items, quarantined, 1.0) for items, quarantined in bodies]
+        assert many.accept_many([(items, quarantined, 1.0) for items, quarantined in bodies]) == expected
+        assert many.stats(0)["pending"] == one.stats(0)["pending"] == 3
+    finally:
+        one.close()
+        many.close()
+
+
+def test_accept_many_gives_each_body_storage_unavailable_when_nothing_can_be_stored(
+        tmp_path: Path) -> None:
+    """A database locked past the busy timeout: every body of the round gets StorageUnavailable
+    (each web request a 503), and once the lock is gone the same store commits again."""
+    store = SQLiteStore(tmp_path / "b.db", busy_timeout_ms=50)
+    store.migrate()
+    blocker = sqlite3.connect(tmp_path / "b.db", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    bodies = [([NewItem("k", key, "open", "{}", 1)], [], 1.0) for key in "ab"]
+    try:
+        outcomes = store.accept_many(bodies)
+        assert len(outcomes) == 2 and all(isinstance(o, StorageUnavailable) for o in outcomes)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    try:
+        assert [o.accepted for o in store.accept_many(bodies)] == [1, 1]  # type: ignore[union-attr]
+    finally:
+        store.close()

@@ -52,7 +52,11 @@ class Served:
         return found
 
     def delivery_pids(self) -> list[int]:
-        return [entry["pid"] for entry in self.log() if entry.get("msg") == "delivery process started"]
+        return self.pids("delivery")
+
+    def pids(self, name: str) -> list[int]:
+        """The pids of the ``name`` processes serve has started, first to last."""
+        return [entry["pid"] for entry in self.log() if entry.get("msg") == f"{name} process started"]
 
     def answers(self) -> bool:
         if self.process.proc.poll() is not None:
@@ -249,3 +253,68 @@ def test_metrics_add_up_the_counters_of_every_process(
     poll(counted, 10, "the delivery process's counters in /metrics")
     for _ in range(6):  # several scrapes, on fresh connections: each web process answers some
         assert counted() == (posted, posted)
+
+
+def test_chunked_bodies_and_flask_routes_through_serve(serve: Callable[..., Served]) -> None:
+    """Through granian's RSGI interface: a chunked post is read whole on the loop and stored, an
+    oversized chunked one gets its 413 from the webhook and from Flask alike, and the admin pages
+    (Flask, on the front's threads) answer."""
+    served = serve(BRIDGE_MAX_BODY_BYTES="4096")
+    text = json.dumps([event(1), event(2)]).encode()
+    answer = requests.post(f"{served.url}/webhooks/mailjet", auth=AUTH, timeout=10,
+                           data=iter([text[:7], text[7:40], text[40:]]),
+                           headers={"Content-Type": "application/json"})
+    assert answer.request.headers.get("Transfer-Encoding") == "chunked"
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"accepted": 2, "duplicate": 0, "quarantined": 0}
+    for path in ("/webhooks/mailjet", "/admin/login"):
+        big = requests.post(f"{served.url}{path}", auth=AUTH, timeout=10,
+                            data=iter([b"x" * 1000] * 10), headers={"Content-Type": "application/json"})
+        assert big.status_code == 413, (path, big.text)
+        assert big.json()["error"] == "request_entity_too_large"
+    admin = requests.get(f"{served.url}/admin/", timeout=10, allow_redirects=False)
+    assert admin.status_code == 302 and admin.headers["Location"].startswith("/admin/login")
+    login = requests.get(f"{served.url}/admin/login", timeout=10)
+    assert login.status_code == 200 and 'name="csrf_token"' in login.text
+    assert "Traceback" not in served.process.output()
+
+
+def test_a_killed_writer_loses_nothing_answered_200_and_comes_back(
+        serve: Callable[..., Served]) -> None:
+    """Posts keep coming while the writer process is SIGKILLed: each gets a 200 or a 503, never
+    anything else; every event answered 200 is stored; serve starts a new writer, and posts are
+    answered 200 again."""
+    served = serve()
+    (writer,) = served.pids("writer")
+    answers: dict[int, int] = {}
+    stop = threading.Event()
+
+    def post_until_stopped(first: int) -> None:
+        n = first
+        while not stop.is_set():
+            with contextlib.suppress(requests.RequestException):
+                answers[n] = served.post(event(n), timeout=10).status_code
+            n += 2
+
+    posters = [threading.Thread(target=post_until_stopped, args=(k,)) for k in (1, 2)]
+    for poster in posters:
+        poster.start()
+    try:
+        poll(lambda: len(answers) >= 20, 20, "posts to be answered")
+        os.kill(writer, signal.SIGKILL)
+        poll(lambda: len(served.pids("writer")) == 2, 20, "a new writer process")
+        seen = len(answers)
+        poll(lambda: sum(1 for n, code in answers.items() if n > seen and code == 200) >= 10, 20,
+             "posts answered 200 by the new writer")
+    finally:
+        stop.set()
+        for poster in posters:
+            poster.join(20)
+    assert set(answers.values()) <= {200, 503}, answers
+    stored = sqlite3.connect(served.database)
+    try:
+        ids = {row[0] for row in stored.execute(
+            "SELECT json_extract(payload, '$.MessageID') FROM outbox")}
+    finally:
+        stored.close()
+    assert {900_000 + n for n, code in answers.items() if code == 200} <= ids

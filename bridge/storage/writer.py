@@ -110,8 +110,9 @@ class WriterServer:
                 for start in range(0, len(round_), MAX_BODIES):
                     self._commit(round_[start:start + MAX_BODIES])
         finally:
+            for key in list(selector.get_map().values()):
+                key.fileobj.close()  # type: ignore[union-attr]
             selector.close()
-            listener.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
 
@@ -167,17 +168,30 @@ class WriterClient:
                      now: float) -> AcceptResult:
         """Committed by the writer; raises StorageUnavailable when the writer cannot be reached,
         cannot store, or goes away before it answers (the sender must retry)."""
-        connection = self._connection or await self._open()
         request_id = next(self._ids)
-        future: asyncio.Future[AcceptResult] = asyncio.get_running_loop().create_future()
-        connection.pending[request_id] = future
-        try:
-            connection.writer.write(frame(request_id, (items, quarantined, now)))
-            await connection.writer.drain()
-        except OSError as exc:
-            connection.pending.pop(request_id, None)
-            raise StorageUnavailable(f"the writer process does not answer: {exc}") from exc
-        return await future
+        data = frame(request_id, (items, quarantined, now))
+        for attempt in (1, 2):  # a connection to a writer since restarted fails at once: once more
+            connection = self._connection or await self._open()
+            future: asyncio.Future[AcceptResult] = asyncio.get_running_loop().create_future()
+            connection.pending[request_id] = future
+            try:
+                if connection.writer.is_closing():
+                    raise ConnectionResetError("the connection to the writer has ended")
+                connection.writer.write(data)
+                await connection.writer.drain()
+            except OSError as exc:
+                connection.pending.pop(request_id, None)
+                self._drop(connection)
+                if attempt == 2:
+                    raise StorageUnavailable(f"the writer process does not answer: {exc}") from exc
+                continue
+            return await future
+        raise AssertionError("unreachable")
+
+    def _drop(self, connection: _Connection) -> None:
+        if self._connection is connection:
+            self._connection = None
+        connection.writer.close()
 
     async def _open(self) -> _Connection:
         if self._opening is None:
@@ -215,9 +229,7 @@ class WriterClient:
         except Exception:
             log.exception("an answer from the writer process could not be read")
         finally:
-            if self._connection is connection:
-                self._connection = None
-            connection.writer.close()
+            self._drop(connection)
             for future in connection.pending.values():
                 if not future.done():
                     future.set_exception(StorageUnavailable(

@@ -95,10 +95,10 @@ async def read_chunks(chunks: AsyncIterable[bytes], length: int | None, limit: i
     parts, size = [], 0
     async for chunk in chunks:
         size += len(chunk)
-        if size > DRAIN_LIMIT:
-            break
         if size <= limit and not declared_too_large:
             parts.append(chunk)
+        elif size > DRAIN_LIMIT:  # over the limit, and more than is worth draining
+            break
     if declared_too_large or size > limit:
         raise TooLarge
     return b"".join(parts)

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from werkzeug.http import parse_list_header
+
 from bridge.errors import StorageUnavailable
 from bridge.inbound.intake import Intake
 from bridge.storage.base import AcceptResult
@@ -67,9 +69,10 @@ def client_address(scope: Any, proxies: int) -> str:
     """The client, as ProxyFix gives it to the WSGI routes: with ``proxies`` trusted proxies in
     front, the address that many entries from the end of X-Forwarded-For (when it has that many)."""
     client = _host(scope.client)[0]
-    if proxies:
-        forwarded = [v.strip() for v in (scope.headers.get("x-forwarded-for") or "").split(",")]
-        if len(forwarded) >= proxies and forwarded[-proxies]:
+    if proxies:  # every X-Forwarded-For line (a proxy may add its own), as ProxyFix reads them
+        forwarded = parse_list_header(",".join(
+            value for name, value in scope.headers.items() if name == "x-forwarded-for"))
+        if len(forwarded) >= proxies:
             return forwarded[-proxies]
     return client
 
