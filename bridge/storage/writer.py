@@ -170,23 +170,31 @@ class WriterClient:
         cannot store, or goes away before it answers (the sender must retry)."""
         request_id = next(self._ids)
         data = frame(request_id, (items, quarantined, now))
-        for attempt in (1, 2):  # a connection to a writer since restarted fails at once: once more
-            connection = self._connection or await self._open()
-            future: asyncio.Future[AcceptResult] = asyncio.get_running_loop().create_future()
-            connection.pending[request_id] = future
+        try:
+            future = await self._send(request_id, data)
+        except OSError:  # a connection to a writer since restarted fails at once: once more
             try:
-                if connection.writer.is_closing():
-                    raise ConnectionResetError("the connection to the writer has ended")
-                connection.writer.write(data)
-                await connection.writer.drain()
+                future = await self._send(request_id, data)
             except OSError as exc:
-                connection.pending.pop(request_id, None)
-                self._drop(connection)
-                if attempt == 2:
-                    raise StorageUnavailable(f"the writer process does not answer: {exc}") from exc
-                continue
-            return await future
-        raise AssertionError("unreachable")
+                raise StorageUnavailable(f"the writer process does not answer: {exc}") from exc
+        return await future
+
+    async def _send(self, request_id: int, data: bytes) -> asyncio.Future[AcceptResult]:
+        """The request sent; the future its answer will settle. OSError (and the connection dropped)
+        if it could not be sent."""
+        connection = self._connection or await self._open()
+        future: asyncio.Future[AcceptResult] = asyncio.get_running_loop().create_future()
+        connection.pending[request_id] = future
+        try:
+            if connection.writer.is_closing():
+                raise ConnectionResetError("the connection to the writer has ended")
+            connection.writer.write(data)
+            await connection.writer.drain()
+        except OSError:
+            connection.pending.pop(request_id, None)
+            self._drop(connection)
+            raise
+        return future
 
     def _drop(self, connection: _Connection) -> None:
         if self._connection is connection:
