@@ -10,6 +10,7 @@ import pytest
 
 from bridge.errors import StorageUnavailable
 from bridge.storage.base import (
+    AcceptResult,
     ClaimedItem,
     DeadLetter,
     DueSummary,
@@ -52,6 +53,19 @@ def test_accept_dedupes_and_counts(store: Store) -> None:
     again = store.accept(items("b", "c", "c"), [], T0)
     assert (again.accepted, again.duplicate) == (1, 2)
     assert store.stats(T0)["pending"] == 3
+
+
+@pytest.mark.parametrize("size", [3, 9, 300])
+def test_a_large_body_dedupes_and_counts_as_a_small_one(store: Store, size: int) -> None:
+    """Bodies with more events of one type than a multi-row INSERT takes on PostgreSQL (``values_rows``,
+    then ``executemany``) count accepted and duplicate rows the same way, within a body too."""
+    keys = [f"k{n}" for n in range(size)]
+    store.accept(items(*keys[: size // 3]), [], T0)
+    result = store.accept_many([(items(*keys, keys[0], keys[-1]), [], T0)])[0]
+    assert isinstance(result, AcceptResult)
+    assert (result.accepted, result.duplicate) == (size - size // 3, size // 3 + 2)
+    assert result.accepted_by_type == {"sent": size - size // 3}
+    assert store.stats(T0)["pending"] == size
 
 
 def test_quarantine_is_stored_with_errors_once(store: Store) -> None:

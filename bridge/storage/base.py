@@ -144,6 +144,10 @@ class Store(ABC):
         raises StorageUnavailable if nothing could be committed.
         """
 
+    #: How many write transactions can usefully commit at once (the writer process's committers):
+    #: one for SQLite, which takes one writer at a time.
+    concurrent_writes: int = 1
+
     @abstractmethod
     def accept_many(
         self, bodies: Sequence[tuple[Sequence[NewItem], Sequence[QuarantineEntry], float]],

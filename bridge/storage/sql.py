@@ -113,8 +113,18 @@ def _storable(*texts: str) -> bool:
     return not any("\x00" in text for text in texts)
 
 
+INSERT_ITEMS = ("INSERT INTO outbox (kind, dedupe_key, event_time, event_type, payload, "
+                "next_attempt_at, created_at) VALUES {rows} "
+                "ON CONFLICT (kind, event_time, dedupe_key) DO NOTHING")
+ITEM_MARKS = "(?, ?, ?, ?, ?, ?, ?)"
+INSERT_ITEM = INSERT_ITEMS.format(rows=ITEM_MARKS)
+
+
 class SqlStore(Store):
     dialect = ""
+    #: A body's items of one type go in multi-row INSERTs (of ROWS_PER_STATEMENT at most) up to
+    #: this many, beyond it through ``executemany``. No limit for SQLite.
+    values_rows = 1 << 62
     #: SQL for "the start of the ``?``-second bucket holding created_at".
     bucket_sql = ""
 
@@ -195,16 +205,17 @@ class SqlStore(Store):
                 [(email, user_id, now + n * 1e-6) for n, (user_id, email) in enumerate(identities)],
             )
         for event_type, group in by_type.items():
+            rows = [(i.kind, i.dedupe_key, i.event_time, i.event_type, i.payload, now, now)
+                    for i in group]
+            if len(rows) > self.values_rows:
+                accepted_by_type[event_type] = tx.executemany(INSERT_ITEM, rows)
+                continue
             # One statement of many rows, not executemany: per row, half the cost in SQLite (#11).
             # A row repeated as padding conflicts with itself and is not counted.
             accepted_by_type[event_type] = sum(tx.execute(
-                "INSERT INTO outbox (kind, dedupe_key, event_time, event_type, payload, "
-                "next_attempt_at, created_at) VALUES "
-                + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
-                + " ON CONFLICT (kind, event_time, dedupe_key) DO NOTHING",
-                [value for i in chunk
-                 for value in (i.kind, i.dedupe_key, i.event_time, i.event_type, i.payload, now, now)],
-            ).rowcount for chunk in _chunks(group))
+                INSERT_ITEMS.format(rows=",".join([ITEM_MARKS] * len(chunk))),
+                [value for row in chunk for value in row],
+            ).rowcount for chunk in _chunks(rows))
         if quarantined:
             tx.executemany(
                 "INSERT INTO quarantine (source, fingerprint, body, errors, received_at) "

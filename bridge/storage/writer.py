@@ -57,6 +57,7 @@ class _Peer:
     def __init__(self, conn: socket.socket) -> None:
         self.conn = conn
         self.buffer = bytearray()
+        self.sending = threading.Lock()  # committer threads answer on the same connection
 
     def requests(self) -> list[tuple[int, Any]]:
         """The complete requests received so far, taken out of the buffer."""
@@ -73,15 +74,49 @@ class _Peer:
 
     def answer(self, answers: list[bytes]) -> None:
         try:
-            self.conn.sendall(b"".join(answers))
+            with self.sending:
+                self.conn.sendall(b"".join(answers))
         except OSError:  # the web process is gone; its requests are answered by no one anyway
             log.debug("could not answer %s requests: the web process has gone", len(answers))
 
 
+class _Rounds:
+    """Requests read and not yet taken by a committer thread (when the store has several)."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Condition()
+        self.waiting: list[tuple[_Peer, int, Any]] = []
+        self.closed = False
+
+    def add(self, round_: list[tuple[_Peer, int, Any]]) -> None:
+        with self.ready:
+            self.waiting.extend(round_)
+            self.ready.notify()
+
+    def take(self) -> list[tuple[_Peer, int, Any]] | None:
+        """Everything waiting (up to MAX_BODIES), once there is some; None once closed and empty."""
+        with self.ready:
+            while not self.waiting and not self.closed:
+                self.ready.wait()
+            taken, self.waiting = self.waiting[:MAX_BODIES], self.waiting[MAX_BODIES:]
+            return taken or None
+
+    def close(self) -> None:
+        with self.ready:
+            self.closed = True
+            self.ready.notify_all()
+
+
 class WriterServer:
-    """The writer process's loop, on one thread: read what every web process has sent, commit it
-    all in one transaction (``Store.accept_many``), answer each request, and again. Requests that
-    arrive during a commit wait in their sockets for the next round: that is the group commit."""
+    """The writer process's loop: read what every web process has sent, commit it all in one
+    transaction (``Store.accept_many``), answer each request, and again. Requests that arrive
+    during a commit wait for the next round: that is the group commit.
+
+    SQLite takes one writer at a time, so its rounds are committed by the thread that reads them.
+    A store that gains from several transactions at once (``Store.concurrent_writes``: PostgreSQL,
+    whose own group commit shares WAL flushes among them) has that many committer threads, each
+    taking everything read by the time it is free: a commit waiting for its flush no longer holds
+    up the next round."""
 
     def __init__(self, store: Store, path: str) -> None:
         self.store = store
@@ -98,6 +133,13 @@ class WriterServer:
         listener.setblocking(False)
         selector = selectors.DefaultSelector()
         selector.register(listener, selectors.EVENT_READ)
+        rounds, committers = _Rounds(), []
+        if self.store.concurrent_writes > 1:
+            committers = [threading.Thread(target=self._commit_taken, args=(rounds,),
+                                           name=f"writer-commit-{n}", daemon=True)
+                          for n in range(self.store.concurrent_writes)]
+            for committer in committers:
+                committer.start()
         try:
             while not stop.is_set() and (parent is None or os.getppid() == parent):
                 round_: list[tuple[_Peer, int, Any]] = []
@@ -107,9 +149,15 @@ class WriterServer:
                         selector.register(conn, selectors.EVENT_READ, _Peer(conn))
                     else:
                         round_.extend(self._read(selector, key.data))
+                if committers:
+                    rounds.add(round_)
+                    continue
                 for start in range(0, len(round_), MAX_BODIES):
                     self._commit(round_[start:start + MAX_BODIES])
         finally:
+            rounds.close()
+            for committer in committers:  # what was read is committed and answered
+                committer.join()
             for key in list(selector.get_map().values()):
                 key.fileobj.close()  # type: ignore[union-attr]
             selector.close()
@@ -127,6 +175,10 @@ class WriterServer:
             return []
         peer.buffer += data
         return [(peer, request_id, body) for request_id, body in peer.requests()]
+
+    def _commit_taken(self, rounds: _Rounds) -> None:
+        while (taken := rounds.take()) is not None:
+            self._commit(taken)
 
     def _commit(self, round_: list[tuple[_Peer, int, Any]]) -> None:
         outcomes = self.store.accept_many([body for _, _, body in round_])
