@@ -445,6 +445,8 @@ class Tree:
             label = "serve (supervisor)"
         elif "bridge worker" in cmdline(pid):
             label = "delivery" if "delivery" not in self.labels.values() else f"delivery (pid {pid})"
+        elif "bridge writer" in cmdline(pid):
+            label = "writer" if "writer" not in self.labels.values() else f"writer (pid {pid})"
         elif parent(pid) == self.root:
             label = "granian main"
         else:
@@ -567,7 +569,9 @@ def table(results: dict[str, Any]) -> list[str]:
         procs = r5["processes"]
         webs = {k: v for k, v in procs.items() if k.startswith("web ")}
         delivery = {k: v for k, v in procs.items() if k.startswith("delivery")}
-        for name, group in (("web process", webs), ("delivery process", delivery)):
+        writer = {k: v for k, v in procs.items() if k.startswith("writer")}
+        for name, group in (("web process", webs), ("delivery process", delivery),
+                            ("writer process", writer)):
             if not group:
                 continue
             top = max(group.values(), key=lambda p: p["max"])
