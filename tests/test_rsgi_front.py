@@ -515,6 +515,21 @@ def test_healthz_and_other_routes_are_flasks(front: Front) -> None:
     assert nowhere.status == 404 and nowhere.json()["error"] == "not_found"
 
 
+def test_a_failure_around_flask_is_a_json_500_and_logged(front: Front,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Flask answers its own errors; a WSGI layer around it that fails (here the app's callable
+    itself) still gets a JSON 500, never a bare error page or a request left unanswered."""
+
+    def broken(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise RuntimeError("the layer around Flask broke")
+
+    front.front.app = broken
+    with caplog.at_level(logging.ERROR, logger="bridge.web.rsgi"):
+        answer = front.one(call("GET", "/healthz"))
+    assert answer.status == 500 and answer.json()["error"] == "internal_error"
+    assert any("broke" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+
+
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_a_form_reaches_flask_whole(front: Front, chunked: bool) -> None:
     """The admin login, read on the loop and run on a thread: its cookie and form arrive intact (a

@@ -41,8 +41,13 @@ def _drain(stream: Any, remaining: int) -> None:
 
 def content_length(environ: dict[str, Any]) -> int | None:
     """The declared length, or None when absent or not a number (as werkzeug reads it)."""
+    return parse_length(environ.get("CONTENT_LENGTH"))
+
+
+def parse_length(value: str | None) -> int | None:
+    """A Content-Length header's value as a length, or None when absent or not a number."""
     try:
-        length = int(environ.get("CONTENT_LENGTH") or "")
+        length = int(value or "")
     except ValueError:
         return None
     return length if length >= 0 else None

@@ -30,7 +30,7 @@ from bridge.errors import StorageUnavailable
 from bridge.inbound.intake import Intake
 from bridge.storage.base import AcceptResult
 from bridge.storage.writer import WriterClient
-from bridge.web.body import TooLarge, read_chunks
+from bridge.web.body import TooLarge, parse_length, read_chunks
 from bridge.web.mailjet_webhook import (
     PATH,
     STORAGE_REFUSED,
@@ -49,14 +49,6 @@ log = logging.getLogger(__name__)
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Headers = list[tuple[str, str]]
-
-
-def _content_length(value: str | None) -> int | None:
-    try:
-        length = int(value or "")
-    except ValueError:
-        return None
-    return length if length >= 0 else None
 
 
 def _host(address: str) -> tuple[str, str]:
@@ -160,7 +152,7 @@ class LoopFront:
                 ("content-type", "application/json"), ("content-length", str(len(body))),
                 *headers.items()], body)
             log_request("POST", PATH, status,
-                        _content_length(scope.headers.get("content-length")) or 0, started,
+                        parse_length(scope.headers.get("content-length")) or 0, started,
                         client_address(scope, self.proxies))
             return
         await self._wsgi(scope, protocol)
@@ -172,7 +164,7 @@ class LoopFront:
         if refused is not None:
             return refused
         try:
-            raw = await read_chunks(protocol, _content_length(scope.headers.get("content-length")),
+            raw = await read_chunks(protocol, parse_length(scope.headers.get("content-length")),
                                     self.limit)
         except TooLarge:
             return too_large(bridge)
@@ -201,13 +193,20 @@ class LoopFront:
         A body over the limit reaches the app as an empty body declaring its length, so the app's
         own 413 answers it (``bridge.web.body``)."""
         try:
-            body = await read_chunks(protocol, _content_length(scope.headers.get("content-length")),
+            body = await read_chunks(protocol, parse_length(scope.headers.get("content-length")),
                                      self.limit)
             environ = wsgi_environ(scope, body)
         except TooLarge:
             environ = wsgi_environ(scope, b"")
             environ["CONTENT_LENGTH"] = str(self.limit + 1)
         assert self.loop is not None
-        status, headers, answer = await self.loop.run_in_executor(self.pool, _call, self.app, environ)
+        try:
+            status, headers, answer = await self.loop.run_in_executor(
+                self.pool, _call, self.app, environ)
+        except Exception:  # Flask answers its own errors; this is what fails around it
+            log.exception("unexpected error while handling a request")
+            status, payload, _ = UNEXPECTED
+            answer = encode(payload)
+            headers = [("content-type", "application/json"), ("content-length", str(len(answer)))]
         protocol.response_bytes(status, headers, answer)
 
