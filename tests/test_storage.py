@@ -68,6 +68,43 @@ def test_a_large_body_dedupes_and_counts_as_a_small_one(store: Store, size: int)
     assert store.stats(T0)["pending"] == size
 
 
+@pytest.mark.parametrize("round_rows", [0, 64], ids=["each-body", "one-statement"])
+def test_a_round_of_bodies_is_counted_as_if_each_came_alone(store: Store, round_rows: int) -> None:
+    """``accept_many``, whether it puts the round in one statement or not: a key is accepted by the
+    first body that has it and is a duplicate in every other, a stored key is a duplicate, and each
+    body counts its own quarantine and types (a type with nothing new counts 0)."""
+    store.round_rows = round_rows  # type: ignore[attr-defined]
+    store.accept(items("old"), [], T0)
+    transactions: list[int] = []
+    write = store._write  # type: ignore[attr-defined]
+    store._write = lambda: (transactions.append(1), write())[1]  # type: ignore[attr-defined]
+    entry = QuarantineEntry("mailjet", "fp", '{"event":"x"}', "[]")
+    click = NewItem(SEGMENT_TRACK, "c", "click", "{}")
+    results = store.accept_many([
+        (items("a", "old"), [], T0),
+        ([*items("b", "a", "b"), click], [entry], T0 + 1),
+        ([], [entry], T0 + 2),
+        (items("old"), [], T0 + 3),
+    ])
+    assert [(r.accepted, r.duplicate, r.quarantined, r.accepted_by_type)  # type: ignore[union-attr]
+            for r in results] == [
+        (1, 1, 0, {"sent": 1}), (2, 2, 1, {"sent": 1, "click": 1}), (0, 0, 1, {}), (0, 1, 0, {"sent": 0})]
+    assert store.stats(T0 + 4)["pending"] == 4
+    assert len(store.quarantine_entries()) == 1
+    assert len(transactions) == 1  # one statement, or four bodies sharing one transaction
+
+
+def test_a_body_that_fails_in_a_round_fails_alone(store: Store) -> None:
+    """A body whose row the database refuses (PostgreSQL stores no NUL) fails on its own; the round's
+    other bodies are stored, whether the round went in one statement first or not."""
+    store.round_rows = 64  # type: ignore[attr-defined]
+    poison = NewItem(SEGMENT_TRACK, "bad\x00key", "sent", "{}")
+    first, bad, third = store.accept_many([(items("a"), [], T0), ([poison], [], T0), (items("b"), [], T0)])
+    assert isinstance(first, AcceptResult) and first.accepted == 1
+    assert isinstance(third, AcceptResult) and third.accepted == 1
+    assert isinstance(bad, BaseException) or bad.accepted == 1  # SQLite stores the NUL as it is
+
+
 def test_quarantine_is_stored_with_errors_once(store: Store) -> None:
     entry = QuarantineEntry("mailjet", "fp1", '{"event":"x"}', '[{"path":"$.event"}]')
     result = store.accept(items("a"), [entry, entry], T0)
