@@ -94,6 +94,21 @@ def test_a_round_of_bodies_is_counted_as_if_each_came_alone(store: Store, round_
     assert len(transactions) == 1  # one statement, or four bodies sharing one transaction
 
 
+def test_a_round_without_quarantine_is_one_statement(store: Store) -> None:
+    """A round of events only is one statement (on PostgreSQL in autocommit: one round trip), and
+    each body is still counted as if it came alone."""
+    store.round_rows = 64  # type: ignore[attr-defined]
+    store.accept(items("old"), [], T0)
+    calls: dict[str, int] = {"write": 0, "one": 0}
+    write, one = store._write, store._write_one_statement  # type: ignore[attr-defined]
+    store._write = lambda: (calls.__setitem__("write", calls["write"] + 1), write())[1]  # type: ignore[attr-defined]
+    store._write_one_statement = lambda: (calls.__setitem__("one", calls["one"] + 1), one())[1]  # type: ignore[attr-defined]
+    results = store.accept_many([(items("a", "old"), [], T0), (items("a", "b"), [], T0 + 1)])
+    assert [(r.accepted, r.duplicate) for r in results] == [(1, 1), (1, 1)]  # type: ignore[union-attr]
+    assert calls["one"] == 1 and calls["write"] <= 1  # no second try body by body
+    assert store.stats(T0 + 2)["pending"] == 3
+
+
 def test_a_body_that_fails_in_a_round_fails_alone(store: Store) -> None:
     """A body whose row the database refuses (PostgreSQL stores no NUL) fails on its own; the round's
     other bodies are stored, whether the round went in one statement first or not."""

@@ -117,6 +117,18 @@ class PostgresStore(SqlStore):
         with self._connection() as conn, conn.transaction(), conn.cursor() as cursor:
             yield _PgTx(cursor)
 
+    @contextmanager
+    def _write_one_statement(self) -> Iterator[Tx]:
+        """One statement in autocommit: one round trip, where BEGIN, the statement and COMMIT are
+        three (a statement is atomic and durable on its own, with ``synchronous_commit`` on)."""
+        with self._connection() as conn:
+            conn.autocommit = True
+            try:
+                with conn.cursor() as cursor:
+                    yield _PgTx(cursor)
+            finally:
+                conn.autocommit = False
+
     def _read(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
         with self._connection() as conn, conn.cursor() as cursor:
             cursor.execute(_q(sql), params or None)

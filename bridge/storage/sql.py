@@ -145,6 +145,10 @@ class SqlStore(Store):
         """Column names and rows of a query; raises StorageUnavailable."""
         raise NotImplementedError
 
+    def _write_one_statement(self) -> AbstractContextManager[Tx]:
+        """A write of one statement, which is atomic on its own: by default a transaction."""
+        return self._write()
+
     def _run_script(self, tx: Tx, script: str) -> None:
         raise NotImplementedError
 
@@ -192,8 +196,9 @@ class SqlStore(Store):
     ) -> list[AcceptResult | BaseException]:
         items = [item for body_items, _, _ in bodies for item in body_items]
         if len(bodies) > 1 and len(items) <= self.round_rows and not any(i.legacy_keys for i in items):
+            one_statement = not any(quarantined for _, quarantined, _ in bodies)
             try:
-                with self._write() as tx:
+                with self._write_one_statement() if one_statement else self._write() as tx:
                     return list(self._accept_round(tx, bodies))
             except Exception:  # each body again on its own, below: only a body that fails alone fails
                 log.debug("a round failed in one statement; each body again on its own")
