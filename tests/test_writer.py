@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -124,7 +125,7 @@ def test_no_writer_means_storage_unavailable_and_a_restarted_writer_is_reached_a
             assert (await client.accept([item(1)], [], 1.0)).accepted == 1
         # the writer stopped: the connection ends, and the next request finds no writer
         with pytest.raises(StorageUnavailable):
-            for _ in range(100):  # until the client has seen the connection end
+            for _ in range(100):  # until the client has seen the connection end (at most 1 s)
                 await client.accept([item(2)], [], 1.0)
                 await asyncio.sleep(0.01)
         with writer(store, path):
@@ -153,9 +154,10 @@ def test_requests_waiting_when_the_writer_goes_get_storage_unavailable(
     async def scenario() -> list[Any]:
         client = WriterClient(str(path))
         waiting = [asyncio.ensure_future(client.accept([item(n)], [], 1.0)) for n in range(3)]
-        await asyncio.sleep(0)
+        deadline = time.monotonic() + 10
         connection = client._connection
-        while connection is None or len(connection.pending) < 3:  # all three sent
+        while connection is None or len(connection.pending) < 3:  # until all three are sent
+            assert time.monotonic() < deadline, "the requests were not sent"
             await asyncio.sleep(0.01)
             connection = client._connection
         connection.writer.transport.abort()  # as if the writer process had been killed
