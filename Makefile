@@ -41,8 +41,8 @@ screenshots: install
 		find "$$tmp" -path '*/screenshots/*.png' -exec cp {} docs/img/ \; && \
 		echo "screenshots copied to docs/img/"
 
-# Every figure of docs/benchmarks.md's table (#11), with plots in docs/img/; about 15 minutes on 2 cores.
-# BENCH_QUICK=1 is a 2-minute smoke run (its plots go to bench/out/); bench/run.py lists the settings.
+# Every figure of docs/benchmarks.md's table (#11), with plots in docs/img/; about 8 minutes on 2 cores.
+# BENCH_QUICK=1 is a 1-minute smoke run (its plots go to bench/out/); bench/run.py lists the settings.
 bench: install $(BENCH_STAMP) wrk
 	$(BIN)/python bench/run.py
 

@@ -69,7 +69,13 @@ def test_concurrent_requests_share_commits_and_each_gets_its_own_answer(
         commits.append(1)
         return write()
 
+    def counted_one() -> AbstractContextManager[Any]:  # PostgreSQL's round of events only
+        commits.append(1)
+        return write_one()
+
+    write_one = store._write_one_statement  # type: ignore[attr-defined]
     store._write = counted  # type: ignore[attr-defined]
+    store._write_one_statement = counted_one  # type: ignore[attr-defined]
     path = socket_path(tmp_path)
 
     async def post_all() -> list[AcceptResult]:

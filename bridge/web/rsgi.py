@@ -142,8 +142,9 @@ class LoopFront:
             return
         started = time.perf_counter()
         if scope.method == "POST" and scope.path == PATH:
+            length = parse_length(scope.headers.get("content-length"))
             try:
-                status, payload, headers = await self._mailjet(scope, protocol)
+                status, payload, headers = await self._mailjet(scope, protocol, length)
             except Exception:
                 log.exception("unexpected error while handling a request")
                 status, payload, headers = UNEXPECTED
@@ -151,21 +152,18 @@ class LoopFront:
             protocol.response_bytes(status, [
                 ("content-type", "application/json"), ("content-length", str(len(body))),
                 *headers.items()], body)
-            log_request("POST", PATH, status,
-                        parse_length(scope.headers.get("content-length")) or 0, started,
-                        client_address(scope, self.proxies))
+            log_request("POST", PATH, status, length or 0, started, client_address(scope, self.proxies))
             return
         await self._wsgi(scope, protocol)
 
-    async def _mailjet(self, scope: Any, protocol: Any) -> Answer:
+    async def _mailjet(self, scope: Any, protocol: Any, length: int | None) -> Answer:
         """``mailjet_webhook.answer``, with the body read and the commit awaited on the loop."""
         bridge = self.bridge
         refused = caller_refused(bridge, scope.headers.get("authorization"))
         if refused is not None:
             return refused
         try:
-            raw = await read_chunks(protocol, parse_length(scope.headers.get("content-length")),
-                                    self.limit)
+            raw = await read_chunks(protocol, length, self.limit)
         except TooLarge:
             return too_large(bridge)
         intake = sorted_or_refused(bridge, raw)
