@@ -19,7 +19,6 @@ and how to dead-letter an item its upstream refused. Everything else lives here,
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import sys
@@ -30,6 +29,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from bridge.delivery import fastjson
 from bridge.delivery.pacing import Pacer, PacingPolicy
 from bridge.delivery.upstream import UpstreamError, Verdict
 from bridge.errors import StorageUnavailable
@@ -92,10 +92,15 @@ def halves(group: Sequence[T]) -> tuple[list[T], list[T]]:
 
 def stored_object(text: str) -> dict[str, Any]:
     """A stored payload as the JSON object it must be (a direction reads its items with this)."""
-    value = json.loads(text)
+    return read_stored(text)[0]
+
+
+def read_stored(text: str) -> tuple[dict[str, Any], bool]:
+    """``stored_object``, and whether orjson read it (``delivery/fastjson.py``)."""
+    value, by_orjson = fastjson.loads(text)
     if not isinstance(value, dict):
         raise TypeError(f"a stored item must be a JSON object, not {type(value).__name__}")
-    return value
+    return value, by_orjson
 
 
 def describe(exc: BaseException) -> str:

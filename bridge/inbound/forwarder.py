@@ -14,7 +14,6 @@ prepared, sent and marked in turn.
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
@@ -22,8 +21,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.delivery import fastjson
 from bridge.delivery.behind import Behind
-from bridge.delivery.loop import DeliveryLoop, Held, Round, run_until_stopped, stored_object
+from bridge.delivery.loop import DeliveryLoop, Held, Round, read_stored, run_until_stopped
 from bridge.delivery.pacing import PacingPolicy
 from bridge.delivery.prefetch import Prefetch
 from bridge.delivery.upstream import UpstreamError
@@ -50,29 +50,23 @@ class _Prepared:
     """One claimed event, mapped and encoded once for every attempt of this round."""
 
     item: ClaimedItem
-    call: str
     encoded: bytes
 
-
-#: Strict JSON (``allow_nan=False``): a non-finite number raises for its one event instead of reaching
-#: Segment. One encoder for every call, without the cycle check: a call is a tree built from parsed
-#: JSON, and a cycle would still fail its one event (RecursionError) rather than loop.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False,
-                            check_circular=False)
-
-
-def _encode(call: Mapping[str, Any]) -> str:
-    return _ENCODER.encode(call)
+    @property
+    def call(self) -> str:
+        """The call as the text it was sent as (kept by the mark, shown by the debugger)."""
+        return self.encoded.decode("utf-8")
 
 
 def _size(prepared: _Prepared) -> int:
     return len(prepared.encoded)
 
 
-def _parse(item: ClaimedItem, text: str) -> tuple[ClaimedItem, tuple[dict[str, Any], str | None]]:
-    """A stored event and its recipient's normalised email, read once."""
-    event = stored_object(text)
-    return item, (event, normalize_email(event.get("email")))
+def _parse(item: ClaimedItem, text: str,
+           ) -> tuple[ClaimedItem, tuple[dict[str, Any], str | None, bool]]:
+    """A stored event, its recipient's normalised email, and whether orjson read it, read once."""
+    event, by_orjson = read_stored(text)
+    return item, (event, normalize_email(event.get("email")), by_orjson)
 
 
 class Forwarder(DeliveryLoop[list[_Prepared]]):
@@ -138,20 +132,25 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         and the rest of the round goes on.
         """
         parsed, dead = self.isolate(_parse, ((i, i.payload) for i in items))
-        user_ids = self.store.user_ids_for({email for _, (_, email) in parsed if email})
+        user_ids = self.store.user_ids_for({email for _, (_, email, _) in parsed if email})
         names = self.event_names()
 
-        def prepare_one(item: ClaimedItem, read: tuple[dict[str, Any], str | None]) -> _Prepared | Outcome:
-            event, email = read
+        def prepare_one(item: ClaimedItem, read: tuple[dict[str, Any], str | None, bool],
+                        ) -> _Prepared | Outcome:
+            event, email, by_orjson = read
             user_id = user_ids.get(email) if email else None
-            # the stored key: a row keeps the messageId it was accepted with, whatever the rule now
-            call = _encode(track_call(event, event_names=names, user_id=user_id, key=item.dedupe_key))
-            encoded = call.encode("utf-8")
-            if len(encoded) > MAX_EVENT_BYTES:  # dead: labelled now (delivered rows by the janitor)
-                return Outcome(item.id, sent=call, recipient=recipient_of(event, email, item.dedupe_key),
+            # the stored key: a row keeps the messageId it was accepted with, whatever the rule now.
+            # Strict JSON: a non-finite number or a lone surrogate fails this one event.
+            prepared = _Prepared(item, fastjson.dumps(
+                track_call(event, event_names=names, user_id=user_id, key=item.dedupe_key),
+                by_orjson=by_orjson))
+            if len(prepared.encoded) > MAX_EVENT_BYTES:  # dead: labelled now (delivered rows by the janitor)
+                return Outcome(item.id, sent=prepared.call,
+                               recipient=recipient_of(event, email, item.dedupe_key),
                                message_ref=message_ref(event), error=(
-                                   f"event is {len(encoded):,} bytes, over Segment's 32 KB limit per event"))
-            return _Prepared(item, call, encoded)
+                                   f"event is {len(prepared.encoded):,} bytes, over Segment's 32 KB limit "
+                                   "per event"))
+            return prepared
 
         prepared, unsendable = self.isolate(prepare_one, parsed)
         return pack(prepared, _size), dead + unsendable
