@@ -125,6 +125,10 @@ class Protocol(Chunks):
         self.count = len(chunks)
         self.answer: Answer | None = None
 
+    async def __call__(self) -> bytes:
+        """The whole body at once (``await protocol()``), as granian reads a declared length."""
+        return b"".join([chunk async for chunk in self])
+
     def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         assert self.answer is None, "answered twice"
         self.answer = Answer(status, list(headers), body)

@@ -7,7 +7,8 @@ up front: it is read up to the limit, and one byte more means 413, never a silen
 
 ``read_body`` works on the WSGI environ alone: the Mailjet webhook reads its body without Flask
 (``bridge.web.mailjet_webhook``), the other routes through the hook registered here. Under
-``serve`` the webhook reads it on the event loop instead, with ``read_chunks`` (``bridge.web.rsgi``).
+``serve`` every body is read on the event loop instead (``bridge.web.rsgi.read_whole``): at once
+when its declared length is within the limit, else with ``read_chunks``.
 """
 
 from __future__ import annotations

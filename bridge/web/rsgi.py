@@ -115,6 +115,16 @@ def _call(app: WSGIApp, environ: dict[str, Any]) -> tuple[int, Headers, bytes]:
     return int(status[:3]), list(headers), body
 
 
+async def read_whole(protocol: Any, length: int | None, limit: int) -> bytes:
+    """The request's body. With a declared length within the limit, in one await: granian reads
+    exactly that many bytes and wakes the loop once, not once a chunk (single-event posts: 279-289
+    against 323-324 µs of the web processes' CPU a request, #11). Else chunk by chunk, within the
+    limit (``read_chunks``)."""
+    if length is not None and length <= limit:
+        return await protocol()  # type: ignore[no-any-return]
+    return await read_chunks(protocol, length, limit)
+
+
 class LoopFront:
     """An RSGI app: the Mailjet webhook on the event loop, everything else to ``app`` on threads."""
 
@@ -163,7 +173,7 @@ class LoopFront:
         if refused is not None:
             return refused
         try:
-            raw = await read_chunks(protocol, length, self.limit)
+            raw = await read_whole(protocol, length, self.limit)
         except TooLarge:
             return too_large(bridge)
         intake = sorted_or_refused(bridge, raw)
@@ -191,8 +201,8 @@ class LoopFront:
         A body over the limit reaches the app as an empty body declaring its length, so the app's
         own 413 answers it (``bridge.web.body``)."""
         try:
-            body = await read_chunks(protocol, parse_length(scope.headers.get("content-length")),
-                                     self.limit)
+            body = await read_whole(protocol, parse_length(scope.headers.get("content-length")),
+                                    self.limit)
             environ = wsgi_environ(scope, body)
         except TooLarge:
             environ = wsgi_environ(scope, b"")
