@@ -33,7 +33,7 @@ from bridge.app import create_app
 from bridge.server import APP_TURNS, TakingTurns
 from bridge.storage.sqlite import SQLiteStore
 from bridge.web.body import DRAIN_LIMIT, TooLarge, read_chunks
-from bridge.web.rsgi import LoopFront, client_address, wsgi_environ
+from bridge.web.rsgi import LoopFront, client_address, read_whole, wsgi_environ
 from tests.conftest import basic
 
 #: Hypothesis keeps caches in ``.hypothesis/`` of the working directory (the checkout): they go to a
@@ -284,6 +284,39 @@ def test_a_body_within_a_limit_above_drain_limit_is_read_whole(declared: bool) -
     got = len(asyncio.run(read_chunks(_gen([piece] * count),
                                       count * len(piece) if declared else None, 2 * DRAIN_LIMIT)))
     assert got == count * len(piece)
+
+
+class Whole(Protocol):
+    """A protocol whose ``await protocol()`` is counted: how ``read_whole`` took the body."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        super().__init__(chunks)
+        self.whole = 0
+
+    async def __call__(self) -> bytes:
+        self.whole += 1
+        return await super().__call__()
+
+
+@pytest.mark.parametrize(("length", "whole"), [(5, 1), (None, 0), (LIMIT + 1, 0)],
+                         ids=["declared-within", "chunked", "declared-over"])
+def test_read_whole_takes_a_declared_body_within_the_limit_in_one_await(length: int | None,
+                                                                         whole: int) -> None:
+    """One await (one wake-up of the loop) for a declared length within the limit; chunk by chunk,
+    within the limit and its drain rules, otherwise."""
+    protocol = Whole([b"he", b"llo", b""])
+    if length is not None and length > LIMIT:
+        with pytest.raises(TooLarge):
+            asyncio.run(read_whole(protocol, length, LIMIT))
+    else:
+        assert asyncio.run(read_whole(protocol, length, LIMIT)) == b"hello"
+    assert protocol.whole == whole
+
+
+def test_read_whole_refuses_more_than_the_limit_even_if_the_server_gave_it() -> None:
+    """HTTP's framing stops at the declared length; were more ever given, it is still refused."""
+    with pytest.raises(TooLarge):
+        asyncio.run(read_whole(Whole([b"x" * (LIMIT + 1)]), 10, LIMIT))
 
 
 # -- wsgi_environ ------------------------------------------------------------------------------
