@@ -405,6 +405,22 @@ def test_a_poison_event_is_a_dead_letter_and_its_batch_goes_on(rig: Rig) -> None
     assert rig.stats()["leased"] == rig.stats()["pending"] == 0
 
 
+def test_values_orjson_reads_differently_arrive_as_json_reads_them(rig: Rig) -> None:
+    """The forwarder reads and writes with orjson where it agrees with ``json``
+    (bridge/delivery/fastjson.py): an integer beyond 64 bits (a float to orjson), one just within
+    them, and floats reach Segment as ``json`` reads them; the integers as text, as any beyond what
+    JavaScript reads exactly."""
+    text = ('{"event":"sent","time":1700000000,"MessageID":5,"huge":123456789012345678901234567890,'
+            '"u64":18446744073709551615,"ratio":0.1,"big":1e16,"neg":-0.0,"nested":[{"f":2.5e-7}]}')
+    store_raw(rig, text)
+    assert rig.run() == 1
+    (call,) = rig.fake.accepted
+    props = call["properties"]
+    assert props["huge"] == "123456789012345678901234567890" and props["u64"] == "18446744073709551615"
+    assert (props["ratio"], props["big"], props["nested"]) == (0.1, 1e16, [{"f": 2.5e-7}])
+    assert str(props["neg"]) == "-0.0"
+
+
 def test_a_deep_payload_is_no_poison(rig: Rig) -> None:
     deep = {"event": "sent", "time": 1_700_000_000, "MessageID": 3, "Payload": "[" * 5000}
     store_raw(rig, json.dumps(deep), json.dumps(numbered(1)[0]))
