@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from granian.rsgi import ProtocolClosed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
@@ -311,6 +312,16 @@ def test_read_whole_takes_a_declared_body_within_the_limit_in_one_await(length: 
     else:
         assert asyncio.run(read_whole(protocol, length, LIMIT)) == b"hello"
     assert protocol.whole == whole
+
+
+def test_read_whole_reads_nothing_from_a_client_that_left() -> None:
+    """granian raises ProtocolClosed when the client leaves mid-body: an empty body (a 400, logged
+    as a bad body, to no one), never an unexpected error."""
+    class Left(Whole):
+        async def __call__(self) -> bytes:
+            raise ProtocolClosed("RSGI transport is closed")
+
+    assert asyncio.run(read_whole(Left([b"{"]), 1000, LIMIT)) == b""
 
 
 def test_read_whole_refuses_more_than_the_limit_even_if_the_server_gave_it() -> None:

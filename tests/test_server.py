@@ -7,6 +7,7 @@ traffic stays on 127.0.0.1.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -276,7 +277,17 @@ def test_chunked_bodies_and_flask_routes_through_serve(serve: Callable[..., Serv
     assert admin.status_code == 302 and admin.headers["Location"].startswith("/admin/login")
     login = requests.get(f"{served.url}/admin/login", timeout=10)
     assert login.status_code == 200 and 'name="csrf_token"' in login.text
+    # a client that leaves in the middle of a declared body: logged as a bad body, never an error
+    basic = base64.b64encode(":".join(AUTH).encode()).decode()
+    for path in ("/webhooks/mailjet", "/admin/login"):
+        with socket.create_connection(("127.0.0.1", served.port), timeout=5) as gone:
+            gone.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {basic}\r\n"
+                         "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"event\":".encode())
+    poll(lambda: sum(1 for r in served.log() if r.get("logger") == "bridge.access"
+                     and r.get("method") == "POST" and r.get("status") == 400) >= 2, 10,
+         "the two requests whose clients left to be logged")
     assert "Traceback" not in served.process.output()
+    assert not [r for r in served.log() if r.get("level") == "error"]
 
 
 def test_a_killed_writer_loses_nothing_answered_200_and_comes_back(

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from granian.rsgi import ProtocolClosed
 from werkzeug.http import parse_list_header
 
 from bridge.errors import StorageUnavailable
@@ -121,7 +122,10 @@ async def read_whole(protocol: Any, length: int | None, limit: int) -> bytes:
     against 323-324 µs of the web processes' CPU a request, #11). Else chunk by chunk, within the
     limit (``read_chunks``)."""
     if length is not None and length <= limit:
-        body: bytes = await protocol()
+        try:
+            body: bytes = await protocol()
+        except ProtocolClosed:  # the client left mid-body: no body, and no one to answer (a 400 is
+            return b""  # logged, as for a body cut short; never an error with a traceback)
         if len(body) > limit:  # not with HTTP's framing; refused all the same if it ever were
             raise TooLarge
         return body
