@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from functools import cache
 from importlib import resources
 from typing import Any, Protocol, TypeVar
 
@@ -125,6 +126,26 @@ INSERT_QUARANTINE = ("INSERT INTO quarantine (source, fingerprint, body, errors,
                      "VALUES (?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO NOTHING")
 
 
+@cache
+def _insert_items(rows: int, returning: str = "") -> str:
+    """The INSERT of ``rows`` outbox rows, written once a count (``_chunks`` keeps counts few)."""
+    return INSERT_ITEMS.format(rows=",".join([ITEM_MARKS] * rows)) + returning
+
+
+def _item_rows(items: Iterable[NewItem], now: float) -> list[tuple[Any, ...]]:
+    """Items as ``ITEM_MARKS`` rows: due now, created now."""
+    return [(i.kind, i.dedupe_key, i.event_time, i.event_type, i.payload, now, now) for i in items]
+
+
+def _quarantine_rows(quarantined: Iterable[QuarantineEntry], now: float) -> list[tuple[Any, ...]]:
+    return [(q.source, q.fingerprint, q.body, q.errors, now) for q in quarantined]
+
+
+def _flat(rows: Iterable[Sequence[Any]]) -> list[Any]:
+    """A multi-row statement's parameters."""
+    return [value for row in rows for value in row]
+
+
 class SqlStore(Store):
     dialect = ""
     #: A body's items of one type go in multi-row INSERTs (of ROWS_PER_STATEMENT at most) up to
@@ -211,10 +232,9 @@ class SqlStore(Store):
     ) -> bool:
         """Whether a round goes in one statement: several small bodies, on a store that gains by it
         (never on SQLite, so its rounds pay nothing for asking), and no legacy keys to look up."""
-        if len(bodies) < 2 or not self.round_rows:
+        if len(bodies) < 2 or sum(len(items) for items, _, _ in bodies) > self.round_rows:
             return False
-        items = [item for body_items, _, _ in bodies for item in body_items]
-        return len(items) <= self.round_rows and not any(i.legacy_keys for i in items)
+        return not any(i.legacy_keys for items, _, _ in bodies for i in items)
 
     def _accept_round(
         self, tx: Tx, bodies: Sequence[tuple[Sequence[NewItem], Sequence[QuarantineEntry], float]],
@@ -222,16 +242,14 @@ class SqlStore(Store):
         """Many small bodies' items in one statement (one round trip, not one a body), each body
         counted as if accepted on its own, in order: a key is accepted by the first body that has
         it, if the statement inserted it, and a duplicate everywhere else."""
-        rows = [(i.kind, i.dedupe_key, i.event_time, i.event_type, i.payload, now, now)
-                for items, _, now in bodies for i in items]
+        rows = [row for items, _, now in bodies for row in _item_rows(items, now)]
         inserted: set[tuple[Any, ...]] = set()
         for chunk in _chunks(rows):
             inserted.update(map(tuple, tx.execute(
-                INSERT_ITEMS.format(rows=",".join([ITEM_MARKS] * len(chunk)))
-                + " RETURNING kind, event_time, dedupe_key",
-                [value for row in chunk for value in row]).fetchall()))
-        quarantine = [(q.source, q.fingerprint, q.body, q.errors, now)
-                      for _, quarantined, now in bodies for q in quarantined]
+                _insert_items(len(chunk), " RETURNING kind, event_time, dedupe_key"),
+                _flat(chunk)).fetchall()))
+        quarantine = [row for _, quarantined, now in bodies
+                      for row in _quarantine_rows(quarantined, now)]
         if quarantine:
             tx.executemany(INSERT_QUARANTINE, quarantine)
         results = []
@@ -264,20 +282,16 @@ class SqlStore(Store):
                 [(email, user_id, now + n * 1e-6) for n, (user_id, email) in enumerate(identities)],
             )
         for event_type, group in by_type.items():
-            rows = [(i.kind, i.dedupe_key, i.event_time, i.event_type, i.payload, now, now)
-                    for i in group]
+            rows = _item_rows(group, now)
             if len(rows) > self.values_rows:
                 accepted_by_type[event_type] = tx.executemany(INSERT_ITEM, rows)
                 continue
             # One statement of many rows, not executemany: per row, half the cost in SQLite (#11).
             # A row repeated as padding conflicts with itself and is not counted.
-            accepted_by_type[event_type] = sum(tx.execute(
-                INSERT_ITEMS.format(rows=",".join([ITEM_MARKS] * len(chunk))),
-                [value for row in chunk for value in row],
-            ).rowcount for chunk in _chunks(rows))
+            accepted_by_type[event_type] = sum(
+                tx.execute(_insert_items(len(chunk)), _flat(chunk)).rowcount for chunk in _chunks(rows))
         if quarantined:
-            tx.executemany(INSERT_QUARANTINE,
-                           [(q.source, q.fingerprint, q.body, q.errors, now) for q in quarantined])
+            tx.executemany(INSERT_QUARANTINE, _quarantine_rows(quarantined, now))
         if dead:
             self._insert_dead(tx, dead, now)
         accepted = sum(accepted_by_type.values())
