@@ -47,12 +47,13 @@ bench: install $(BENCH_STAMP) wrk
 	$(BIN)/python bench/run.py
 
 # The older single-purpose benchmarks (accept path under gunicorn, in-process steps, the Engage
-# burst, slow clients against each candidate server).
+# burst, slow clients against each candidate server, what each forwarder design could reach).
 bench-more: install wrk
 	$(BIN)/python bench/accept.py
 	$(BIN)/python bench/components.py
 	$(BIN)/python bench/identify_burst.py
 	$(BIN)/python bench/slow_clients.py
+	$(BIN)/python bench/r3_ceiling.py
 
 $(BENCH_STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,postgres,bench]'
