@@ -182,7 +182,8 @@ def worker() -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     threads = start_loops(bridge.loops(), stop)
-    stop.wait()
+    while not stop.wait(1.0):  # a timeout: a signal that another thread took runs its
+        pass  # handler only once this thread is back in Python
     # Graceful: each loop finishes its round or gives its leases back; all within the 10 s budget.
     deadline = time.monotonic() + SHUTDOWN_SECONDS
     for thread in threads:

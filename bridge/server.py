@@ -182,22 +182,26 @@ def web_app() -> LoopFront:
     from bridge.app import create_app
     from bridge.storage.writer import WriterClient
     from bridge.web.rsgi import LoopFront
+    from bridge.web.stopping import in_web_process, loop_listens
 
+    in_web_process()
     app = create_app()
     path = os.environ.get(WRITER_SOCKET_ENV)
     return LoopFront(TakingTurns(app, APP_TURNS), app.extensions["bridge"], REQUEST_THREADS,
-                     WriterClient(path) if path else None)
+                     WriterClient(path) if path else None, on_init=loop_listens)
 
 
 def _serve_web(host: str, port: int, workers: int) -> None:
     """The web server's main process: granian, with ``workers`` web processes that it restarts."""
     # Until granian sets its own handlers: SIGTERM ends this process at once (nothing is served yet),
-    # and Ctrl-C is left to the supervisor, which sends SIGTERM.
+    # and Ctrl-C is left to the supervisor, which sends SIGTERM; after, bridge.web.stopping's rules.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from granian.constants import Interfaces, Loops
     from granian.log import LogLevels
     from granian.server import Server
+
+    from bridge.web.stopping import hear_stop_signals
 
     server = Server(
         "bridge.server:web_app", address=host, port=port, interface=Interfaces.RSGI,
@@ -205,6 +209,7 @@ def _serve_web(host: str, port: int, workers: int) -> None:
         websockets=False, log_level=LogLevels.info, log_dictconfig=LOGGING,
         respawn_failed_workers=True, workers_kill_timeout=WEB_KILL_SECONDS,
     )
+    hear_stop_signals(server)
     server.serve(target_loader=web_app, wrap_loader=False)
 
 

@@ -41,6 +41,7 @@ def test_the_units_run_the_web_alone_and_the_worker() -> None:
     worker = (DEPLOY / "mailjet-bridge-worker.service").read_text()
     assert f"ExecStart={INSTALLED} serve --web-only" in web
     assert f"ExecStart={INSTALLED} worker" in worker
+    assert "KillMode=mixed" in web  # serve stops its own processes, in order
     for unit in (web, worker):
         assert "EnvironmentFile=/etc/mailjet-bridge/bridge.env" in unit
         assert "KillSignal=SIGTERM" in unit and "Restart=always" in unit

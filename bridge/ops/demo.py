@@ -198,7 +198,8 @@ def run(environ: Mapping[str, str], echo: Callable[[str], None]) -> int:
             if not stop.is_set():
                 demo.post_samples()
                 demo.welcome()
-            stop.wait()
+            while not stop.wait(1.0):  # a timeout: a signal that another thread took runs its
+                pass  # handler only once this thread is back in Python
             echo("stopping the demo...")
         except (RuntimeError, requests.RequestException) as exc:
             echo(f"demo failed: {exc}")

@@ -136,8 +136,11 @@ class LoopFront:
     """An RSGI app: the Mailjet webhook on the event loop, everything else to ``app`` on threads."""
 
     def __init__(self, app: WSGIApp, bridge: Bridge, threads: int,
-                 writer: WriterClient | None = None) -> None:
+                 writer: WriterClient | None = None,
+                 on_init: Callable[[asyncio.AbstractEventLoop], None] | None = None) -> None:
         self.app = app
+        #: Called with the loop once the worker has set it up (``serve``: how it hears signals).
+        self.on_init = on_init
         self.bridge = bridge
         self.writer = writer
         self.threads = threads
@@ -149,6 +152,8 @@ class LoopFront:
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="web")
+        if self.on_init is not None:
+            self.on_init(loop)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.pool is not None:
