@@ -100,7 +100,7 @@ def loop_listens(loop: asyncio.AbstractEventLoop) -> None:
             loop_handler(signum, frame)
 
     def running() -> None:
-        signal.signal(signal.SIGTERM, loop_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if loop_handler is None else loop_handler)
         if _stop_asked:
             os.kill(os.getpid(), signal.SIGTERM)
 
