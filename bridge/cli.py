@@ -20,6 +20,7 @@ from bridge import logs
 from bridge.config import STORED_SETTINGS, Settings, load_settings
 from bridge.errors import ConfigError, StorageUnavailable
 from bridge.metrics import MULTIPROCESS_ENV
+from bridge.signals import stopped_by_first
 
 if TYPE_CHECKING:
     from bridge.wiring import Bridge
@@ -176,11 +177,7 @@ def worker() -> None:
     _warn_at_start(bridge)
     stop = threading.Event()
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stopped_by_first(lambda _signum: stop.set())
     threads = start_loops(bridge.loops(), stop)
     while not stop.wait(1.0):  # a timeout: a signal that another thread took runs its
         pass  # handler only once this thread is back in Python
@@ -204,7 +201,7 @@ def writer() -> None:
         sys.exit(2)
     bridge = _build(_settings())
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    stopped_by_first(lambda _signum: stop.set(), [signal.SIGTERM])
     # Ctrl-C reaches the whole process group: serve stops the web processes first, then this one
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

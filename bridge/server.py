@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from bridge.config import Settings
 from bridge.metrics import mark_process_dead
+from bridge.signals import stopped_by_first
 from bridge.storage.group_commit import turn_lent
 
 if TYPE_CHECKING:
@@ -240,7 +241,15 @@ class ChildProcess:
         self.restart_at: float | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bridge", self.command])
+        """Started with SIGINT blocked, which it keeps through exec: Ctrl-C reaches the whole process
+        group, but serve stops its children itself (SIGTERM, in order), and one that came while the
+        child was still importing was a KeyboardInterrupt traceback. Blocked, not ignored, here:
+        a Ctrl-C meanwhile waits for serve instead of being lost."""
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "bridge", self.command])
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self.started = time.monotonic()
         self.restart_at = None
         log.info("%s process started", self.name, extra={"pid": self.proc.pid})
@@ -324,12 +333,7 @@ class BridgeServer:
         """Serve until asked to stop (exit code 0), or until the web server ends by itself (1, or
         NEVER_LISTENED when it never listened). ``on_listening`` is called once the port accepts."""
         stop = threading.Event()
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            stop.set()
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, on_signal)
+        stopped_by_first(lambda _signum: stop.set())
         with tempfile.TemporaryDirectory(prefix="mailjet-bridge-") as private:  # mode 0700
             os.environ[WRITER_SOCKET_ENV] = os.path.join(private, "writer.sock")
             try:

@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "bridge"
 
 #: Each part of the bridge and its layer: a part may import only from parts of a lower layer.
 LAYERS: dict[str, int] = {
-    "bridge": 0, "errors": 0, "logs": 0,
+    "bridge": 0, "errors": 0, "logs": 0, "signals": 0,
     "storage": 1,
     "payloads": 2, "delivery": 2, "metrics": 2,
     "inbound": 3, "outbound": 3,

@@ -19,6 +19,7 @@ MAIN = """
 import os, signal, sys, threading, time
 import uvloop
 from bridge.web import stopping
+from bridge.signals import STOPS
 
 class Server:
     def __init__(self):
@@ -29,7 +30,7 @@ class Server:
 
 server = Server()
 stopping.hear_stop_signals(server)
-for sig in stopping.STOPS:  # what granian's set_main_signals does as it starts
+for sig in STOPS:  # what granian's set_main_signals does as it starts
     signal.signal(sig, server.signal_handler_interrupt)
 """
 
@@ -39,10 +40,11 @@ WEB_LOOP = """
 import asyncio, os, signal
 import uvloop
 from bridge.web import stopping
+from bridge.signals import STOPS
 
 loop = uvloop.new_event_loop()
 stopped = loop.create_future()
-for sig in stopping.STOPS:
+for sig in STOPS:
     loop.add_signal_handler(sig, lambda s=sig: stopped.done() or stopped.set_result(s))
 stopping.loop_listens(loop)
 """
@@ -77,10 +79,10 @@ os.kill(os.getpid(), signal.SIGINT)
 os.kill(os.getpid(), signal.SIGTERM)
 server.main_loop_interrupt.wait(10)
 time.sleep(0)  # let a pending handler run
-print(server.calls[0], [signal.getsignal(s).__name__ for s in stopping.STOPS])
+print(server.calls[0], [signal.getsignal(s).__name__ for s in STOPS])
 """)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["2", "['_heard',", "'_heard']"]
+    assert done.stdout.split() == ["2", "['heard',", "'heard']"]
     assert done.stderr == ""
 
 
@@ -97,7 +99,7 @@ if pid == 0:
     os.kill(os.getpid(), signal.SIGTERM)
     loop = uvloop.new_event_loop()
     stopped = loop.create_future()
-    for sig in stopping.STOPS:  # what granian's set_loop_signals does
+    for sig in STOPS:  # what granian's set_loop_signals does
         loop.add_signal_handler(sig, lambda s=sig: stopped.done() or stopped.set_result(s))
     stopping.loop_listens(loop)
     try:

@@ -21,11 +21,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import requests
 
 from bridge.ops.demo_sinks import MailjetSink, SegmentSink
+from bridge.signals import stopped_by_first
 
 SAMPLES = Path(__file__).with_name("demo_samples.json")
 #: Fixed, so the README's curl lines work as they are; the server listens on loopback only.
@@ -186,10 +186,7 @@ def run(environ: Mapping[str, str], echo: Callable[[str], None]) -> int:
     """The demo until SIGINT or SIGTERM; 0 when everything stopped cleanly."""
     stop = threading.Event()
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = stopped_by_first(lambda _signum: stop.set())
     demo = Demo(environ, echo)
     try:  # the handlers stay until everything is stopped: a second Ctrl-C is no traceback either
         try:

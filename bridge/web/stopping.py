@@ -31,7 +31,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-STOPS = (signal.SIGINT, signal.SIGTERM)
+from bridge.signals import STOPS, heard
+
 #: A SIGTERM reached this web process before its event loop listened for signals.
 _stop_asked = False
 
@@ -67,15 +68,11 @@ def _first_only(granian_handler: Callable[..., Any]) -> Callable[[int, Any], Non
         if os.getpid() != main:
             _stop_asked = _stop_asked or signum == signal.SIGTERM
             return
-        for stop in STOPS:  # first: a second signal would re-enter the handler. Not SIG_IGN:
-            signal.signal(stop, _heard)  # one taken by another thread meanwhile prints an error
+        for stop in STOPS:  # first: a second signal would re-enter the handler (bridge.signals)
+            signal.signal(stop, heard)
         granian_handler(signum, frame)
 
     return on_signal
-
-
-def _heard(signum: int, frame: Any) -> None:
-    """A stop signal after the first: granian is already stopping."""
 
 
 def in_web_process() -> None:
