@@ -25,6 +25,7 @@ process commits its own requests.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import multiprocessing
@@ -37,6 +38,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bridge.config import Settings
@@ -229,6 +231,27 @@ def address_problem(host: str, port: int) -> str | None:
     return None
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc (none if /proc cannot be read)."""
+    children: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:  # ended meanwhile
+                continue
+            parent = int(stat[stat.rindex(")") + 2:].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
 class ChildProcess:
     """A ``mailjet-bridge`` command as a child process, started again whenever it dies."""
 
@@ -384,8 +407,12 @@ class BridgeServer:
             web.join(max(0.0, deadline - time.monotonic()))
             if web.exitcode is None:
                 log.warning("web server still running after %.0f s; killed", SHUTDOWN_SECONDS)
+                web_processes = descendants(web.pid) if web.pid is not None else []
                 web.kill()
                 web.join()
+                for pid in web_processes:  # granian's web processes outlive its main process
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
             writer.terminate()  # last: the web processes' requests in flight were its to commit
             delivery.wait(deadline)
             writer.wait(deadline)

@@ -235,6 +235,39 @@ def test_ctrl_c_right_after_start_stops_every_process_at_once(tmp_path: Path) ->
         assert not [word for word in noise if word in output], (attempt, output)
 
 
+def test_a_web_server_that_hangs_is_killed_with_its_web_processes(serve: Callable[..., Served]) -> None:
+    """serve kills granian's main process if it has not stopped 10 s after SIGTERM (here it is
+    stopped with SIGSTOP); its web processes, which would outlive it and keep the port, go too."""
+    served = serve()
+    main = int(poll(lambda: next((e["msg"].rsplit(" ", 1)[-1].rstrip(")") for e in served.log()
+                                  if e.get("msg", "").startswith("Starting granian (main PID")), None),
+                    10, "granian's main pid"))
+    workers = [int(e["msg"].rsplit(" ", 1)[-1]) for e in served.log()
+               if e.get("msg", "").startswith("Spawning worker-")]
+    assert len(workers) == 2, served.process.output()
+    os.kill(main, signal.SIGSTOP)
+    try:
+        os.kill(served.process.proc.pid, signal.SIGTERM)
+        assert served.process.wait(30) == 0, served.process.output()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(main, signal.SIGCONT)
+    assert "web server still running after 10 s; killed" in served.process.output()
+
+    def gone(pid: int) -> bool:  # ended; a zombie only waits for a parent to reap it
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            return True
+
+    try:
+        poll(lambda: all(gone(pid) for pid in workers), 10, "the web processes to end")
+    finally:  # leave no process behind, even when this fails
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_the_delivery_process_forwards_and_comes_back_when_it_dies(
         serve: Callable[..., Served], fake_segment: FakeSegment) -> None:
     served = serve()
