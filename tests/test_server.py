@@ -375,7 +375,8 @@ def test_a_killed_writer_loses_nothing_answered_200_and_comes_back(
         os.kill(writer, signal.SIGKILL)
         poll(lambda: len(served.pids("writer")) == 2, 20, "a new writer process")
         seen = len(answers)
-        poll(lambda: sum(1 for n, code in answers.items() if n > seen and code == 200) >= 10, 20,
+        # a copy made in one step: the posters add to answers meanwhile
+        poll(lambda: sum(1 for n, code in list(answers.items()) if n > seen and code == 200) >= 10, 20,
              "posts answered 200 by the new writer")
     finally:
         stop.set()
