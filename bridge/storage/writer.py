@@ -124,12 +124,17 @@ class WriterServer:
 
     def serve(self, stop: threading.Event, parent: int | None = None) -> None:
         """Until ``stop`` is set, or the process ``parent`` has gone. What was read is answered."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        # bound and listening under another name, then renamed into place: a web process that
+        # finds the path connects (between bind and listen it was refused: a 503, a failed test)
+        staged = f"{self.path}.{os.getpid()}"
+        for stale in (self.path, staged):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(self.path)
-        os.chmod(self.path, 0o600)
+        listener.bind(staged)
+        os.chmod(staged, 0o600)
         listener.listen(64)
+        os.replace(staged, self.path)
         listener.setblocking(False)
         selector = selectors.DefaultSelector()
         selector.register(listener, selectors.EVENT_READ)
