@@ -107,6 +107,11 @@ def test_a_round_without_quarantine_is_one_statement(store: Store) -> None:
     assert [(r.accepted, r.duplicate) for r in results] == [(1, 1), (1, 1)]  # type: ignore[union-attr]
     assert calls["one"] == 1 and calls["write"] <= 1  # no second try body by body
     assert store.stats(T0 + 2)["pending"] == 3
+    # a lone body (most rounds of single events) goes the same way, duplicates within it counted
+    writes = calls["write"]
+    (alone,) = store.accept_many([(items("c", "c", "old"), [], T0 + 2)])
+    assert (alone.accepted, alone.duplicate, alone.accepted_by_type) == (1, 2, {"sent": 1})  # type: ignore[union-attr]
+    assert calls["one"] == 2 and calls["write"] <= writes + 1
 
 
 def test_a_body_that_fails_in_a_round_fails_alone(store: Store) -> None:

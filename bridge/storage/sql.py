@@ -230,9 +230,12 @@ class SqlStore(Store):
     def _one_round(
         self, bodies: Sequence[tuple[Sequence[NewItem], Sequence[QuarantineEntry], float]],
     ) -> bool:
-        """Whether a round goes in one statement: several small bodies, on a store that gains by it
-        (never on SQLite, so its rounds pay nothing for asking), and no legacy keys to look up."""
-        if len(bodies) < 2 or sum(len(items) for items, _, _ in bodies) > self.round_rows:
+        """Whether a round goes in one statement: small bodies, on a store that gains by it (never on
+        SQLite, so its rounds pay nothing for asking), and no legacy keys to look up. A lone body
+        too: on PostgreSQL, in autocommit, that is one round trip instead of BEGIN, its statements
+        and COMMIT (#11: `serve`, single events, A/B, 3 pairs: 1,702 / 1,531 / 1,652 → 1,730 /
+        1,776 / 1,704 req/s, the writer's CPU 264-296 → 248-260 µs a request)."""
+        if not bodies or sum(len(items) for items, _, _ in bodies) > self.round_rows:
             return False
         return not any(i.legacy_keys for items, _, _ in bodies for i in items)
 
