@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.app import create_app
 from bridge.config import load_settings
-from bridge.logs import JsonFormatter, RedactSecrets
+from bridge.logs import JsonFormatter, RedactSecrets, log_line
 from tests.fakes.segment import FakeSegment, Scripted
 
 
@@ -72,6 +72,54 @@ def test_json_lines_carry_extra_fields_and_never_a_secret() -> None:
     assert line["msg"] == "key is [redacted]" and line["note"] == "also [redacted] here"
     assert line["path"] == "/webhooks/mailjet" and line["level"] == "info"
     assert line["logger"] == "bridge.access" and line["ts"].endswith("+00:00")
+
+
+@pytest.fixture
+def root_handler() -> Any:
+    """The root logger as ``configure`` and ``guard_secrets`` leave it, writing to a buffer; the
+    logger put back as it was afterwards."""
+    import io
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    handler = logging.StreamHandler(io.StringIO())
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactSecrets(lambda: ["wk-abcdef"]))
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    yield handler
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_a_line_written_directly_is_the_line_logging_writes(root_handler: Any) -> None:
+    """``log_line`` skips ``logging``'s machinery where the line's only way out is our handler:
+    the same JSON, fields in the same order, the same secrets redacted, the level honoured."""
+    access = logging.getLogger("bridge.access")
+    fields = {"method": "POST", "path": "/x/wk-abcdef", "status": 200, "ms": 1.5, "client": None}
+    log_line(access, logging.INFO, "request wk-abcdef", fields)
+    access.info("request wk-abcdef", extra=fields)
+    log_line(access, logging.DEBUG, "not written", fields)
+    direct, logged = [json.loads(line) for line in root_handler.stream.getvalue().splitlines()]
+    assert direct.pop("ts")[:19] == logged.pop("ts")[:19]
+    assert list(direct.items()) == list(logged.items())
+    assert direct["msg"] == "request [redacted]" and direct["path"] == "/x/[redacted]"
+    assert fields["path"] == "/x/wk-abcdef"  # the caller's fields are left as they were
+
+
+def test_a_line_goes_through_logging_where_something_else_listens(root_handler: Any) -> None:
+    """Another handler (pytest's capture, an operator's own) or a filter on the way: logging as usual."""
+    seen: list[logging.LogRecord] = []
+    listener = logging.Handler()
+    listener.emit = seen.append  # type: ignore[method-assign]
+    access = logging.getLogger("bridge.access")
+    access.addHandler(listener)
+    try:
+        log_line(access, logging.INFO, "request", {"status": 200})
+    finally:
+        access.removeHandler(listener)
+    assert [r.status for r in seen] == [200]  # type: ignore[attr-defined]
+    assert json.loads(root_handler.stream.getvalue())["status"] == 200
 
 
 def test_one_access_line_per_request_without_credentials(client: Any, auth: dict[str, str],

@@ -8,6 +8,7 @@ import time
 from flask import Blueprint, Flask, Response, g, request
 
 from bridge.errors import StorageUnavailable
+from bridge.logs import log_line
 from bridge.ops.overview import delivery_states
 from bridge.web.current import current_bridge
 from bridge.web.errors import json_error
@@ -38,7 +39,7 @@ def log_request(method: str, path: str, status: int, bytes_in: int, started: flo
     """Method, path, status, size and time only: never headers, query strings or bodies."""
     if not access.isEnabledFor(logging.INFO):
         return
-    access.info("request", extra={
+    log_line(access, logging.INFO, "request", {
         "method": method, "path": path, "status": status, "bytes_in": bytes_in,
         "ms": round((time.perf_counter() - started) * 1000, 2) if started else None,
         "client": client,
