@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install run demo test test-fast screenshots lint bench bench-more wrk clean
+.PHONY: install run demo test test-fast screenshots lint bench bench-docs bench-more wrk clean
 
 install: $(STAMP)
 
@@ -41,10 +41,14 @@ screenshots: install
 		find "$$tmp" -path '*/screenshots/*.png' -exec cp {} docs/img/ \; && \
 		echo "screenshots copied to docs/img/"
 
-# Every figure of docs/benchmarks.md's table (#11), with plots in docs/img/; about 8 minutes on 2 cores.
-# BENCH_QUICK=1 is a 1-minute smoke run (its plots go to bench/out/); bench/run.py lists the settings.
+# Every figure of docs/benchmarks.md's table (#11), with its plots in bench/out/ (not tracked); about
+# 8 minutes on 2 cores. BENCH_QUICK=1 is a 1-minute smoke run; bench/run.py lists the settings.
 bench: install $(BENCH_STAMP) wrk
 	$(BIN)/python bench/run.py
+
+# The same run, its plots written over docs/img/'s (what docs/benchmarks.md shows).
+bench-docs: install $(BENCH_STAMP) wrk
+	BENCH_PLOT_DIR=docs/img $(BIN)/python bench/run.py
 
 # The older single-purpose benchmarks (accept path under gunicorn, in-process steps, the Engage
 # burst, slow clients against each candidate server, what each forwarder design could reach).

@@ -21,7 +21,7 @@ BENCH_ROUNDS (3), BENCH_SECONDS (wrk seconds, 8), BENCH_CONNS (8), BENCH_BODIES 
 BENCH_BACKLOG_R3 (200000), BENCH_BACKLOG (R5, 1000000), BENCH_R4_SECONDS (20), BENCH_SWEEP
 ("250,500,1000,2000,4000,8000,16000" events/s), BENCH_SWEEP_SECONDS (10), BENCH_PEER (1; 0 skips the peer),
 BENCH_R5_TIMEOUT (600 s), BENCH_PG_URL, BENCH_ONLY (a comma list of http,r3,r4,r5), BENCH_PLOT_DIR
-(docs/img; bench/out when quick). Results: bench/out/results.md and results.json (not tracked).
+(bench/out; `make bench-docs` sets docs/img). Results: bench/out/results.md and results.json (not tracked).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ SWEEP_SECONDS = float(_env("BENCH_SWEEP_SECONDS", "10", "3"))
 PEER = os.environ.get("BENCH_PEER", "1") != "0"
 ONLY = {p for p in os.environ.get("BENCH_ONLY", "http,r3,r4,r5").split(",") if p}
 OUT = HERE / "out"
-PLOT_DIR = Path(os.environ.get("BENCH_PLOT_DIR") or (OUT if QUICK else ROOT / "docs" / "img"))
+PLOT_DIR = Path(os.environ.get("BENCH_PLOT_DIR") or OUT)
 PEER_VENV = HERE / ".peer-venv"
 PEER_PACKAGES = ["flask", "gunicorn", "jsonschema", "segment-analytics-python"]
 WRITE_KEY = "bench-write-key"
@@ -639,7 +639,7 @@ def detail_tables(results: dict[str, Any]) -> list[str]:
 
 
 def plots(results: dict[str, Any]) -> list[Path]:
-    """docs/img/bench-throughput.png and bench-rss.png (or PLOT_DIR)."""
+    """bench-throughput.png and bench-rss.png in PLOT_DIR (bench/out, or docs/img for make bench-docs)."""
     try:
         import matplotlib
 
