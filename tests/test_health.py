@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from bridge.app import create_app
 from bridge.config import Settings, load_settings
+from bridge.storage.base import NewItem
+from bridge.web import health
+from bridge.web.health import COUNT_LIMIT
 
 
 def test_healthy_bridge_reports_queue_and_delivery_state(client: Any) -> None:
@@ -18,6 +22,19 @@ def test_healthy_bridge_reports_queue_and_delivery_state(client: Any) -> None:
     assert body["segment"]["state"] == "starting"
     assert set(body["queue"]) >= {"pending", "leased", "delivered", "dead", "quarantined",
                                   "oldest_pending_age_seconds"}
+    assert body["queue"]["counted_up_to"] == COUNT_LIMIT
+
+
+def test_a_probe_stops_counting_a_backlog_and_says_so(client: Any, monkeypatch: Any) -> None:
+    """A load balancer's probe costs the same with a backlog of millions: the counts stop at the
+    limit (10,000; 3 here), which the answer gives."""
+    store = client.application.extensions["bridge"].store
+    store.accept([NewItem("segment_track", f"k{n}", "sent", "{}") for n in range(5)], [], time.time())
+    monkeypatch.setattr(health, "COUNT_LIMIT", 3)
+    queue = client.get("/healthz?scope=accept").json["queue"]
+    assert (queue["pending"], queue["counted_up_to"]) == (3, 3)
+    assert queue["stuck"] == {"leased_past_lease": 0, "due_unclaimed": 0}
+    assert store.stats(time.time())["pending"] == 5  # the admin page, stats and /metrics: exact
 
 
 def test_missing_write_key_is_reported_but_events_are_still_accepted(env: dict[str, str]) -> None:

@@ -395,6 +395,39 @@ def test_stats_count_stuck_items(store: Store) -> None:
     assert store.stats(T0 + 5, stuck_after=300)["stuck"] == {"leased_past_lease": 0, "due_unclaimed": 0}
 
 
+def test_stats_count_every_kind_exactly_and_stop_at_a_count_limit(store: Store) -> None:
+    """Counts go a kind and a state at a time through the index; a health probe's count_limit caps
+    each one (and says so), an exact count does not."""
+    store.accept(items(*"abcdef"), [], T0)
+    store.accept([NewItem(MAILJET_CONTACT, f"c{n}", "identify", "{}") for n in range(3)], [], T0 + 1)
+    a, b = store.claim(SEGMENT_TRACK, 2, "w", 10, T0 + 2)
+    store.mark_delivered([Outcome(a.id, sent="{}", status=200)], T0 + 2)
+    store.mark_dead([Outcome(b.id, sent="{}", status=400, error="rejected")], "w", T0 + 2)
+    store.claim(MAILJET_CONTACT, 1, "w", 10, T0 + 2)
+    exact = store.stats(T0 + 500, stuck_after=300)
+    assert (exact["pending"], exact["leased"], exact["delivered"], exact["dead"]) == (6, 1, 1, 1)
+    assert exact["stuck"] == {"leased_past_lease": 1, "due_unclaimed": 6}
+    assert exact["oldest_pending_age_seconds"] == 500 and "counted_up_to" not in exact
+    capped = store.stats(T0 + 500, stuck_after=300, count_limit=2)
+    assert (capped["pending"], capped["leased"], capped["delivered"], capped["dead"]) == (2, 1, 1, 1)
+    assert capped["stuck"] == {"leased_past_lease": 1, "due_unclaimed": 2}
+    assert capped["counted_up_to"] == 2 and capped["oldest_pending_age_seconds"] is not None
+
+
+@pytest.mark.parametrize("finished", [0, 5])
+def test_stats_find_the_oldest_waiting_item_either_way(store: Store, finished: int) -> None:
+    """With few rows waiting, the waiting rows are read through the index; with most rows waiting,
+    the oldest rows first. Both give the exact age."""
+    store.accept(items(*(f"old{n}" for n in range(finished))), [], T0)
+    done = store.claim(SEGMENT_TRACK, finished, "w", 10, T0) if finished else []
+    store.mark_delivered([Outcome(c.id, sent="{}", status=200) for c in done], T0)
+    store.accept(items("x", "y"), [], T0 + 7)
+    store.accept(items("z"), [], T0 + 9)
+    store.claim(SEGMENT_TRACK, 1, "w", 10, T0 + 10)  # a leased row waits too
+    assert store.stats(T0 + 20)["oldest_pending_age_seconds"] == 13
+    assert store.stats(T0 + 20, count_limit=10)["oldest_pending_age_seconds"] == 13
+
+
 def test_an_item_whose_legacy_key_is_stored_is_a_duplicate(store: Store) -> None:
     store.accept([NewItem(SEGMENT_TRACK, "old-key", "sent", "{}", 7)], [], T0)
     again = NewItem(SEGMENT_TRACK, "new-key", "sent", "{}", 7, legacy_keys=("old-key",))

@@ -252,9 +252,13 @@ class Store(ABC):
     # -- what operators read and replay (CLI, admin page, metrics) -----------------------------
 
     @abstractmethod
-    def stats(self, now: float, stuck_after: float = 300.0) -> dict[str, Any]:
+    def stats(self, now: float, stuck_after: float = 300.0, *,
+              count_limit: int | None = None) -> dict[str, Any]:
         """Counts by state, quarantine size, the age of the oldest pending item, and stuck items:
-        leased past their lease, or due for longer than ``stuck_after`` seconds and not taken."""
+        leased past their lease, or due for longer than ``stuck_after`` seconds and not taken.
+        With ``count_limit`` (a health probe), each count stops at it, and the age is that of the
+        oldest of the first ``count_limit`` waiting items, so the cost does not grow with a backlog;
+        the answer then says ``counted_up_to``."""
 
     @abstractmethod
     def item(self, item_id: int) -> dict[str, Any] | None:

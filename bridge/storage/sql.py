@@ -48,6 +48,13 @@ ROWS_PER_STATEMENT = 1024
 #: How stale a session's last sight may get before it is written again.
 SESSION_TOUCH_SECONDS = 60.0
 #: Versioned schema changes: ``migrations/<dialect>/NNNN_name.sql``, recorded in ``schema_version``.
+#: The kinds in the outbox, one index step each (a loose index scan: both dialects would otherwise
+#: read every row for ``SELECT DISTINCT``).
+KINDS_SQL = ("WITH RECURSIVE k(kind) AS (SELECT MIN(kind) FROM outbox UNION ALL "
+             "SELECT (SELECT MIN(kind) FROM outbox WHERE kind > k.kind) FROM k WHERE k.kind IS NOT NULL) "
+             "SELECT kind FROM k WHERE kind IS NOT NULL")
+#: "No limit" in a ``LIMIT ?`` both dialects accept.
+NO_LIMIT = 1 << 62
 SCHEMA_VERSION_DDL = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
 )
@@ -584,26 +591,58 @@ class SqlStore(Store):
         with self._write() as tx:
             return tx.execute("DELETE FROM settings WHERE key = ?", (key,)).rowcount > 0
 
-    def stats(self, now: float, stuck_after: float = 300.0) -> dict[str, Any]:
+    def stats(self, now: float, stuck_after: float = 300.0, *,
+              count_limit: int | None = None) -> dict[str, Any]:
+        """Every query walks the ``(kind, state, ...)`` index a kind and state at a time, so a
+        backlog costs index steps, not a scan of the table; with ``count_limit`` each count stops
+        there, and a probe costs the same with any backlog."""
+        kinds = [row[0] for row in self._rows(KINDS_SQL)]
         counts = {state: 0 for state in (PENDING, LEASED, DELIVERED, DEAD)}
-        for state, count in self._rows("SELECT state, COUNT(*) FROM outbox GROUP BY state"):
-            counts[state] = count
-        oldest = self._rows(
-            "SELECT MIN(created_at) FROM outbox WHERE state IN (?, ?)", (PENDING, LEASED)
-        )[0][0]
-        stuck_leased, stuck_pending = self._rows(
-            "SELECT COALESCE(SUM(CASE WHEN state = ? AND lease_expires_at <= ? THEN 1 ELSE 0 END), 0), "
-            "COALESCE(SUM(CASE WHEN state = ? AND next_attempt_at <= ? THEN 1 ELSE 0 END), 0) "
-            "FROM outbox WHERE state IN (?, ?)",
-            (LEASED, now, PENDING, now - stuck_after, PENDING, LEASED),
-        )[0]
-        quarantined = self._rows("SELECT COUNT(*) FROM quarantine")[0][0]
-        return {
+        stuck = {"leased_past_lease": 0, "due_unclaimed": 0}
+        oldest = None
+        if kinds:
+            cap = count_limit if count_limit is not None else NO_LIMIT
+            kind_in = f"kind IN ({_marks(len(kinds))})"
+            counted = [(state, f"{kind_in} AND state = ?", (*kinds, state)) for state in counts]
+            counted += [
+                ("leased_past_lease", f"{kind_in} AND state = ? AND lease_expires_at <= ?",
+                 (*kinds, LEASED, now)),
+                ("due_unclaimed", f"{kind_in} AND state = ? AND next_attempt_at <= ?",
+                 (*kinds, PENDING, now - stuck_after)),
+            ]
+            row = self._rows(
+                "SELECT " + ", ".join(
+                    f"(SELECT COUNT(*) FROM (SELECT 1 FROM outbox WHERE {where} LIMIT ?) AS c{n})"
+                    for n, (_, where, _) in enumerate(counted)),
+                [value for _, _, params in counted for value in (*params, cap)],
+            )[0]
+            for (name, _, _), count in zip(counted, row, strict=True):
+                if name in counts:
+                    counts[name] += int(count)
+                else:
+                    stuck[name] = int(count)
+            waiting = counts[PENDING] + counts[LEASED]
+            if waiting and (count_limit is not None or waiting <= counts[DELIVERED] + counts[DEAD]):
+                # the waiting rows through the index (all of them, or the first count_limit)
+                oldest = self._rows(
+                    f"SELECT MIN(created_at) FROM (SELECT created_at FROM outbox WHERE {kind_in} "
+                    "AND state IN (?, ?) LIMIT ?) AS w", (*kinds, PENDING, LEASED, cap))[0][0]
+            elif waiting:
+                # most rows wait: the oldest rows first (outbox_created) soon finds one
+                oldest = self._rows("SELECT MIN(created_at) FROM outbox WHERE state IN (?, ?)",
+                                    (PENDING, LEASED))[0][0]
+        quarantined = self._rows(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM quarantine LIMIT ?) AS q",
+            (count_limit if count_limit is not None else NO_LIMIT,))[0][0]
+        result = {
             **counts,
-            "quarantined": quarantined,
+            "quarantined": int(quarantined),
             "oldest_pending_age_seconds": round(now - oldest, 3) if oldest is not None else None,
-            "stuck": {"leased_past_lease": int(stuck_leased), "due_unclaimed": int(stuck_pending)},
+            "stuck": stuck,
         }
+        if count_limit is not None:
+            result["counted_up_to"] = count_limit
+        return result
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         return self._with_sent(self._dicts(
