@@ -284,6 +284,8 @@ def test_due_summary_counts_due_items_of_a_kind(store: Store) -> None:
     store.accept(items("b", "c"), [], T0 + 5)
     store.accept([NewItem(MAILJET_CONTACT, "x", "identify", "{}")], [], T0)
     assert store.due_summary(SEGMENT_TRACK, T0 + 5) == DueSummary(3, T0, T0 + 5)
+    assert store.due_summary(SEGMENT_TRACK, T0 + 5, up_to=2).count == 2  # a full batch: enough
+    assert store.due_summary(SEGMENT_TRACK, T0 + 5, up_to=4) == DueSummary(3, T0, T0 + 5)
     store.claim(SEGMENT_TRACK, 1, "w", 60, T0 + 5)
     assert store.due_summary(SEGMENT_TRACK, T0 + 5).count == 2
 

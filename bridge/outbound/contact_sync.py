@@ -152,7 +152,7 @@ class ContactSync(DeliveryLoop[_Job]):
 
     def due(self, now: float) -> bool:
         """A full job goes at once; a partial one waits for the burst to settle (within limits)."""
-        due = self.store.due_summary(self.kind, now)
+        due = self.store.due_summary(self.kind, now, up_to=self.policy.job_size)
         if due.count == 0:
             return False
         if due.count < self.policy.job_size and due.oldest_created_at and due.newest_created_at:

@@ -157,8 +157,10 @@ class Store(ABC):
         be committed). Without identities or dead letters: the Mailjet webhook's bodies."""
 
     @abstractmethod
-    def due_summary(self, kind: str, now: float) -> DueSummary:
-        """How many items of a kind are due, and how old they are (to decide on a batch)."""
+    def due_summary(self, kind: str, now: float, up_to: int | None = None) -> DueSummary:
+        """How many items of a kind are due, and how old they are (to decide on a batch). With
+        ``up_to``, counting stops there, and the ages are of the items counted: a caller that only
+        needs to know whether a batch is full pays the same with a backlog of millions."""
 
     @abstractmethod
     def claim(

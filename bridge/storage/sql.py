@@ -385,11 +385,11 @@ class SqlStore(Store):
             (kind, since, until))
         return {(int(day), event_type): int(count) for day, event_type, count in rows}
 
-    def due_summary(self, kind: str, now: float) -> DueSummary:
+    def due_summary(self, kind: str, now: float, up_to: int | None = None) -> DueSummary:
         row = self._rows(
-            "SELECT COUNT(*), MIN(created_at), MAX(created_at) FROM outbox "
-            "WHERE kind = ? AND state = ? AND next_attempt_at <= ?",
-            (kind, PENDING, now),
+            "SELECT COUNT(*), MIN(created_at), MAX(created_at) FROM (SELECT created_at FROM outbox "
+            "WHERE kind = ? AND state = ? AND next_attempt_at <= ? LIMIT ?) AS due",
+            (kind, PENDING, now, up_to if up_to is not None else NO_LIMIT),
         )[0]
         return DueSummary(row[0], row[1], row[2])
 
