@@ -92,12 +92,21 @@ def root_handler() -> Any:
     root.setLevel(level)
 
 
-def test_a_line_written_directly_is_the_line_logging_writes(root_handler: Any) -> None:
+def test_a_line_written_directly_is_the_line_logging_writes(root_handler: Any,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """``log_line`` skips ``logging``'s machinery where the line's only way out is our handler:
     the same JSON, fields in the same order, the same secrets redacted, the level honoured."""
     access = logging.getLogger("bridge.access")
     fields = {"method": "POST", "path": "/x/wk-abcdef", "status": 200, "ms": 1.5, "client": None}
-    log_line(access, logging.INFO, "request wk-abcdef", fields)
+    # pytest adds its log capture to the root logger after fixtures are set up: only ours, here
+    monkeypatch.setattr(logging.getLogger(), "handlers", [root_handler])
+
+    def no_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        raise AssertionError("the line went through logging")
+
+    with monkeypatch.context() as patched:  # the direct way makes no LogRecord at all
+        patched.setattr(access, "makeRecord", no_record)
+        log_line(access, logging.INFO, "request wk-abcdef", fields)
     access.info("request wk-abcdef", extra=fields)
     log_line(access, logging.DEBUG, "not written", fields)
     direct, logged = [json.loads(line) for line in root_handler.stream.getvalue().splitlines()]
