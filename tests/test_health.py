@@ -74,3 +74,24 @@ def test_a_stored_no_key_state_gives_way_once_a_key_is_set(env: dict[str, str]) 
     body = with_key.test_client().get("/healthz").json
     assert body["segment"]["state"] == "starting" and body["status"] == "ok"
     with_key.extensions["bridge"].store.close()
+
+
+def test_a_probe_never_scans_the_outbox(client: Any, monkeypatch: Any) -> None:
+    """What keeps a probe cheap with any backlog, checked by plan rather than by the clock: every
+    query /healthz runs finds its rows through an index (SQLite's plan says SEARCH), none reads the
+    whole outbox or one of its indexes from end to end (SCAN outbox)."""
+    store = client.application.extensions["bridge"].store
+    store.accept([NewItem("segment_track", f"k{n}", "sent", "{}") for n in range(5)], [], time.time())
+    read, queries = store._read, []
+
+    def recording(sql: str, params: Any = ()) -> Any:
+        queries.append((sql, tuple(params)))
+        return read(sql, params)
+
+    monkeypatch.setattr(store, "_read", recording)
+    assert client.get("/healthz").status_code == 200
+    plans = {sql: [row[-1] for row in read(f"EXPLAIN QUERY PLAN {sql}", params)[1]]
+             for sql, params in queries if "outbox" in sql}
+    assert len(plans) >= 3  # the kinds, the counts, the oldest
+    scans = {sql: plan for sql, plan in plans.items() if any(d.startswith("SCAN outbox") for d in plan)}
+    assert not scans
