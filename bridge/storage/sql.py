@@ -47,7 +47,6 @@ CLAIM_COLUMNS = "id, kind, dedupe_key, event_type, payload, attempts, created_at
 ROWS_PER_STATEMENT = 1024
 #: How stale a session's last sight may get before it is written again.
 SESSION_TOUCH_SECONDS = 60.0
-#: Versioned schema changes: ``migrations/<dialect>/NNNN_name.sql``, recorded in ``schema_version``.
 #: The kinds in the outbox, one index step each (a loose index scan: both dialects would otherwise
 #: read every row for ``SELECT DISTINCT``).
 KINDS_SQL = ("WITH RECURSIVE k(kind) AS (SELECT MIN(kind) FROM outbox UNION ALL "
@@ -55,6 +54,7 @@ KINDS_SQL = ("WITH RECURSIVE k(kind) AS (SELECT MIN(kind) FROM outbox UNION ALL 
              "SELECT kind FROM k WHERE kind IS NOT NULL")
 #: "No limit" in a ``LIMIT ?`` both dialects accept.
 NO_LIMIT = 1 << 62
+#: Versioned schema changes: ``migrations/<dialect>/NNNN_name.sql``, recorded in ``schema_version``.
 SCHEMA_VERSION_DDL = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
 )
@@ -618,7 +618,7 @@ class SqlStore(Store):
             )[0]
             for (name, _, _), count in zip(counted, row, strict=True):
                 if name in counts:
-                    counts[name] += int(count)
+                    counts[name] = int(count)
                 else:
                     stuck[name] = int(count)
             waiting = counts[PENDING] + counts[LEASED]
