@@ -51,13 +51,15 @@ bench-docs: install $(BENCH_STAMP) wrk
 	BENCH_PLOT_DIR=docs/img $(BIN)/python bench/run.py
 
 # The older single-purpose benchmarks (accept path under gunicorn, in-process steps, the Engage
-# burst, slow clients against each candidate server, what each forwarder design could reach).
+# burst, slow clients against each candidate server, what each forwarder design could reach, what
+# PostgreSQL's commit-order barrier of docs/range-delivery.md would cost).
 bench-more: install wrk
 	$(BIN)/python bench/accept.py
 	$(BIN)/python bench/components.py
 	$(BIN)/python bench/identify_burst.py
 	$(BIN)/python bench/slow_clients.py
 	$(BIN)/python bench/r3_ceiling.py
+	$(BIN)/python bench/pg_barrier.py
 
 $(BENCH_STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,postgres,bench]'
