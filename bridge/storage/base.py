@@ -156,6 +156,13 @@ class Store(ABC):
         each body's result, or the error it alone fails with (StorageUnavailable if nothing could
         be committed). Without identities or dead letters: the Mailjet webhook's bodies."""
 
+    def in_one_statement(
+        self, bodies: Sequence[tuple[Sequence[NewItem], Sequence[QuarantineEntry], float]],
+    ) -> bool:
+        """Whether ``accept_many`` puts these bodies in one statement (a round of small bodies):
+        the writer commits such a round on its reading thread. None does, unless a store says so."""
+        return False
+
     @abstractmethod
     def due_summary(self, kind: str, now: float, up_to: int | None = None) -> DueSummary:
         """How many items of a kind are due, and how old they are (to decide on a batch). With

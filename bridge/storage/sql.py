@@ -108,6 +108,11 @@ def _marks(count: int) -> str:
     return ",".join("?" * count)
 
 
+def _limit(count: int | None) -> int:
+    """A ``LIMIT ?`` value: ``count``, or no limit for None."""
+    return NO_LIMIT if count is None else count
+
+
 def _label(value: str | None) -> str | None:
     """A search label as stored: one a NUL or lone surrogate would alter is not kept (never matched)."""
     return value if value is not None and _text(value) == value else None
@@ -222,7 +227,7 @@ class SqlStore(Store):
     def accept_many(
         self, bodies: Sequence[tuple[Sequence[NewItem], Sequence[QuarantineEntry], float]],
     ) -> list[AcceptResult | BaseException]:
-        if self._one_round(bodies):
+        if self.in_one_statement(bodies):
             one_statement = not any(quarantined for _, quarantined, _ in bodies)
             try:
                 with self._write_one_statement() if one_statement else self._write() as tx:
@@ -234,7 +239,7 @@ class SqlStore(Store):
             for body in bodies])
         return [result if error is None else error for result, error in outcomes]  # type: ignore[misc]
 
-    def _one_round(
+    def in_one_statement(
         self, bodies: Sequence[tuple[Sequence[NewItem], Sequence[QuarantineEntry], float]],
     ) -> bool:
         """Whether a round goes in one statement: small bodies, on a store that gains by it (never on
@@ -389,7 +394,7 @@ class SqlStore(Store):
         row = self._rows(
             "SELECT COUNT(*), MIN(created_at), MAX(created_at) FROM (SELECT created_at FROM outbox "
             "WHERE kind = ? AND state = ? AND next_attempt_at <= ? LIMIT ?) AS due",
-            (kind, PENDING, now, up_to if up_to is not None else NO_LIMIT),
+            (kind, PENDING, now, _limit(up_to)),
         )[0]
         return DueSummary(row[0], row[1], row[2])
 
@@ -600,8 +605,8 @@ class SqlStore(Store):
         counts = {state: 0 for state in (PENDING, LEASED, DELIVERED, DEAD)}
         stuck = {"leased_past_lease": 0, "due_unclaimed": 0}
         oldest = None
+        cap = _limit(count_limit)
         if kinds:
-            cap = count_limit if count_limit is not None else NO_LIMIT
             kind_in = f"kind IN ({_marks(len(kinds))})"
             counted = [(state, f"{kind_in} AND state = ?", (*kinds, state)) for state in counts]
             counted += [
@@ -632,8 +637,7 @@ class SqlStore(Store):
                 oldest = self._rows("SELECT MIN(created_at) FROM outbox WHERE state IN (?, ?)",
                                     (PENDING, LEASED))[0][0]
         quarantined = self._rows(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM quarantine LIMIT ?) AS q",
-            (count_limit if count_limit is not None else NO_LIMIT,))[0][0]
+            "SELECT COUNT(*) FROM (SELECT 1 FROM quarantine LIMIT ?) AS q", (cap,))[0][0]
         result = {
             **counts,
             "quarantined": int(quarantined),

@@ -120,8 +120,10 @@ class WriterServer:
     A store that gains from several transactions at once (``Store.concurrent_writes``: PostgreSQL,
     whose own group commit shares WAL flushes among them) has that many committer threads, each
     taking everything read by the time it is free: a commit waiting for its flush no longer holds
-    up the next round. A round of single events (``Store.round_rows``), with nothing waiting for
-    them, the reading thread commits itself: no hand-over between threads."""
+    up the next round. A round the store puts in one statement (``Store.in_one_statement``: single
+    events), with nothing waiting for the committers, the reading thread commits itself: no
+    hand-over between threads (the committers may be busy meanwhile; the store has connections to
+    spare)."""
 
     def __init__(self, store: Store, path: str) -> None:
         self.store = store
@@ -159,7 +161,8 @@ class WriterServer:
                         selector.register(conn, selectors.EVENT_READ, _Peer(conn))
                     else:
                         round_.extend(self._read(selector, key.data))
-                if committers and not (round_ and self._small(round_) and rounds.empty()):
+                if committers and not (round_ and rounds.empty() and self.store.in_one_statement(
+                        [body for _, _, body in round_])):
                     rounds.add(round_)
                     continue
                 for start in range(0, len(round_), MAX_BODIES):
@@ -190,12 +193,6 @@ class WriterServer:
     def _commit_taken(self, rounds: _Rounds) -> None:
         while (taken := rounds.take()) is not None:
             self._commit(taken)
-
-    def _small(self, round_: list[tuple[_Peer, int, Any]]) -> bool:
-        """A round the store puts in one statement (``round_rows``). With nothing waiting for a
-        committer thread, the reading thread commits it itself: no hand-over between threads
-        (the committers may be busy meanwhile; the store has connections to spare)."""
-        return sum(len(items) for _, _, (items, _, _) in round_) <= self.store.round_rows
 
     def _commit(self, round_: list[tuple[_Peer, int, Any]]) -> None:
         outcomes = self.store.accept_many([body for _, _, body in round_])
