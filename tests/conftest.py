@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -21,6 +22,10 @@ from tests.pg_cluster import pg_cluster  # noqa: F401  (fixture)
 from tests.processes import make_run, missing, start_make_run  # noqa: F401  (fixtures)
 
 FIXTURES = Path(__file__).parent / "fixtures"
+#: The README's screenshots and the benchmark plots: tracked, refreshed only by `make screenshots`
+#: and `make bench-docs`, never by a test run.
+DOCS_IMG = Path(__file__).parent.parent / "docs" / "img"
+_DOCS_IMG_KEY = pytest.StashKey[dict[str, str]]()
 T0 = 1_800_000_000.0
 PREFIXES = ("SEGMENT_", "MAILJET_", "BRIDGE_")
 
@@ -28,6 +33,23 @@ PREFIXES = ("SEGMENT_", "MAILJET_", "BRIDGE_")
 #: Fixtures that start a process, a browser or reach a database server; these modules spawn processes.
 SLOW_FIXTURES = {"start_make_run", "make_run", "pg_database", "pg_url", "pg_cluster", "browser"}
 SLOW_MODULES = {"test_faults.py", "test_end_to_end.py", "test_browser.py", "test_memory.py"}
+
+
+def _docs_images() -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(DOCS_IMG.glob("*"))}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_DOCS_IMG_KEY] = _docs_images()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A run that wrote into docs/img/ fails, whatever its tests said: tests write screenshots
+    and plots to their temporary folders only."""
+    before = session.config.stash.get(_DOCS_IMG_KEY, None)
+    if before is not None and _docs_images() != before:
+        print("\nthe test run changed docs/img/, a tracked folder: write to tmp_path instead")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
