@@ -95,7 +95,7 @@ def clock() -> Clock:
 
 PG_SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_TABLES = ("outbox, quarantine, identities, settings, login_failures, attempts, backfill_checkpoints, "
-             "backfill_messages, sent_batches")
+             "backfill_messages, sent_batches, delivery_ranges")
 
 
 def _pg_answers() -> str | None:

@@ -224,6 +224,33 @@ def test_kill_9_of_web_and_worker_during_load(database: str, fake_segment: FakeS
     assert report["accepted"] == BODIES * PER_BODY
 
 
+def leased_ranges(database: str) -> int:
+    store = open_store(database)
+    try:
+        return store._rows(  # type: ignore[attr-defined]
+            "SELECT COUNT(*) FROM delivery_ranges WHERE state = 'leased'")[0][0]
+    finally:
+        store.close()
+
+
+def test_kill_9_of_the_worker_in_the_middle_of_a_range(database: str, fake_segment: FakeSegment,
+                                                       launch: Callable[..., Bridge]) -> None:
+    """A backlog is drained by ranges (the rounds made ahead, docs/range-delivery.md). The worker is
+    SIGKILLed while a range is leased, its batches perhaps posted but not recorded: the next worker
+    takes the range back once its lease ends, and every event is delivered."""
+    bridge = launch(database, fake_segment.url, worker=False)
+    sender = Sender(lambda: [bridge.url], pause=0.0)
+    started = time.monotonic()
+    sender.send(make_events(n_bodies=30, per_body=200))  # 6,000 events waiting for a worker
+    fake_segment.then(*[Scripted(200, delay=0.2)] * 10)
+    bridge.start_worker()
+    poll(lambda: leased_ranges(database) > 0, 30, "a range to be claimed", step=0.02)
+    bridge.kill("worker")
+    bridge.start_worker()
+    report = settle("kill -9 of the worker mid-range", sender, fake_segment, database, started)
+    assert report["accepted"] == 6000
+
+
 def test_segment_down_then_429_then_up(database: str, fake_segment: FakeSegment,
                                        launch: Callable[..., Bridge]) -> None:
     bridge = launch(database, fake_segment.url)

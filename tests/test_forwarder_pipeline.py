@@ -17,13 +17,16 @@ from typing import Any
 import pytest
 
 from bridge.config import DEFAULT_SCHEMA_DIR
+from bridge.delivery.janitor import Janitor
 from bridge.delivery.pacing import PacingPolicy
 from bridge.errors import StorageUnavailable
 from bridge.inbound.batching import MAX_BATCH_BYTES
 from bridge.inbound.fields import EVENT_NAME_PRESETS
 from bridge.inbound.forwarder import Forwarder, ForwarderPolicy
-from bridge.inbound.intake import sort_events
+from bridge.inbound.intake import KIND, sort_events
 from bridge.inbound.segment import SegmentClient
+from bridge.inbound.track import dedupe_key, message_id
+from bridge.inbound.track import labels as track_labels
 from bridge.payloads.body import parse_body
 from bridge.payloads.schemas import EventValidator
 from bridge.storage.base import Store
@@ -204,3 +207,66 @@ def test_stopping_waits_for_delivered_batches_to_be_marked(
     stats = run.stats()
     assert (stats["delivered"], stats["pending"], stats["leased"]) == (10, 0, 0)
     assert len(fake_segment.message_ids()) == 10
+
+
+def open_ranges(store: Store) -> int:
+    return store._rows("SELECT COUNT(*) FROM delivery_ranges")[0][0]  # type: ignore[attr-defined]
+
+
+def range_batches(store: Store) -> int:
+    return store._rows(  # type: ignore[attr-defined]
+        "SELECT COUNT(*) FROM sent_batches WHERE range_id IS NOT NULL")[0][0]
+
+
+def test_a_backlog_goes_by_range_and_the_janitor_settles_it(store: Store, fake_segment: FakeSegment) -> None:
+    """Rounds made ahead are claimed as ranges (docs/range-delivery.md): the counts see them
+    delivered at once, and the janitor writes each row's outcome and labels afterwards."""
+    queue(store, 50)
+    with Running(store, fake_segment, policy(claim_limit=10)) as run:
+        poll(lambda: run.stats()["delivered"] == 50, 10, "the backlog to be delivered", step=0.01)
+    ids = fake_segment.message_ids()
+    assert len(ids) == 50 == len(set(ids))
+    assert range_batches(store) >= 3
+    Janitor(store, 0, labellers={KIND: track_labels}).run_once()
+    assert open_ranges(store) == 0
+    rows = store.recent(100)
+    assert {row["state"] for row in rows} == {"delivered"} and len(rows) == 50
+    assert all(row["recipient"] and row["sent"] for row in rows)
+    assert run.stats()["delivered"] == 50
+
+
+@pytest.mark.parametrize("failure", ["retried", "rejected"])
+def test_a_batch_of_a_range_that_fails_leaves_every_row_delivered_or_dead_once(
+        store: Store, fake_segment: FakeSegment, failure: str) -> None:
+    """The round made ahead is a range; its batch fails (retried: all of it comes back; rejected:
+    split until the one refused event is a dead letter). The range turns into rows for that, and
+    every row still ends delivered or dead, and is sent once."""
+    queue(store, 30)
+    fake_segment.then(Scripted(200, delay=0.5))
+    if failure == "retried":
+        fake_segment.then(Scripted(503))
+    else:  # the 15th event: in the second round, the first claimed as a range
+        poison = {"event": "open", "time": 1_700_000_014, "MessageID": 10**16 + 14,
+                  "email": "user14@example.com"}
+        fake_segment.reject_message_ids.add(message_id(dedupe_key(poison)))
+    fast_retry = ForwarderPolicy(claim_limit=10, idle_seconds=0.05, pacing=PacingPolicy(backoff_base=0.1))
+    with Running(store, fake_segment, fast_retry) as run:
+        poll(lambda: run.stats()["delivered"] + run.stats()["dead"] == 30 and not run.stats()["leased"],
+             20, "every row to be delivered or dead", step=0.01)
+    delivered = fake_segment.message_ids()
+    assert len(delivered) == len(set(delivered)) == run.stats()["delivered"]
+    assert run.stats()["dead"] == (1 if failure == "rejected" else 0)
+    if failure == "rejected":  # the halves without the poison were delivered as the range's
+        assert range_batches(store) >= 1
+
+
+def test_stopping_marks_a_range_s_delivered_batches_and_lets_the_rest_go(
+        store: Store, fake_segment: FakeSegment) -> None:
+    queue(store, 30)
+    fake_segment.then(Scripted(200, delay=0.5), Scripted(200, delay=0.5))
+    with Running(store, fake_segment, policy(claim_limit=10)) as run:
+        poll(lambda: len(fake_segment.requests) >= 2, 10, "a batch of a range to be posted", step=0.01)
+    stats = run.stats()
+    assert stats["leased"] == 0
+    assert stats["delivered"] == len(fake_segment.message_ids()) >= 20
+    assert stats["pending"] == 30 - stats["delivered"]

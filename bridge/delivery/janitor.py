@@ -8,6 +8,8 @@ It also gives delivered rows their search labels (recipient, Mailjet message id)
 Find, a window at a time, after delivery: each label is a random key in an index, about a page
 written per row, which cost the forwarder a third of its throughput when it labelled as it marked
 (docs/benchmarks.md, R3). Rows delivered before labels existed (schema 5) are labelled the same way.
+The rows of a range the forwarder delivered (docs/range-delivery.md) get their outcome and their
+labels in one write, when the janitor settles the range.
 Until a row is labelled, Find scans for it among the few rows still to label. While the forwarder
 drains a backlog, labelling slows down to a window a second: it competes with the forwarder for the
 one interpreter and the one writer, and cost a 1,000,000-event drain about 40 % of its speed.
@@ -38,8 +40,8 @@ LABEL_PAUSE_WHILE_DRAINING_SECONDS = 1.0
 
 
 class Janitor:
-    """Labels delivered rows a window at a time, and prunes a small batch per transaction at most
-    every ``every_seconds``."""
+    """Settles delivered ranges and labels delivered rows a window at a time, and prunes a small
+    batch per transaction at most every ``every_seconds``."""
 
     def __init__(self, store: Store, retention_days: int, *, dedupe_days: int = 30,
                  every_seconds: float = 600.0, clock: Callable[[], float] = time.time,
@@ -56,9 +58,11 @@ class Janitor:
         self._next = 0.0
 
     def run_once(self) -> int:
-        """Label a window of delivered rows; prune when it is time. Busy (non-zero) while rows to
-        label remain, so the next round comes after LABEL_PAUSE_SECONDS, not the idle rest."""
+        """Settle a window of delivered ranges, label a window of delivered rows; prune when it is
+        time. Busy (non-zero) while more remain, so the next round comes after LABEL_PAUSE_SECONDS,
+        not the idle rest."""
         now = self.clock()
+        settled = self.store.settle_ranges(LABEL_WINDOW, now, self.labellers or None)
         labelled = self.label_delivered() if self.labellers else 0
         if self.retention and now >= self._next:
             self._next = now + self.every_seconds
@@ -67,7 +71,8 @@ class Janitor:
             if compacted or removed:
                 log.info("compacted %d delivered item(s) older than %d days, removed %d older than "
                          "%d days", compacted, self.retention // 86400, removed, self.dedupe // 86400)
-        return labelled if labelled >= LABEL_WINDOW else 0
+        busy = max(settled, labelled) >= LABEL_WINDOW
+        return settled + labelled if busy else 0
 
     def label_delivered(self) -> int:
         """Label up to LABEL_WINDOW delivered rows, oldest first; how many were labelled."""

@@ -74,6 +74,8 @@ class Round(Generic[G]):
     error: Exception | None = None
     #: The claim took all it was allowed to: more is probably due (a backlog).
     full: bool = False
+    #: The items were claimed as one range (``Store.claim_range``), not leased one by one.
+    range_id: int | None = None
 
 
 class Loop(Protocol):
@@ -263,15 +265,19 @@ class DeliveryLoop(Generic[G]):
     def claim_round(self, now: float) -> Round[G]:
         """Claim due items and prepare them; a bug while preparing stays with the round, whose
         items are then given back by whoever settles it."""
-        items = self.store.claim(self.kind, self.claim_limit, self.owner, self.lease_seconds, now)
+        return self.prepared(self.store.claim(self.kind, self.claim_limit, self.owner,
+                                              self.lease_seconds, now))
+
+    def prepared(self, items: list[ClaimedItem], range_id: int | None = None) -> Round[G]:
+        """Claimed items as a round, prepared."""
         full = len(items) >= self.claim_limit
         if not items:
             return Round(items)
         try:
             groups, dead = self.prepare(items)
         except Exception as exc:
-            return Round(items, error=exc, full=full)
-        return Round(items, groups, dead, full=full)
+            return Round(items, error=exc, full=full, range_id=range_id)
+        return Round(items, groups, dead, full=full, range_id=range_id)
 
     def next_round(self, now: float) -> Round[G]:
         """The round to send now: claimed and prepared at once (a pipelined loop prefetches it)."""

@@ -22,10 +22,13 @@ R = TypeVar("R")
 
 
 class Prefetch(Generic[R]):
-    """Makes ``make(now)`` rounds one ahead, in a daemon thread started on first use."""
+    """Makes ``make(now)`` rounds one ahead, in a daemon thread started on first use; a round
+    wanted with none made ahead is made by ``first`` (by default ``make``)."""
 
-    def __init__(self, make: Callable[[float], R], clock: Callable[[], float], name: str) -> None:
+    def __init__(self, make: Callable[[float], R], clock: Callable[[], float], name: str,
+                 first: Callable[[float], R] | None = None) -> None:
         self._make = make
+        self._first = first or make
         self._clock = clock
         self._name = name
         self._changed = threading.Condition()
@@ -43,7 +46,7 @@ class Prefetch(Generic[R]):
                 self._changed.wait()
             ready, self._ready = self._ready, None
         if ready is None:
-            ready = self._make(now)
+            ready = self._first(now)
         elif isinstance(ready, BaseException):
             raise ready
         if again(ready):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +114,10 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         self._draining = False
         #: Every lease the loop holds runs at least ``lease_seconds`` past this time.
         self._leases_fresh_at = 0.0
+        #: The range the round being sent was claimed as, while its items are not leased one by one.
+        self._range: int | None = None
+        #: The largest id claimed so far: a drain's next range is read from past it.
+        self._claimed_up_to = 0
 
     @property
     def draining(self) -> bool:
@@ -160,7 +164,8 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
     def run_forever(self, stop: threading.Event) -> None:
         """Run rounds, each made while the one before is sent, until ``stop`` is set; then give
         back every lease still held, the round made ahead included."""
-        self._ahead = Prefetch(self.claim_round, self.clock, f"{self.owner}-ahead")
+        self._ahead = Prefetch(self._claim_ahead, self.clock, f"{self.owner}-ahead",
+                               first=self.claim_round)
         self._behind = Behind(f"{self.owner}-behind")
         self._leases_fresh_at = self.clock()
         try:
@@ -170,7 +175,29 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
             self._behind.close()  # every delivered batch is marked before leases are given back
             self._ahead.close()  # waits for a round in the making: nothing is claimed after this
             self._ahead, self._behind, self._current, self._draining = None, None, [], False
+            self._range = None
         self.release_leases()
+
+    def claim_round(self, now: float) -> Round[list[_Prepared]]:
+        work = super().claim_round(now)
+        self._note_claimed(work)
+        return work
+
+    def _claim_ahead(self, now: float) -> Round[list[_Prepared]]:
+        """A backlog's next round, claimed as one range past the round before it: one row written
+        for the round instead of a lease on each item (docs/range-delivery.md). With none there,
+        the rows a range does not take (retries, rows behind the drain) are claimed one by one."""
+        range_id, items = self.store.claim_range(self.kind, self.claim_limit, self.owner,
+                                                 self.lease_seconds, now, after=self._claimed_up_to)
+        if range_id is None:
+            return self.claim_round(now)
+        work = self.prepared(items, range_id)
+        self._note_claimed(work)
+        return work
+
+    def _note_claimed(self, work: Round[list[_Prepared]]) -> None:
+        if work.items:
+            self._claimed_up_to = max(self._claimed_up_to, work.items[-1].id)  # items come by id
 
     def next_round(self, now: float) -> Round[list[_Prepared]]:
         """The round made ahead, if any; the next one is started when this one came from a full
@@ -181,13 +208,44 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         work = self._ahead.take(now, again=lambda made: made.full)
         if not work.items and work.error is None:  # made ahead and found nothing: look again now
             work = self.claim_round(now)
-        self._current, self._draining = work.items, work.full
+        self._current, self._draining, self._range = work.items, work.full, work.range_id
         self._keep_leases()
         return work
 
     def held_back(self) -> list[ClaimedItem]:
         made = self._ahead.drop() if self._ahead is not None else None
-        return made.items if made is not None else []
+        if made is None:
+            return []
+        if made.range_id is not None:  # given back as rows, as any round held back
+            now = self.clock()
+            self.store.dissolve_range(made.range_id, self.owner, now + self.lease_seconds, now)
+        return made.items
+
+    def settle(self, credential: Hashable, work: Round[list[_Prepared]], now: float) -> int:
+        if work.dead or work.error is not None:  # dead letters are written on their rows
+            self._as_rows()
+        return super().settle(credential, work, now)
+
+    def give_back(self, exc: UpstreamError, credential: Hashable, tried: list[ClaimedItem],
+                  untried: list[ClaimedItem]) -> None:
+        self._as_rows()
+        super().give_back(exc, credential, tried, untried)
+
+    def _release_stranded(self, items: list[ClaimedItem], exc: Exception) -> None:
+        self._as_rows()
+        super()._release_stranded(items, exc)
+
+    def _as_rows(self) -> None:
+        """From now on, the round being sent is leased item by item, so that a retry, a dead letter
+        or a split applies to rows as it always has; the marks of its batches still queued are
+        written first, and those it delivered are settled."""
+        if self._range is None:
+            return
+        if self._behind is not None:
+            self._behind.close()  # started again by the next submit
+        now = self.clock()
+        self.store.dissolve_range(self._range, self.owner, now + self.lease_seconds, now)
+        self._range = None
 
     def _keep_leases(self) -> None:
         """Renew the leases of what the loop holds, the round being sent and the round made ahead,
@@ -198,9 +256,15 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         if self._ahead is None or now - self._leases_fresh_at < self.lease_seconds / 3:
             return
         ahead = self._ahead.peek()
-        held = [i.id for i in (*self._current, *(ahead.items if ahead is not None else ()))]
+        rounds = [(self._range, self._current)]
+        if ahead is not None:
+            rounds.append((ahead.range_id, ahead.items))
+        held = [i.id for range_id, items in rounds if range_id is None for i in items]
         if held:
             self.store.renew(held, self.owner, now + self.lease_seconds)
+        ranges = [range_id for range_id, _ in rounds if range_id is not None]
+        if ranges:
+            self.store.renew_ranges(ranges, self.owner, now + self.lease_seconds)
         self._leases_fresh_at = now
 
     # -- one batch ----------------------------------------------------------------------------------
@@ -215,26 +279,31 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         self._observe(answer.latency_ms)
         # state first: whoever sees the rows delivered also sees the state "ok"
         self.delivered(f"last batch of {len(group)} delivered")
+        range_id = self._range
         if self._behind is None or not self._draining:  # a trickle: marked before the next
-            self._mark_delivered(group, answer)
+            self._mark_delivered(group, answer, range_id)
             self._report_delivered(group, answer)
         else:  # a backlog: counted and logged at the 2xx, marked while the next batch is posted
             self._report_delivered(group, answer)
-            self._behind.submit(lambda: self._mark_delivered(group, answer))
+            self._behind.submit(lambda: self._mark_delivered(group, answer, range_id))
         return len(group)
 
-    def _mark_delivered(self, group: list[_Prepared], answer: Accepted) -> None:
+    def _mark_delivered(self, group: list[_Prepared], answer: Accepted, range_id: int | None) -> None:
         """The batch's calls are kept once, as one sent batch: a text written per row cost more
-        than half of each row's mark (docs/benchmarks.md, R3)."""
-        self.store.mark_delivered([Outcome(p.item.id, sent=p.call, status=answer.status,
-                                           response=answer.body, latency_ms=answer.latency_ms)
-                                   for p in group], self.clock(), owner=self.owner, sent_batch=KIND)
+        than half of each row's mark (docs/benchmarks.md, R3). A range's batch writes no row."""
+        outcomes = [Outcome(p.item.id, sent=p.call, status=answer.status, response=answer.body,
+                            latency_ms=answer.latency_ms) for p in group]
+        if range_id is None:
+            self.store.mark_delivered(outcomes, self.clock(), owner=self.owner, sent_batch=KIND)
+        else:
+            self.store.mark_range_delivered(range_id, outcomes, self.clock(), self.owner, KIND)
 
     def _report_delivered(self, group: list[_Prepared], answer: Accepted) -> None:
         self.report("delivered", [p.item.event_type for p in group], status=answer.status,
                     latency_ms=answer.latency_ms)
 
     def reject(self, group: list[_Prepared], error: UpstreamError) -> int:
+        self._as_rows()
         (bad,) = group
         reason = f"Segment rejected the event ({error.status}): {error.body[:300]}"
         recipient, ref = labels(bad.item.payload, bad.item.dedupe_key)  # labelled as it dies

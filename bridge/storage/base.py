@@ -8,7 +8,7 @@ tests control the clock. The store knows nothing about Segment or Mailjet: an it
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -174,6 +174,37 @@ class Store(ABC):
         self, kind: str, limit: int, owner: str, lease_seconds: float, now: float
     ) -> list[ClaimedItem]:
         """Lease up to ``limit`` due items, oldest first. Expired leases are taken over first."""
+
+    @abstractmethod
+    def claim_range(
+        self, kind: str, limit: int, owner: str, lease_seconds: float, now: float, *, after: int = 0
+    ) -> tuple[int | None, list[ClaimedItem]]:
+        """Lease up to ``limit`` due items with ids past every range of the kind and past ``after``,
+        by id, as one range: one row written for the round, none on the items (a drain's claims;
+        docs/range-delivery.md). ``(range id, items)``, or ``(None, [])`` when there are none."""
+
+    @abstractmethod
+    def mark_range_delivered(self, range_id: int, outcomes: Sequence[Outcome], now: float,
+                             owner: str, sent_batch: str) -> bool:
+        """Record a delivered batch of a range's items (``mark_delivered`` with ``sent_batch``, in
+        one row, the items untouched). False, and nothing written, when the owner no longer holds
+        the range (its lease expired and it was taken back)."""
+
+    @abstractmethod
+    def dissolve_range(self, range_id: int, owner: str, lease_expires_at: float, now: float) -> None:
+        """Turn a range back into rows: its delivered items are settled, the others leased by
+        ``owner`` one by one, so that the per-item paths (a retry, a dead letter, a split) apply."""
+
+    @abstractmethod
+    def renew_ranges(self, range_ids: Sequence[int], owner: str, lease_expires_at: float) -> int:
+        """Extend the leases of ranges this owner still holds."""
+
+    @abstractmethod
+    def settle_ranges(self, limit: int, now: float,
+                      labellers: Mapping[str, Callable[[str, str], tuple[str | None, str | None]]]
+                      | None = None) -> int:
+        """Write the outcome of up to ``limit`` items of delivered ranges onto the items themselves,
+        with their search labels, and delete each range so settled; how many items were settled."""
 
     @abstractmethod
     def mark_delivered(self, outcomes: Iterable[Outcome], now: float, *, owner: str | None = None,

@@ -15,11 +15,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from bridge.errors import StorageUnavailable
-from bridge.storage.base import LEASED, PENDING, ClaimedItem
+from bridge.storage.base import LEASED, PENDING
 from bridge.storage.sql import CLAIM_COLUMNS, SqlStore, Tx
 
 #: Any constant: the key of the advisory lock that serialises migrations across processes.
 MIGRATION_LOCK = 7_305_821_446_051
+#: The first key of the advisory locks under which claims of a kind take turns (the second: the kind).
+CLAIM_LOCK = 7_340_112
 #: How long a request waits for a database connection before answering 503 (Mailjet retries).
 POOL_TIMEOUT_SECONDS = 3.0
 #: A pooled connection idle this long is checked (a round trip) before it is handed out; one in
@@ -145,20 +147,22 @@ class PostgresStore(SqlStore):
             tx.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
             self._apply_migrations(tx, time.time())
 
-    def claim(
-        self, kind: str, limit: int, owner: str, lease_seconds: float, now: float
-    ) -> list[ClaimedItem]:
-        with self._write() as tx:
-            rows = tx.execute(
-                "UPDATE outbox SET state = ?, lease_owner = ?, lease_expires_at = ? "
-                "WHERE id IN (SELECT id FROM outbox WHERE kind = ? AND "
-                "((state = ? AND next_attempt_at <= ?) OR (state = ? AND lease_expires_at <= ?)) "
-                "ORDER BY next_attempt_at, id LIMIT ? FOR UPDATE SKIP LOCKED) "
-                f"RETURNING {CLAIM_COLUMNS}",
-                (LEASED, owner, now + lease_seconds, kind, PENDING, now, LEASED, now, limit),
-            ).fetchall()
-        rows.sort()  # by id, the first column
-        return list(map(ClaimedItem._make, rows))
+    def _lock_claims(self, tx: Tx, kind: str) -> None:
+        """Claims of a kind take turns across processes: a claim by range must see every range and
+        every lease committed before it, and a claim by row every range (PostgreSQL otherwise lets
+        two transactions pick the same pending rows, one of them without writing them)."""
+        tx.execute("SELECT pg_advisory_xact_lock(CAST(? AS integer), hashtext(?))", (CLAIM_LOCK, kind))
+
+    def _claim_rows(self, tx: Tx, kind: str, limit: int, owner: str, lease_seconds: float,
+                    now: float) -> list[tuple[Any, ...]]:
+        return tx.execute(
+            "UPDATE outbox SET state = ?, lease_owner = ?, lease_expires_at = ? "
+            "WHERE id IN (SELECT id FROM outbox WHERE kind = ? AND "
+            "((state = ? AND next_attempt_at <= ?) OR (state = ? AND lease_expires_at <= ?)) "
+            "ORDER BY next_attempt_at, id LIMIT ? FOR UPDATE SKIP LOCKED) "
+            f"RETURNING {CLAIM_COLUMNS}",
+            (LEASED, owner, now + lease_seconds, kind, PENDING, now, LEASED, now, limit),
+        ).fetchall()
 
     def close(self) -> None:
         with self._lock:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from functools import cache
 from importlib import resources
@@ -23,6 +23,7 @@ from bridge.storage.base import (
     PENDING,
     AcceptResult,
     Checkpoint,
+    ClaimedItem,
     DeadLetter,
     DueSummary,
     NewItem,
@@ -52,6 +53,9 @@ SESSION_TOUCH_SECONDS = 60.0
 KINDS_SQL = ("WITH RECURSIVE k(kind) AS (SELECT MIN(kind) FROM outbox UNION ALL "
              "SELECT (SELECT MIN(kind) FROM outbox WHERE kind > k.kind) FROM k WHERE k.kind IS NOT NULL) "
              "SELECT kind FROM k WHERE kind IS NOT NULL")
+#: A claim by row, while ranges are open, looks for rows outside them among this many claims' worth
+#: of the oldest due rows (a range's rows are pending on disk until it is settled).
+RANGE_WINDOW = 4
 #: "No limit" in a ``LIMIT ?`` both dialects accept.
 NO_LIMIT = 1 << 62
 #: Versioned schema changes: ``migrations/<dialect>/NNNN_name.sql``, recorded in ``schema_version``.
@@ -168,6 +172,8 @@ class SqlStore(Store):
     round_rows = 0
     #: SQL for "the start of the ``?``-second bucket holding created_at".
     bucket_sql = ""
+    #: Written before a column to keep the planner from using an index on it (SQLite: ``+``).
+    unindexed = ""
 
     # -- what a dialect supplies --------------------------------------------------------------------
 
@@ -438,19 +444,25 @@ class SqlStore(Store):
                     )
 
     @staticmethod
-    def _keep_sent_batch(tx: Tx, kind: str, outcomes: Sequence[Outcome], now: float) -> int:
+    def _keep_sent_batch(tx: Tx, kind: str, outcomes: Sequence[Outcome], now: float,
+                         range_id: int | None = None) -> int:
         """Store the texts of one sent batch, with the ids of its rows in the same order; its id.
-        JSON with ASCII escapes: any text comes back exactly, and the body holds no NUL."""
+        JSON with ASCII escapes: any text comes back exactly, and the body holds no NUL. A batch of
+        a range also keeps the answer its rows share, which they get when the range is settled."""
+        first = outcomes[0]
         return tx.execute(
-            "INSERT INTO sent_batches (kind, item_ids, body, created_at) VALUES (?, ?, ?, ?) "
-            "RETURNING id",
-            (kind, json.dumps([o.id for o in outcomes]), json.dumps([o.sent for o in outcomes]), now),
+            "INSERT INTO sent_batches (kind, item_ids, body, created_at, range_id, status, response, "
+            "latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (kind, json.dumps([o.id for o in outcomes]), json.dumps([o.sent for o in outcomes]), now,
+             range_id, first.status, _text(first.response), first.latency_ms),
         ).fetchall()[0][0]
 
     def _with_sent(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Rows as operators read them: a row of a batch kept once (``sent_batch``) gets its own
         text out of that batch as ``sent``, the same text it would have held itself. The one place
-        that reads ``sent_batches``: each batch is fetched and parsed once per call."""
+        that reads ``sent_batches``: each batch is fetched and parsed once per call. A row of an
+        open range is shown in the state the range gives it first (``_in_ranges``)."""
+        rows = self._in_ranges(rows)
         wanted = sorted({row["sent_batch"] for row in rows
                          if row.get("sent") is None and row.get("sent_batch") is not None})
         texts: dict[int, dict[int, str | None]] = {}
@@ -463,6 +475,224 @@ class SqlStore(Store):
             batch_id = row.pop("sent_batch", None)
             if row.get("sent") is None and batch_id in texts:
                 row["sent"] = _text(texts[batch_id].get(row["id"]))
+        return rows
+
+    # -- delivery by range (docs/range-delivery.md) ---------------------------------------------------
+
+    def _lock_claims(self, tx: Tx, kind: str) -> None:
+        """Claims of a kind take turns; SQLite's write lock already makes them."""
+
+    def _claim_rows(self, tx: Tx, kind: str, limit: int, owner: str, lease_seconds: float,
+                    now: float) -> list[tuple[Any, ...]]:
+        """Lease the oldest due rows of a kind (``CLAIM_COLUMNS``), expired leases included."""
+        raise NotImplementedError
+
+    def _fresh_rows(self, tx: Tx, kind: str, after: int, limit: int, now: float) -> list[tuple[Any, ...]]:
+        """Due pending rows (``CLAIM_COLUMNS``) of a kind with ids past ``after``, by id, unwritten.
+        SQLite is kept on the rowid's order (``unindexed``: its planner would take ``outbox_due``
+        and sort every pending row); PostgreSQL finds the order by itself."""
+        plus = self.unindexed
+        return tx.execute(
+            f"SELECT {CLAIM_COLUMNS} FROM outbox WHERE id > ? AND {plus}kind = ? AND {plus}state = ? "
+            f"AND {plus}next_attempt_at <= ? ORDER BY id LIMIT ?", (after, kind, PENDING, now, limit),
+        ).fetchall()
+
+    @staticmethod
+    def _past_ranges(tx: Tx, kind: str) -> int | None:
+        return tx.execute("SELECT MAX(last_id) FROM delivery_ranges WHERE kind = ?",
+                          (kind,)).fetchall()[0][0]
+
+    def claim(
+        self, kind: str, limit: int, owner: str, lease_seconds: float, now: float
+    ) -> list[ClaimedItem]:
+        """While ranges of the kind are open, a pending row within a range's bounds is left alone:
+        it is the range's, or on PostgreSQL one that committed after the range was claimed, which
+        waits for the range to be settled."""
+        with self._write() as tx:
+            self._lock_claims(tx, kind)
+            top = self._past_ranges(tx, kind)
+            if top is None:
+                rows = self._claim_rows(tx, kind, limit, owner, lease_seconds, now)
+            else:
+                rows = self._claim_outside_ranges(tx, kind, limit, owner, lease_seconds, now, top)
+        rows.sort()  # by id, the first column
+        return list(map(ClaimedItem._make, rows))
+
+    def _claim_outside_ranges(self, tx: Tx, kind: str, limit: int, owner: str, lease_seconds: float,
+                              now: float, top: int) -> list[tuple[Any, ...]]:
+        """The oldest due rows outside every range, looked for among the oldest ``RANGE_WINDOW``
+        claims' worth (rows further back wait for the ranges before them to be settled), and the
+        rows past the newest range."""
+        tx.execute("UPDATE outbox SET state = ?, lease_owner = NULL, lease_expires_at = NULL "
+                   "WHERE kind = ? AND state = ? AND lease_expires_at <= ?", (PENDING, kind, LEASED, now))
+        oldest = [row[0] for row in tx.execute(
+            "SELECT id FROM (SELECT id, next_attempt_at FROM outbox WHERE kind = ? AND state = ? "
+            "AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?) AS o WHERE NOT EXISTS "
+            "(SELECT 1 FROM delivery_ranges r WHERE r.kind = ? AND r.last_id >= o.id "
+            "AND r.first_id <= o.id) ORDER BY next_attempt_at, id LIMIT ?",
+            (kind, PENDING, now, limit * RANGE_WINDOW, kind, limit)).fetchall()]
+        if len(oldest) < limit:
+            oldest += [row[0] for row in self._fresh_rows(tx, kind, top, limit - len(oldest), now)]
+        rows: list[tuple[Any, ...]] = []
+        for chunk in _chunks(oldest):
+            rows += tx.execute(
+                f"UPDATE outbox SET state = ?, lease_owner = ?, lease_expires_at = ? WHERE id IN "
+                f"({_marks(len(chunk))}) AND state = ? RETURNING {CLAIM_COLUMNS}",
+                (LEASED, owner, now + lease_seconds, *chunk, PENDING)).fetchall()
+        return rows
+
+    def claim_range(
+        self, kind: str, limit: int, owner: str, lease_seconds: float, now: float, *, after: int = 0
+    ) -> tuple[int | None, list[ClaimedItem]]:
+        """``Store.claim_range``; the rows are read by id from past the newest range, or past
+        ``after`` (the last id the caller claimed), so that rows already settled are not read."""
+        with self._write() as tx:
+            self._lock_claims(tx, kind)
+            rows = self._fresh_rows(tx, kind, max(self._past_ranges(tx, kind) or 0, after), limit, now)
+            if not rows:
+                return None, []
+            ids = [row[0] for row in rows]
+            range_id = tx.execute(
+                "INSERT INTO delivery_ranges (kind, first_id, last_id, item_ids, events, state, owner, "
+                "lease_expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (kind, ids[0], ids[-1], json.dumps(ids), len(ids), LEASED, owner, now + lease_seconds,
+                 now),
+            ).fetchall()[0][0]
+        return range_id, list(map(ClaimedItem._make, rows))
+
+    def mark_range_delivered(self, range_id: int, outcomes: Sequence[Outcome], now: float,
+                             owner: str, sent_batch: str) -> bool:
+        if not outcomes:
+            return True
+        count = len(outcomes)
+        with self._write() as tx:
+            # the right-hand sides read the row as it was: delivered + ? is the new count
+            if not tx.execute(
+                "UPDATE delivery_ranges SET delivered = delivered + ?, "
+                "state = CASE WHEN delivered + ? >= events THEN ? ELSE state END, "
+                "owner = CASE WHEN delivered + ? >= events THEN NULL ELSE owner END, "
+                "lease_expires_at = CASE WHEN delivered + ? >= events THEN NULL ELSE lease_expires_at END "
+                "WHERE id = ? AND state = ? AND owner = ?",
+                (count, count, DELIVERED, count, count, range_id, LEASED, owner),
+            ).rowcount:
+                return False
+            self._keep_sent_batch(tx, sent_batch, outcomes, now, range_id)
+        return True
+
+    def dissolve_range(self, range_id: int, owner: str, lease_expires_at: float, now: float) -> None:
+        with self._write() as tx:
+            gone = tx.execute("DELETE FROM delivery_ranges WHERE id = ? AND state = ? AND owner = ? "
+                              "RETURNING item_ids", (range_id, LEASED, owner)).fetchall()
+            if not gone:
+                return
+            settled = self._settle_range(tx, range_id, None)
+            rest = [item_id for item_id in json.loads(gone[0][0]) if item_id not in settled]
+            for chunk in _chunks(rest):
+                tx.execute(f"UPDATE outbox SET state = ?, lease_owner = ?, lease_expires_at = ? "
+                           f"WHERE id IN ({_marks(len(chunk))}) AND state = ?",
+                           (LEASED, owner, lease_expires_at, *chunk, PENDING))
+
+    def renew_ranges(self, range_ids: Sequence[int], owner: str, lease_expires_at: float) -> int:
+        if not range_ids:
+            return 0
+        with self._write() as tx:
+            return tx.execute(
+                f"UPDATE delivery_ranges SET lease_expires_at = ? WHERE id IN ({_marks(len(range_ids))}) "
+                "AND state = ? AND owner = ?", (lease_expires_at, *range_ids, LEASED, owner)).rowcount
+
+    def settle_ranges(self, limit: int, now: float,
+                      labellers: Mapping[str, Callable[[str, str], tuple[str | None, str | None]]]
+                      | None = None) -> int:
+        settled = 0
+        for range_id, events in self._rows(
+                "SELECT id, events FROM delivery_ranges WHERE state = ? ORDER BY id LIMIT ?",
+                (DELIVERED, 64)):
+            if settled and settled + events > limit:
+                break
+            with self._write() as tx:  # one range a transaction: intake goes on between them
+                if tx.execute("DELETE FROM delivery_ranges WHERE id = ? AND state = ? RETURNING id",
+                              (range_id, DELIVERED)).fetchall():
+                    self._settle_range(tx, range_id, labellers)
+            settled += events
+        return settled
+
+    def _let_ranges_go(self, where: str, params: Sequence[Any]) -> int:
+        """Delete the leased ranges ``where`` picks, settling what they delivered: their other
+        items are pending as they always were, and due again."""
+        ranges = self._rows(f"SELECT id FROM delivery_ranges WHERE state = ? AND {where}",
+                            (LEASED, *params))
+        let_go = 0
+        for (range_id,) in ranges:
+            with self._write() as tx:
+                if tx.execute(f"DELETE FROM delivery_ranges WHERE id = ? AND state = ? AND {where} "
+                              "RETURNING id", (range_id, LEASED, *params)).fetchall():
+                    self._settle_range(tx, range_id, None)
+                    let_go += 1
+        return let_go
+
+    def _settle_range(self, tx: Tx, range_id: int,
+                      labellers: Mapping[str, Callable[[str, str], tuple[str | None, str | None]]]
+                      | None) -> set[int]:
+        """Write each delivered batch of a range onto its rows (with labels, given labellers);
+        the ids so settled."""
+        settled: set[int] = set()
+        for batch_id, item_ids, status, response, latency_ms, at in tx.execute(
+                "SELECT id, item_ids, status, response, latency_ms, created_at FROM sent_batches "
+                "WHERE range_id = ?", (range_id,)).fetchall():
+            ids = json.loads(item_ids)
+            settled.update(ids)
+            answer = (DELIVERED, at, status, response, latency_ms, batch_id)
+            outcome = ("state = ?, finished_at = ?, last_status = ?, last_response = ?, latency_ms = ?, "
+                       "sent_batch = ?, sent = NULL, last_error = NULL, lease_owner = NULL, "
+                       "lease_expires_at = NULL, attempts = attempts + 1")
+            if labellers is None:
+                for chunk in _chunks(ids):
+                    tx.execute(f"UPDATE outbox SET {outcome} WHERE id IN ({_marks(len(chunk))}) "
+                               "AND state = ?", (*answer, *chunk, PENDING))
+                continue
+            labelled = []
+            for chunk in _chunks(ids):
+                for item_id, kind, payload, key in tx.execute(
+                        f"SELECT id, kind, payload, dedupe_key FROM outbox WHERE id IN "
+                        f"({_marks(len(chunk))}) AND state = ?", (*chunk, PENDING)).fetchall():
+                    labeller = labellers.get(kind)
+                    recipient, ref = labeller(payload, key) if labeller and payload else (None, None)
+                    labelled.append((*answer, _label(recipient) or "", _label(ref), item_id, PENDING))
+            tx.executemany(f"UPDATE outbox SET {outcome}, recipient = ?, message_ref = ? "
+                           "WHERE id = ? AND state = ?", labelled)
+        return settled
+
+    def _in_ranges(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Pending rows that are items of an open range, as the range has them: delivered (by one
+        of its batches, with that batch's answer) or leased."""
+        pending = [row["id"] for row in rows if row.get("state") == PENDING]
+        if not pending:
+            return rows
+        ranges = self._rows("SELECT id, item_ids FROM delivery_ranges WHERE first_id <= ? AND last_id >= ?",
+                            (max(pending), min(pending)))
+        if not ranges:
+            return rows
+        members: dict[int, int] = {}
+        for range_id, item_ids in ranges:
+            members.update(dict.fromkeys(json.loads(item_ids), range_id))
+        wanted = sorted({members[i] for i in pending if i in members})
+        done: dict[int, tuple[Any, ...]] = {}
+        for chunk in _chunks(wanted):
+            for batch_id, item_ids, status, response, latency_ms, at in self._rows(
+                    "SELECT id, item_ids, status, response, latency_ms, created_at FROM sent_batches "
+                    f"WHERE range_id IN ({_marks(len(chunk))})", chunk):
+                done.update(dict.fromkeys(json.loads(item_ids),
+                                          (batch_id, status, response, latency_ms, at)))
+        for row in rows:
+            if row.get("state") != PENDING or row["id"] not in members:
+                continue
+            if row["id"] not in done:
+                row["state"] = LEASED
+                continue
+            batch_id, status, response, latency_ms, at = done[row["id"]]
+            row.update(state=DELIVERED, sent_batch=batch_id, last_status=status, last_response=response,
+                       latency_ms=latency_ms, finished_at=at, last_error=None,
+                       attempts=row.get("attempts", 0) + 1)
         return rows
 
     def release(
@@ -503,6 +733,11 @@ class SqlStore(Store):
         return renewed
 
     def recover_expired(self, kind: str, now: float) -> int:
+        """Rows and ranges whose lease expired, given back (a range's delivered batches settled)."""
+        return self._let_ranges_go("kind = ? AND lease_expires_at <= ?", (kind, now)) + \
+            self._recover_expired_rows(kind, now)
+
+    def _recover_expired_rows(self, kind: str, now: float) -> int:
         expired = self._rows(
             "SELECT 1 FROM outbox WHERE kind = ? AND state = ? AND lease_expires_at <= ? LIMIT 1",
             (kind, LEASED, now),
@@ -526,6 +761,7 @@ class SqlStore(Store):
 
     def release_owner(self, owner: str, now: float) -> int:
         """Give back every lease this owner holds, due now (a clean shutdown)."""
+        self._let_ranges_go("owner = ?", (owner,))
         with self._write() as tx:
             return tx.execute(
                 "UPDATE outbox SET state = ?, next_attempt_at = ?, lease_owner = NULL, "
@@ -608,12 +844,21 @@ class SqlStore(Store):
         cap = _limit(count_limit)
         if kinds:
             kind_in = f"kind IN ({_marks(len(kinds))})"
+            # open ranges: their rows are pending on disk, and neither waiting nor stuck
+            ranges = [r for r in self._rows(
+                "SELECT kind, SUM(events), SUM(delivered), MIN(first_id), MAX(last_id), "
+                "SUM(CASE WHEN state = ? AND lease_expires_at <= ? THEN events - delivered ELSE 0 END) "
+                "FROM delivery_ranges GROUP BY kind", (LEASED, now)) if r[0] in kinds]
+            outside, bounds = "", ()
+            if ranges:
+                outside = " AND (id < ? OR id > ?)"
+                bounds = (min(r[3] for r in ranges), max(r[4] for r in ranges))
             counted = [(state, f"{kind_in} AND state = ?", (*kinds, state)) for state in counts]
             counted += [
                 ("leased_past_lease", f"{kind_in} AND state = ? AND lease_expires_at <= ?",
                  (*kinds, LEASED, now)),
-                ("due_unclaimed", f"{kind_in} AND state = ? AND next_attempt_at <= ?",
-                 (*kinds, PENDING, now - stuck_after)),
+                ("due_unclaimed", f"{kind_in} AND state = ? AND next_attempt_at <= ?{outside}",
+                 (*kinds, PENDING, now - stuck_after, *bounds)),
             ]
             row = self._rows(
                 "SELECT " + ", ".join(
@@ -626,16 +871,25 @@ class SqlStore(Store):
                     counts[name] = int(count)
                 else:
                     stuck[name] = int(count)
+            capped = {name for name, count in counts.items() if count >= cap}
+            for _, events, delivered, _, _, expired in ranges:
+                counts[PENDING] -= int(events)
+                counts[LEASED] += int(events) - int(delivered)
+                counts[DELIVERED] += int(delivered)
+                stuck["leased_past_lease"] += int(expired)
+            for name, count in counts.items():  # a count that reached the limit stays at it
+                counts[name] = cap if name in capped else min(max(count, 0), cap)
             waiting = counts[PENDING] + counts[LEASED]
             if waiting and (count_limit is not None or waiting <= counts[DELIVERED] + counts[DEAD]):
                 # the waiting rows through the index (all of them, or the first count_limit)
                 oldest = self._rows(
                     f"SELECT MIN(created_at) FROM (SELECT created_at FROM outbox WHERE {kind_in} "
-                    "AND state IN (?, ?) LIMIT ?) AS w", (*kinds, PENDING, LEASED, cap))[0][0]
+                    f"AND state IN (?, ?){outside} LIMIT ?) AS w",
+                    (*kinds, PENDING, LEASED, *bounds, cap))[0][0]
             elif waiting:
                 # most rows wait: the oldest rows first (outbox_created) soon finds one
-                oldest = self._rows("SELECT MIN(created_at) FROM outbox WHERE state IN (?, ?)",
-                                    (PENDING, LEASED))[0][0]
+                oldest = self._rows(f"SELECT MIN(created_at) FROM outbox WHERE state IN (?, ?){outside}",
+                                    (PENDING, LEASED, *bounds))[0][0]
         quarantined = self._rows(
             "SELECT COUNT(*) FROM (SELECT 1 FROM quarantine LIMIT ?) AS q", (cap,))[0][0]
         result = {
@@ -675,8 +929,11 @@ class SqlStore(Store):
                 where.append(f"{column} = ?")
                 params.append(value)
         clause = f"WHERE {' AND '.join(where)} " if where else ""
-        return self._with_sent(self._dicts(
+        rows = self._with_sent(self._dicts(
             f"SELECT {ITEM_COLUMNS} FROM outbox {clause}ORDER BY id DESC LIMIT ?", (*params, limit)))
+        # a pending row of an open range reads as the range has it (rows it delivered that are not
+        # settled yet are pending on disk, and missing from a filter on another state until then)
+        return [row for row in rows if not state or row["state"] == state]
 
     def find(self, *, recipient: str | None = None, message_ref: str | None = None,
              dedupe_key: str | None = None, text: str | None = None, kinds: Sequence[str] = (),
@@ -854,12 +1111,14 @@ class SqlStore(Store):
 
     def _drop_sent_batches(self, before: float, batch: int) -> None:
         """Delete the sent batches kept before ``before``, a few per transaction (each is up to
-        half a megabyte). A row still pointing to one shows no sent text, as a compacted row."""
+        half a megabyte), but those of a range not settled yet. A row still pointing to one shows
+        no sent text, as a compacted row."""
         while True:
             with self._write() as tx:
                 count = tx.execute(
                     "DELETE FROM sent_batches WHERE id IN (SELECT id FROM sent_batches "
-                    "WHERE created_at < ? ORDER BY created_at LIMIT ?)",
+                    "WHERE created_at < ? AND (range_id IS NULL OR range_id NOT IN "
+                    "(SELECT id FROM delivery_ranges)) ORDER BY created_at LIMIT ?)",
                     (before, max(1, batch // 100)),
                 ).rowcount
             if count < max(1, batch // 100):

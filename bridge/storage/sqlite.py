@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.errors import StorageUnavailable
-from bridge.storage.base import LEASED, PENDING, ClaimedItem
+from bridge.storage.base import LEASED, PENDING
 from bridge.storage.sql import CLAIM_COLUMNS, SqlStore, Tx
 
 BUSY_TIMEOUT_MS = 10_000
@@ -64,6 +64,7 @@ class _Handle:
 class SQLiteStore(SqlStore):
     dialect = "sqlite"
     bucket_sql = "CAST(created_at / ? AS INTEGER) * ?"
+    unindexed = "+"
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL",
                  busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
@@ -201,23 +202,19 @@ class SQLiteStore(SqlStore):
             with self._transaction(conn):
                 self._apply_migrations(_SqliteTx(conn), time.time())
 
-    def claim(
-        self, kind: str, limit: int, owner: str, lease_seconds: float, now: float
-    ) -> list[ClaimedItem]:
-        with self._write() as tx:
-            tx.execute(
-                "UPDATE outbox SET state = ?, lease_owner = NULL, lease_expires_at = NULL "
-                "WHERE kind = ? AND state = ? AND lease_expires_at <= ?",
-                (PENDING, kind, LEASED, now),
-            )
-            rows = tx.execute(
-                "UPDATE outbox SET state = ?, lease_owner = ?, lease_expires_at = ? "
-                "WHERE id IN (SELECT id FROM outbox WHERE kind = ? AND state = ? "
-                f"AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?) RETURNING {CLAIM_COLUMNS}",
-                (LEASED, owner, now + lease_seconds, kind, PENDING, now, limit),
-            ).fetchall()
-        rows.sort()  # by id, the first column
-        return list(map(ClaimedItem._make, rows))
+    def _claim_rows(self, tx: Tx, kind: str, limit: int, owner: str, lease_seconds: float,
+                    now: float) -> list[tuple[Any, ...]]:
+        tx.execute(
+            "UPDATE outbox SET state = ?, lease_owner = NULL, lease_expires_at = NULL "
+            "WHERE kind = ? AND state = ? AND lease_expires_at <= ?",
+            (PENDING, kind, LEASED, now),
+        )
+        return tx.execute(
+            "UPDATE outbox SET state = ?, lease_owner = ?, lease_expires_at = ? "
+            "WHERE id IN (SELECT id FROM outbox WHERE kind = ? AND state = ? "
+            f"AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?) RETURNING {CLAIM_COLUMNS}",
+            (LEASED, owner, now + lease_seconds, kind, PENDING, now, limit),
+        ).fetchall()
 
     def close(self) -> None:
         """Close the idle connections now, and those in use when their user is done with them (closing
