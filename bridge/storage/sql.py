@@ -488,14 +488,18 @@ class SqlStore(Store):
         raise NotImplementedError
 
     def _fresh_rows(self, tx: Tx, kind: str, after: int, limit: int, now: float) -> list[tuple[Any, ...]]:
-        """Due pending rows (``CLAIM_COLUMNS``) of a kind with ids past ``after``, by id, unwritten.
-        SQLite is kept on the rowid's order (``unindexed``: its planner would take ``outbox_due``
-        and sort every pending row); PostgreSQL finds the order by itself."""
+        """Pending rows (``CLAIM_COLUMNS``) of a kind with ids past ``after``, by id, unwritten, up
+        to the first that is not due yet: a range must hold every pending row within its bounds,
+        and intake's clocks put rows committed in id order a millisecond apart either way (one
+        skipped would wait inside the range until it is settled). SQLite is kept on the rowid's
+        order (``unindexed``: its planner would take ``outbox_due`` and sort every pending row)."""
         plus = self.unindexed
-        return tx.execute(
-            f"SELECT {CLAIM_COLUMNS} FROM outbox WHERE id > ? AND {plus}kind = ? AND {plus}state = ? "
-            f"AND {plus}next_attempt_at <= ? ORDER BY id LIMIT ?", (after, kind, PENDING, now, limit),
+        rows = tx.execute(
+            f"SELECT {CLAIM_COLUMNS}, next_attempt_at FROM outbox WHERE id > ? AND {plus}kind = ? "
+            f"AND {plus}state = ? ORDER BY id LIMIT ?", (after, kind, PENDING, limit),
         ).fetchall()
+        due = next((n for n, row in enumerate(rows) if row[-1] > now), len(rows))
+        return [row[:-1] for row in rows[:due]]
 
     @staticmethod
     def _past_ranges(tx: Tx, kind: str) -> int | None:
