@@ -630,3 +630,17 @@ def test_compaction_drops_sent_batches_with_their_rows_texts(store: Store) -> No
     assert old is not None and (old["payload"], old["sent"]) == ("", None)
     assert recent is not None and recent["sent"] == call_of(claimed[-1])
     assert store.prune_delivered(T0 + 50) == 25 and store.item(claimed[-1].id) is not None
+
+
+@pytest.mark.parametrize("texts", [
+    ['{"a":1}', '{"b":"\\u00e9 \\n","c":[1,2]}', '{"d":"é"}'],  # calls: kept one a line
+    ['{"a":1}', '{\n"raw":"line break"}'],  # a raw line break: kept as a JSON array
+    ['{"a":1}', "not a call"],
+    ['{"a":1}', None],
+])
+def test_a_batch_s_texts_come_back_exactly_in_either_form(store: Store, texts: list[str | None]) -> None:
+    store.accept(items(*[f"t{n}" for n in range(len(texts))]), [], T0)
+    claimed = store.claim(SEGMENT_TRACK, 10, "w", 60, T0)
+    sent = [Outcome(i.id, sent=text, status=200) for i, text in zip(claimed, texts, strict=True)]
+    store.mark_delivered(sent, T0, owner="w", sent_batch=SEGMENT_TRACK)
+    assert [store.item(i.id)["sent"] for i in claimed] == texts  # type: ignore[index]

@@ -96,6 +96,22 @@ def _text(value: str | None) -> str | None:
     return value
 
 
+def _sent_body(texts: Sequence[str | None]) -> str:
+    """A sent batch's texts as one body. Calls (compact JSON objects, which hold no line break and
+    no NUL) one a line: joined, not escaped again, which took the forwarder 1.3 µs an event (#11).
+    Anything else as a JSON array of the texts, with ASCII escapes, as every batch was before."""
+    if all(text is not None and text.startswith("{") for text in texts):
+        body = "\n".join(texts)  # type: ignore[arg-type]
+        if body.count("\n") == len(texts) - 1 and "\x00" not in body:
+            return _text(body)  # type: ignore[return-value]
+    return json.dumps(list(texts))
+
+
+def _sent_texts(body: str) -> list[str | None]:
+    """The texts ``_sent_body`` stored: a JSON array (``[``) or calls one a line (``{``)."""
+    return json.loads(body) if body.startswith("[") else body.split("\n")  # type: ignore[return-value]
+
+
 def _chunks(values: Sequence[T]) -> Iterable[list[T]]:
     """Chunks of at most ``ROWS_PER_STATEMENT``, each padded to a power of two by repeating its last
     value. A statement's text depends on its length, and the driver keeps each text as a prepared
@@ -447,13 +463,13 @@ class SqlStore(Store):
     def _keep_sent_batch(tx: Tx, kind: str, outcomes: Sequence[Outcome], now: float,
                          range_id: int | None = None) -> int:
         """Store the texts of one sent batch, with the ids of its rows in the same order; its id.
-        JSON with ASCII escapes: any text comes back exactly, and the body holds no NUL. A batch of
-        a range also keeps the answer its rows share, which they get when the range is settled."""
+        A batch of a range also keeps the answer its rows share, which they get when the range is
+        settled. The body is the calls one a line (``_sent_body``)."""
         first = outcomes[0]
         return tx.execute(
             "INSERT INTO sent_batches (kind, item_ids, body, created_at, range_id, status, response, "
             "latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (kind, json.dumps([o.id for o in outcomes]), json.dumps([o.sent for o in outcomes]), now,
+            (kind, json.dumps([o.id for o in outcomes]), _sent_body([o.sent for o in outcomes]), now,
              range_id, first.status, _text(first.response), first.latency_ms),
         ).fetchall()[0][0]
 
@@ -470,7 +486,7 @@ class SqlStore(Store):
             for batch_id, item_ids, body in self._rows(
                     f"SELECT id, item_ids, body FROM sent_batches WHERE id IN ({_marks(len(chunk))})",
                     chunk):
-                texts[batch_id] = dict(zip(json.loads(item_ids), json.loads(body), strict=True))
+                texts[batch_id] = dict(zip(json.loads(item_ids), _sent_texts(body), strict=True))
         for row in rows:
             batch_id = row.pop("sent_batch", None)
             if row.get("sent") is None and batch_id in texts:
