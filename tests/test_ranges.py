@@ -276,8 +276,8 @@ class Interleavings(RuleBasedStateMachine):
     @precondition(lambda self: self.rounds)
     @rule(data=st.data())
     def deliver(self, data: st.DataObject) -> None:
-        index = data.draw(st.integers(0, len(self.rounds) - 1))
-        owner, range_id, items = self.rounds[index]
+        index, owner, items = self._pick(data)
+        range_id = self.rounds[index][1]
         batch = items[: data.draw(st.integers(1, len(items)))]
         if range_id is None:
             self.store.mark_delivered(outcomes(batch), self.now, owner=owner, sent_batch=KIND)
@@ -289,8 +289,7 @@ class Interleavings(RuleBasedStateMachine):
     @precondition(lambda self: self.rounds)
     @rule(data=st.data())
     def fail(self, data: st.DataObject) -> None:
-        index = data.draw(st.integers(0, len(self.rounds) - 1))
-        owner, _, items = self.rounds[index]
+        index, owner, items = self._pick(data)
         self._as_rows(index)
         self.store.release([i.id for i in items], owner, self.now, "Segment unavailable (503)")
         self._settled(index, items)
@@ -298,8 +297,7 @@ class Interleavings(RuleBasedStateMachine):
     @precondition(lambda self: self.rounds)
     @rule(data=st.data())
     def refuse_one(self, data: st.DataObject) -> None:
-        index = data.draw(st.integers(0, len(self.rounds) - 1))
-        owner, _, items = self.rounds[index]
+        index, owner, items = self._pick(data)
         bad = data.draw(st.sampled_from(items))
         self._as_rows(index)
         self.store.mark_dead([Outcome(bad.id, status=400, error="rejected")], owner, self.now)
@@ -322,6 +320,12 @@ class Interleavings(RuleBasedStateMachine):
     def stop(self, owner: str) -> None:
         self.store.release_owner(owner, self.now)
         self.rounds = [r for r in self.rounds if r[0] != owner]
+
+    def _pick(self, data: st.DataObject) -> tuple[int, str, list[ClaimedItem]]:
+        """A round in flight: its index, owner and items."""
+        index = data.draw(st.integers(0, len(self.rounds) - 1))
+        owner, _, items = self.rounds[index]
+        return index, owner, items
 
     def _as_rows(self, index: int) -> None:
         owner, range_id, _ = self.rounds[index]

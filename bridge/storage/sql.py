@@ -53,6 +53,12 @@ SESSION_TOUCH_SECONDS = 60.0
 KINDS_SQL = ("WITH RECURSIVE k(kind) AS (SELECT MIN(kind) FROM outbox UNION ALL "
              "SELECT (SELECT MIN(kind) FROM outbox WHERE kind > k.kind) FROM k WHERE k.kind IS NOT NULL) "
              "SELECT kind FROM k WHERE kind IS NOT NULL")
+#: What a delivered row holds (then its ``state``, ``finished_at``, ``last_status``, ``last_response``
+#: and ``latency_ms``): the same whether the forwarder marks it or the janitor settles its range.
+DELIVERED_SET = ("state = ?, finished_at = ?, last_status = ?, last_response = ?, latency_ms = ?, "
+                 "last_error = NULL, lease_owner = NULL, lease_expires_at = NULL, attempts = attempts + 1")
+#: A range's delivered batches, with the answer their rows share.
+RANGE_BATCHES = "SELECT id, item_ids, status, response, latency_ms, created_at FROM sent_batches"
 #: A claim by row, while ranges are open, looks for rows outside them among this many claims' worth
 #: of the oldest due rows (a range's rows are pending on disk until it is settled).
 RANGE_WINDOW = 4
@@ -433,9 +439,7 @@ class SqlStore(Store):
         if not by_answer:
             return
         only_owner = "AND outbox.state = ? AND outbox.lease_owner = ?" if owner is not None else ""
-        settled = ("state = ?, finished_at = ?, last_status = ?, last_response = ?, latency_ms = ?, "
-                   "last_error = NULL, lease_owner = NULL, lease_expires_at = NULL, "
-                   "attempts = attempts + 1")
+        settled = DELIVERED_SET
         with self._write() as tx:
             batch_id = None if sent_batch is None else self._keep_sent_batch(
                 tx, sent_batch, outcomes, now)
@@ -518,6 +522,12 @@ class SqlStore(Store):
         return [row[:-1] for row in rows[:due]]
 
     @staticmethod
+    def _take_back_expired(tx: Tx, kind: str, now: float) -> None:
+        """A kind's rows whose lease has ended, pending again (before a claim looks for due rows)."""
+        tx.execute("UPDATE outbox SET state = ?, lease_owner = NULL, lease_expires_at = NULL "
+                   "WHERE kind = ? AND state = ? AND lease_expires_at <= ?", (PENDING, kind, LEASED, now))
+
+    @staticmethod
     def _past_ranges(tx: Tx, kind: str) -> int | None:
         return tx.execute("SELECT MAX(last_id) FROM delivery_ranges WHERE kind = ?",
                           (kind,)).fetchall()[0][0]
@@ -543,8 +553,7 @@ class SqlStore(Store):
         """The oldest due rows outside every range, looked for among the oldest ``RANGE_WINDOW``
         claims' worth (rows further back wait for the ranges before them to be settled), and the
         rows past the newest range."""
-        tx.execute("UPDATE outbox SET state = ?, lease_owner = NULL, lease_expires_at = NULL "
-                   "WHERE kind = ? AND state = ? AND lease_expires_at <= ?", (PENDING, kind, LEASED, now))
+        self._take_back_expired(tx, kind, now)
         oldest = [row[0] for row in tx.execute(
             "SELECT id FROM (SELECT id, next_attempt_at FROM outbox WHERE kind = ? AND state = ? "
             "AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?) AS o WHERE NOT EXISTS "
@@ -656,15 +665,12 @@ class SqlStore(Store):
         """Write each delivered batch of a range onto its rows (with labels, given labellers);
         the ids so settled."""
         settled: set[int] = set()
+        outcome = f"{DELIVERED_SET}, sent_batch = ?, sent = NULL"
         for batch_id, item_ids, status, response, latency_ms, at in tx.execute(
-                "SELECT id, item_ids, status, response, latency_ms, created_at FROM sent_batches "
-                "WHERE range_id = ?", (range_id,)).fetchall():
+                f"{RANGE_BATCHES} WHERE range_id = ?", (range_id,)).fetchall():
             ids = json.loads(item_ids)
             settled.update(ids)
             answer = (DELIVERED, at, status, response, latency_ms, batch_id)
-            outcome = ("state = ?, finished_at = ?, last_status = ?, last_response = ?, latency_ms = ?, "
-                       "sent_batch = ?, sent = NULL, last_error = NULL, lease_owner = NULL, "
-                       "lease_expires_at = NULL, attempts = attempts + 1")
             if labellers is None:
                 for chunk in _chunks(ids):
                     tx.execute(f"UPDATE outbox SET {outcome} WHERE id IN ({_marks(len(chunk))}) "
@@ -699,8 +705,7 @@ class SqlStore(Store):
         done: dict[int, tuple[Any, ...]] = {}
         for chunk in _chunks(wanted):
             for batch_id, item_ids, status, response, latency_ms, at in self._rows(
-                    "SELECT id, item_ids, status, response, latency_ms, created_at FROM sent_batches "
-                    f"WHERE range_id IN ({_marks(len(chunk))})", chunk):
+                    f"{RANGE_BATCHES} WHERE range_id IN ({_marks(len(chunk))})", chunk):
                 done.update(dict.fromkeys(json.loads(item_ids),
                                           (batch_id, status, response, latency_ms, at)))
         for row in rows:

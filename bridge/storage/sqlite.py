@@ -204,11 +204,7 @@ class SQLiteStore(SqlStore):
 
     def _claim_rows(self, tx: Tx, kind: str, limit: int, owner: str, lease_seconds: float,
                     now: float) -> list[tuple[Any, ...]]:
-        tx.execute(
-            "UPDATE outbox SET state = ?, lease_owner = NULL, lease_expires_at = NULL "
-            "WHERE kind = ? AND state = ? AND lease_expires_at <= ?",
-            (PENDING, kind, LEASED, now),
-        )
+        self._take_back_expired(tx, kind, now)
         return tx.execute(
             "UPDATE outbox SET state = ?, lease_owner = ?, lease_expires_at = ? "
             "WHERE id IN (SELECT id FROM outbox WHERE kind = ? AND state = ? "
