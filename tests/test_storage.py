@@ -68,6 +68,28 @@ def test_a_large_body_dedupes_and_counts_as_a_small_one(store: Store, size: int)
     assert store.stats(T0)["pending"] == size
 
 
+def test_a_large_body_is_stored_exactly_as_given(store: Store) -> None:
+    """More rows than one VALUES statement takes on PostgreSQL go there as one JSON parameter
+    (``PostgresStore._insert_new``): every text, time and number comes back exactly as given, and
+    a row JSON cannot carry (an event time beyond 64 bits) sends its body the old way, where it
+    fails alone as it always did."""
+    texts = ['{"k":"q\\"uote"}', '{"k":"back\\\\slash"}', '{"k":"line\\nbreak"}',
+             '{"k":"\U0001f600 \u2028 \u00e9"}', '{"k":"tab\tand \\u0001"}', "{}",
+             '{"k":"%s ?::json $1"}', '{"k":"[1,2]"}']
+    new = [NewItem(SEGMENT_TRACK, f"key-{n}", "sent", text, 1_700_000_000 + n)
+           for n, text in enumerate(texts)]
+    now = T0 + 0.123456789
+    (result,) = store.accept_many([(new, [], now)])
+    assert isinstance(result, AcceptResult) and result.accepted == len(texts)
+    claimed = store.claim(SEGMENT_TRACK, 100, "w", 60, now + 1)
+    assert [(c.dedupe_key, c.payload) for c in claimed] == [(i.dedupe_key, i.payload) for i in new]
+    assert {row["created_at"] for row in store.recent(limit=100)} == {now}
+    huge = [NewItem(SEGMENT_TRACK, f"h{n}", "sent", "{}", 2**64 + n) for n in range(6)]
+    fine, bad = store.accept_many([(items("a", "b", "c", "d", "e", "f"), [], T0), (huge, [], T0)])
+    assert isinstance(fine, AcceptResult) and fine.accepted == 6
+    assert isinstance(bad, BaseException) or bad.accepted == 6  # SQLite: an integer beyond 64 bits fails too
+
+
 @pytest.mark.parametrize("round_rows", [0, 64], ids=["each-body", "one-statement"])
 def test_a_round_of_bodies_is_counted_as_if_each_came_alone(store: Store, round_rows: int) -> None:
     """``accept_many``, whether it puts the round in one statement or not: a key is accepted by the

@@ -14,9 +14,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
+
 from bridge.errors import StorageUnavailable
 from bridge.storage.base import LEASED, PENDING
-from bridge.storage.sql import CLAIM_COLUMNS, SqlStore, Tx
+from bridge.storage.sql import (
+    CLAIM_COLUMNS,
+    INSERT_ITEMS,
+    INSERTED_COLUMNS,
+    RETURNING_KEYS,
+    SqlStore,
+    Tx,
+)
 
 #: Any constant: the key of the advisory lock that serialises migrations across processes.
 MIGRATION_LOCK = 7_305_821_446_051
@@ -28,6 +37,11 @@ POOL_TIMEOUT_SECONDS = 3.0
 #: steady use is not: under load, a check per checkout cost a round trip per request. A connection
 #: that breaks anyway fails its one use (503, retried) and the pool discards it.
 CHECK_IDLE_SECONDS = 5.0
+#: Outbox rows from one JSON array of objects (``PostgresStore._insert_new``).
+INSERT_ITEMS_JSON = INSERT_ITEMS.format(rows=(
+    f"SELECT {', '.join(INSERTED_COLUMNS)} FROM json_to_recordset(?::json) AS r(kind text, "
+    "dedupe_key text, event_time bigint, event_type text, payload text, next_attempt_at float8, "
+    "created_at float8)"))
 
 
 def _q(sql: str) -> str:
@@ -58,14 +72,42 @@ class PostgresStore(SqlStore):
     #: its round trips and flush does not hold up the next round (#11: 100-event bodies 348 / 354 →
     #: 372 / 399 req/s against one at a time; single events the same; 6 was slower).
     concurrent_writes = 3
-    #: psycopg converts the text of a statement of more than 50 parameters again at every use, and
-    #: pipelines ``executemany``: a 100-event body costs 10.7 µs of client CPU an event that way,
-    #: against 15.9 in one statement (#11). A row has 7; padded to 4 rows, 28.
+    #: psycopg converts the text of a statement of more than 50 parameters again at every use: a
+    #: 100-event body cost 15.9 µs of client CPU an event in one VALUES statement, 10.7 through
+    #: ``executemany`` (#11). A row has 7 parameters; padded to 4 rows, 28. More rows go as one
+    #: JSON parameter (``_insert_new``).
     values_rows = 4
     #: A round of small bodies in one statement: one round trip to PostgreSQL instead of one a body
     #: (serve, single events, A/B twice: 2,621 / 2,251 → 3,083 / 2,849 req/s). SQLite, whose
     #: statements cost no round trip, showed no difference and keeps one statement a body.
     round_rows = 64
+
+    def _insert_new(self, tx: Tx, rows: list[tuple[Any, ...]]) -> int:
+        """More than ``values_rows`` rows in one statement of one parameter, the rows as JSON read by
+        ``json_to_recordset``: one statement, planned once, where ``executemany`` sent one a row.
+        A 100-event body: 2.2-3.7 µs of client CPU an event against 11-15 (#11, docs/benchmarks.md).
+        Rows JSON cannot carry (a lone surrogate, an integer beyond 64 bits) go as before."""
+        data = self._as_json(rows)
+        if data is None:
+            return super()._insert_new(tx, rows)
+        return int(tx.execute(INSERT_ITEMS_JSON, (data,)).rowcount)
+
+    def _insert_new_keys(self, tx: Tx, rows: list[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+        """A round of small bodies as one JSON parameter too (``_insert_new``)."""
+        data = self._as_json(rows)
+        if data is None:
+            return super()._insert_new_keys(tx, rows)
+        return set(map(tuple, tx.execute(INSERT_ITEMS_JSON + RETURNING_KEYS, (data,)).fetchall()))
+
+    def _as_json(self, rows: list[tuple[Any, ...]]) -> str | None:
+        """Rows as the JSON ``INSERT_ITEMS_JSON`` reads, when there are more than a VALUES statement
+        takes and JSON can carry them all."""
+        if len(rows) <= self.values_rows:
+            return None
+        try:
+            return orjson.dumps([dict(zip(INSERTED_COLUMNS, row, strict=True)) for row in rows]).decode()
+        except (TypeError, orjson.JSONEncodeError):
+            return None
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8) -> None:
         self.url = url

@@ -155,11 +155,14 @@ def _storable(*texts: str) -> bool:
     return not any("\x00" in text for text in texts)
 
 
-INSERT_ITEMS = ("INSERT INTO outbox (kind, dedupe_key, event_time, event_type, payload, "
-                "next_attempt_at, created_at) VALUES {rows} "
+#: An outbox row as inserted, in ``ITEM_MARKS``'s order (``_item_rows``).
+INSERTED_COLUMNS = ("kind", "dedupe_key", "event_time", "event_type", "payload", "next_attempt_at",
+                "created_at")
+INSERT_ITEMS = (f"INSERT INTO outbox ({', '.join(INSERTED_COLUMNS)}) {{rows}} "
                 "ON CONFLICT (kind, event_time, dedupe_key) DO NOTHING")
 ITEM_MARKS = "(?, ?, ?, ?, ?, ?, ?)"
-INSERT_ITEM = INSERT_ITEMS.format(rows=ITEM_MARKS)
+RETURNING_KEYS = " RETURNING kind, event_time, dedupe_key"
+INSERT_ITEM = INSERT_ITEMS.format(rows=f"VALUES {ITEM_MARKS}")
 INSERT_QUARANTINE = ("INSERT INTO quarantine (source, fingerprint, body, errors, received_at) "
                      "VALUES (?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO NOTHING")
 
@@ -167,7 +170,7 @@ INSERT_QUARANTINE = ("INSERT INTO quarantine (source, fingerprint, body, errors,
 @cache
 def _insert_items(rows: int, returning: str = "") -> str:
     """The INSERT of ``rows`` outbox rows, written once a count (``_chunks`` keeps counts few)."""
-    return INSERT_ITEMS.format(rows=",".join([ITEM_MARKS] * rows)) + returning
+    return INSERT_ITEMS.format(rows="VALUES " + ",".join([ITEM_MARKS] * rows)) + returning
 
 
 def _item_rows(items: Iterable[NewItem], now: float) -> list[tuple[Any, ...]]:
@@ -286,11 +289,7 @@ class SqlStore(Store):
         counted as if accepted on its own, in order: a key is accepted by the first body that has
         it, if the statement inserted it, and a duplicate everywhere else."""
         rows = [row for items, _, now in bodies for row in _item_rows(items, now)]
-        inserted: set[tuple[Any, ...]] = set()
-        for chunk in _chunks(rows):
-            inserted.update(map(tuple, tx.execute(
-                _insert_items(len(chunk), " RETURNING kind, event_time, dedupe_key"),
-                _flat(chunk)).fetchall()))
+        inserted = self._insert_new_keys(tx, rows)
         quarantine = [row for _, quarantined, now in bodies
                       for row in _quarantine_rows(quarantined, now)]
         if quarantine:
@@ -325,14 +324,7 @@ class SqlStore(Store):
                 [(email, user_id, now + n * 1e-6) for n, (user_id, email) in enumerate(identities)],
             )
         for event_type, group in by_type.items():
-            rows = _item_rows(group, now)
-            if len(rows) > self.values_rows:
-                accepted_by_type[event_type] = tx.executemany(INSERT_ITEM, rows)
-                continue
-            # One statement of many rows, not executemany: per row, half the cost in SQLite (#11).
-            # A row repeated as padding conflicts with itself and is not counted.
-            accepted_by_type[event_type] = sum(
-                tx.execute(_insert_items(len(chunk)), _flat(chunk)).rowcount for chunk in _chunks(rows))
+            accepted_by_type[event_type] = self._insert_new(tx, _item_rows(group, now))
         if quarantined:
             tx.executemany(INSERT_QUARANTINE, _quarantine_rows(quarantined, now))
         if dead:
@@ -340,6 +332,25 @@ class SqlStore(Store):
         accepted = sum(accepted_by_type.values())
         return AcceptResult(accepted, len(items) - accepted, len(quarantined), accepted_by_type,
                             len(dead))
+
+    def _insert_new_keys(self, tx: Tx, rows: list[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+        """Insert ``ITEM_MARKS`` rows, a key already stored skipped; the keys inserted, as
+        (kind, event_time, dedupe_key)."""
+        inserted: set[tuple[Any, ...]] = set()
+        for chunk in _chunks(rows):
+            inserted.update(map(tuple, tx.execute(_insert_items(len(chunk), RETURNING_KEYS),
+                                                  _flat(chunk)).fetchall()))
+        return inserted
+
+    def _insert_new(self, tx: Tx, rows: list[tuple[Any, ...]]) -> int:
+        """Insert ``ITEM_MARKS`` rows, a key already stored skipped; how many were inserted.
+
+        Multi-row statements, not executemany: per row, half the cost in SQLite (#11). A row
+        repeated as padding conflicts with itself and is not counted. Beyond ``values_rows``,
+        executemany (a dialect may do better)."""
+        if len(rows) > self.values_rows:
+            return tx.executemany(INSERT_ITEM, rows)
+        return sum(tx.execute(_insert_items(len(chunk)), _flat(chunk)).rowcount for chunk in _chunks(rows))
 
     @staticmethod
     def _without_legacy_duplicates(tx: Tx, items: Sequence[NewItem]) -> list[NewItem]:
