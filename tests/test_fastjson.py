@@ -61,6 +61,7 @@ def test_loads_gives_what_json_gives_and_dumps_reads_back(text: str) -> None:
 @pytest.mark.parametrize(("text", "by_orjson"), [
     ('{"event":"open","MessageID":19421777396190490}', True),
     ('{"big":123456789012345678901234567890,"x":[{"f":1.5}]}', True),  # read again by json: exact
+    ('{"a":"x","b":[1,{"c":[2,{"d":123456789012345678901234567890}]}]}', True),  # deep, no float above
     ('{"a":NaN}', False), ('{"a":"\\ud800"}', False),
 ])
 def test_which_parser_read_it(text: str, by_orjson: bool) -> None:
