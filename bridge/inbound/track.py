@@ -224,22 +224,36 @@ def _unknown_value(value: Any) -> Any:
     return value
 
 
+#: What ``properties`` does with each known field: leave it out (None), or copy it under its
+#: Segment name, as an id string or as it is. One lookup a field instead of three.
+_FIELD_PLAN: dict[str, tuple[str, bool] | None] = {
+    **{field: (name, field in ID_FIELDS) for field, name in PROPERTY_FIELDS.items()},
+    **dict.fromkeys(NOT_PROPERTIES),
+}
+_UNKNOWN = ("", False)
+
+
 def properties(event: Mapping[str, Any]) -> dict[str, Any]:
     """Every Mailjet field not placed elsewhere, under its Segment name; empties and zero ids left out."""
     props: dict[str, Any] = {}
     extras: dict[str, Any] = {}
     for field, value in event.items():
-        if field in NOT_PROPERTIES or value is None or value == "":
+        if value is None or value == "":
             continue
-        name = PROPERTY_FIELDS.get(field)
-        if name is None:
+        plan = _FIELD_PLAN.get(field, _UNKNOWN)
+        if plan is None:
+            continue
+        if plan is _UNKNOWN:
             extras.setdefault(field.lower(), _unknown_value(value))
-        elif field in ID_FIELDS:
-            text = _id_string(value)
-            if text is not None:
-                props[name] = text
-        else:
+            continue
+        name, is_id = plan
+        if not is_id:
             props[name] = value
+        elif type(value) is int:  # the usual id: an integer, zero meaning none
+            if value:
+                props[name] = str(value)
+        elif (text := _id_string(value)) is not None:
+            props[name] = text
     for name, fallbacks in PROPERTY_FALLBACKS.items():
         for field in fallbacks:
             if name not in props and (text := _id_string(event.get(field))) is not None:
