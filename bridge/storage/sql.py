@@ -157,7 +157,7 @@ def _storable(*texts: str) -> bool:
 
 #: An outbox row as inserted, in ``ITEM_MARKS``'s order (``_item_rows``).
 INSERTED_COLUMNS = ("kind", "dedupe_key", "event_time", "event_type", "payload", "next_attempt_at",
-                "created_at")
+                    "created_at")
 INSERT_ITEMS = (f"INSERT INTO outbox ({', '.join(INSERTED_COLUMNS)}) {{rows}} "
                 "ON CONFLICT (kind, event_time, dedupe_key) DO NOTHING")
 ITEM_MARKS = "(?, ?, ?, ?, ?, ?, ?)"
