@@ -241,6 +241,33 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User and system CPU a live process has used, in seconds (None once it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = text[text.rindex(")") + 2:].split()
+    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def roles(root: int, database: str | None = None) -> dict[int, str]:
+    """The processes one measured server runs on, by role: ``writer`` and ``delivery`` (the bridge's
+    processes of those names), ``server`` (everything else under ``root``: the supervisor, the
+    HTTP server and its web processes) and, for ``database``, ``PostgreSQL``'s backends serving it."""
+    found: dict[int, str] = {}
+    for pid in [root, *children(root)]:
+        command = cmdline(pid)
+        found[pid] = ("writer" if "bridge writer" in command else
+                      "delivery" if "bridge worker" in command else "server")
+    if database:
+        for pid in _pids():
+            command = cmdline(pid)
+            if command.startswith("postgres:") and f" {database} " in command:
+                found[pid] = "PostgreSQL"
+    return found
+
+
 def rss_mb(pid: int) -> float | None:
     """VmRSS of a live process in MB (None once it is gone)."""
     try:

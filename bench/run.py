@@ -7,7 +7,8 @@ What it measures, all on 127.0.0.1 (docs/benchmarks.md explains each figure):
   endpoint (bench/noop_app.py) under ``gunicorn -w 2``; also the no-op under granian, and the peer
   (bench/peer_app.py). Servers alternate within each round, each started fresh on a fresh database;
   the table shows medians over the rounds. The bridge's cost per body size (1, 10, 100, 500 events)
-  is measured in the same rounds.
+  is measured in the same rounds, and so is the CPU a request of each server's processes, by role
+  (from /proc; PostgreSQL's backends for the bridge's database count as the bridge's own).
 - R3, forwarder throughput: a backlog put straight into SQLite through the store, drained by
   ``mailjet-bridge worker`` into the sink (bench/sink.py, a fast stand-in for Segment), against one
   Python loop posting the same calls, already encoded as full /v1/batch bodies, to the same sink.
@@ -56,12 +57,14 @@ from common import (
     bridge_serve,
     children,
     cmdline,
+    cpu_seconds,
     event,
     event_text,
     free_port,
     parent,
     pg_database,
     pg_problem,
+    roles,
     rss_mb,
     wrk,
 )
@@ -193,38 +196,64 @@ def peer_venv() -> tuple[Path | None, str]:
 
 
 @dataclass
+class Running:
+    """A server started for one measurement: where it answers, the process it runs under, and the
+    PostgreSQL database it uses, if any (whose backends' CPU counts as its own)."""
+
+    url: str
+    pid: int
+    database: str | None = None
+
+
+@dataclass
 class Target:
     """One server that wrk measures: how to start it, fresh, for one measurement."""
 
     name: str
     label: str
-    start: Callable[[Path, str], contextlib.AbstractContextManager[str]]
+    start: Callable[[Path, str], contextlib.AbstractContextManager[Running]]
     bodies: tuple[int, ...] = (1, 100)
 
 
 def _wsgi(command: Callable[[int], list[str]], name: str, env: dict[str, str] | None = None
-          ) -> Callable[[Path, str], contextlib.AbstractContextManager[str]]:
+          ) -> Callable[[Path, str], contextlib.AbstractContextManager[Running]]:
     @contextlib.contextmanager
-    def start(tmp: Path, tag: str) -> Iterator[str]:
+    def start(tmp: Path, tag: str) -> Iterator[Running]:
         port = free_port()
         server = Server(name, command(port), env or {}, HERE, tmp / f"{name}-{tag}.log",
                         url=f"http://127.0.0.1:{port}")
         with server.start(f"{server.url}/healthz"):
-            yield server.url
+            yield Running(server.url, server.pid)
     return start
 
 
-def _bridge(database: str) -> Callable[[Path, str], contextlib.AbstractContextManager[str]]:
+def _bridge(database: str) -> Callable[[Path, str], contextlib.AbstractContextManager[Running]]:
     @contextlib.contextmanager
-    def start(tmp: Path, tag: str) -> Iterator[str]:
+    def start(tmp: Path, tag: str) -> Iterator[Running]:
         if database == "sqlite":
             url = f"sqlite:///{tmp}/{tag}.db"
             with bridge_serve(f"bridge-sqlite-{tag}", url, tmp) as server:
-                yield server.url
+                yield Running(server.url, server.pid)
         else:
             with pg_database(tag) as url, bridge_serve(f"bridge-pg-{tag}", url, tmp) as server:
-                yield server.url
+                yield Running(server.url, server.pid, url.rsplit("/", 1)[1])
     return start
+
+
+def measured(running: Running, body: int) -> dict[str, Any]:
+    """wrk against a running server, with the CPU µs a request that each role of its processes used
+    meanwhile (``common.roles``; wrk's own CPU is not counted) under ``cpu_us``."""
+    before = {pid: cpu_seconds(pid) or 0.0 for pid in roles(running.pid, running.database)}
+    result: dict[str, Any] = wrk(running.url, body, conns=CONNS, seconds=SECONDS)
+    requests_done = result["rps"] * SECONDS
+    used: dict[str, float] = {}
+    for pid, role in roles(running.pid, running.database).items():
+        now = cpu_seconds(pid)
+        if now is not None:
+            used[role] = used.get(role, 0.0) + now - before.get(pid, 0.0)
+    result["cpu_us"] = {role: cpu / requests_done * 1e6 for role, cpu in used.items()} \
+        if requests_done else {}
+    return result
 
 
 def targets(the_sink: Sink, pg: bool, peer_bin: Path | None) -> list[Target]:
@@ -260,7 +289,7 @@ def accept_path(tmp: Path, the_sink: Sink, results: dict[str, Any]) -> None:
     if peer_bin is None:
         say(f"the peer is skipped: {why}")
         results["skipped"].append(f"peer: {why}")
-    runs: dict[str, dict[str, list[dict[str, float]]]] = results["http"]
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = results["http"]
     all_targets = targets(the_sink, problem is None, peer_bin)
     results["targets"] = {t.name: t.label for t in all_targets}
     for round_no in range(1, ROUNDS + 1):
@@ -272,16 +301,18 @@ def accept_path(tmp: Path, the_sink: Sink, results: dict[str, Any]) -> None:
                 tag = f"r{round_no}b{body}"
                 if target.name == "peer":
                     the_sink.reset()
-                with target.start(tmp, tag) as url:
-                    result = wrk(url, body, conns=CONNS, seconds=SECONDS)
+                with target.start(tmp, tag) as running:
+                    result = measured(running, body)
                 runs.setdefault(target.name, {}).setdefault(str(body), []).append(result)
                 errors = result["errors"] + result["socket_errors"]
                 extra = ""
                 if target.name == "peer":
                     extra = f", sink got {the_sink.stats()['events']:,} of its events"
+                cpu = result["cpu_us"]
                 say(f"round {round_no}/{ROUNDS}, {body:>3}-event bodies: {target.label:<58} "
                     f"{fmt(result['rps']):>7} req/s {fmt(result['rps'] * body):>8} events/s, "
                     f"p99 {fmt(result['p99_ms'], 1)} ms"
+                    + (f", CPU {fmt(sum(cpu.values()))} µs a request" if cpu else "")
                     + (f", {errors:.0f} errors" if errors else "") + extra)
 
 
@@ -595,6 +626,28 @@ def table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+CPU_ROLES = ("server", "writer", "delivery", "PostgreSQL")
+
+
+def cpu_table(results: dict[str, Any]) -> list[str]:
+    """CPU a request by process role, medians over the rounds: where R1's and R2's time goes."""
+    lines = ["", "CPU a request, by process (µs; medians of the rounds, from /proc; wrk's own not "
+             "counted; \"server\" is everything but the bridge's writer and delivery processes):", "",
+             "| server | body | " + " | ".join(CPU_ROLES) + " | all | all, per event |",
+             "|---|---|" + "---|" * (len(CPU_ROLES) + 2)]
+    for target, label in results.get("targets", {}).items():
+        for body, runs in sorted(results["http"].get(target, {}).items(), key=lambda kv: int(kv[0])):
+            cpus = [r["cpu_us"] for r in runs if r.get("cpu_us")]
+            if not cpus:
+                continue
+            cells = [fmt(statistics.median(c.get(role, 0.0) for c in cpus), 1)
+                     if any(role in c for c in cpus) else "—" for role in CPU_ROLES]
+            total = statistics.median(sum(c.values()) for c in cpus)
+            lines.append(f"| {label} | {body} | {' | '.join(cells)} | {fmt(total, 1)} | "
+                         f"{fmt(total / int(body), 1)} |")
+    return lines
+
+
 def detail_tables(results: dict[str, Any]) -> list[str]:
     """Medians per server and body, the bridge's cost per body size, and the latency sweep."""
     lines: list[str] = []
@@ -611,6 +664,7 @@ def detail_tables(results: dict[str, Any]) -> list[str]:
                 lines.append(f"| {label} | {body} | {fmt(statistics.median(values))}{spread} | "
                              f"{fmt(statistics.median(values) * int(body))} | "
                              f"{fmt(statistics.median(r['p99_ms'] for r in runs), 1)} | {errors:.0f} |")
+        lines += cpu_table(results)
         sizes = sorted(int(b) for b in http.get("bridge-sqlite", {}))
         if sizes:
             one = median_rps(results, "bridge-sqlite", sizes[0]) * sizes[0]
