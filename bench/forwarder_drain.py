@@ -38,6 +38,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import cpu_seconds  # noqa: E402  (bench/, the script's own folder)
+
 from bridge.inbound.batching import pack  # noqa: E402
 from bridge.inbound.fields import EVENT_NAME_PRESETS  # noqa: E402
 from bridge.inbound.intake import new_item  # noqa: E402
@@ -255,12 +257,6 @@ def inproc(env: dict[str, str], sink: Sink, total: int, profile: Path | None) ->
     return total / elapsed
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU a process has used, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def worker(env: dict[str, str], sink: Sink, total: int, store: Any) -> tuple[float, float]:
     """Drain with a real ``mailjet-bridge worker`` process (``python -m bridge worker``, so that a
     copy of the tree elsewhere benchmarks its own code). Events/s, and the worker's CPU µs per event
@@ -284,7 +280,7 @@ def worker(env: dict[str, str], sink: Sink, total: int, store: Any) -> tuple[flo
     try:
         wait_drained(store, sink, base + total, alive)
         elapsed = time.perf_counter() - started
-        cpu = cpu_seconds(proc.pid)
+        cpu = cpu_seconds(proc.pid) or 0.0
     finally:
         if spy is not None:
             spy.send_signal(signal.SIGINT)

@@ -450,7 +450,6 @@ class SqlStore(Store):
         if not by_answer:
             return
         only_owner = "AND outbox.state = ? AND outbox.lease_owner = ?" if owner is not None else ""
-        settled = DELIVERED_SET
         with self._write() as tx:
             batch_id = None if sent_batch is None else self._keep_sent_batch(
                 tx, sent_batch, outcomes, now)
@@ -460,7 +459,7 @@ class SqlStore(Store):
                 for chunk in _chunks(rows):
                     if batch_id is not None:
                         ids = [item_id for item_id, _ in chunk]
-                        tx.execute(f"UPDATE outbox SET {settled}, sent = NULL, sent_batch = ? "
+                        tx.execute(f"UPDATE outbox SET {DELIVERED_SET}, sent = NULL, sent_batch = ? "
                                    f"WHERE id IN ({_marks(len(ids))}) {only_owner}",
                                    (*answer, batch_id, *ids, *lease))
                         continue
@@ -469,7 +468,7 @@ class SqlStore(Store):
                         params += (item_id, _text(sent))
                     tx.execute(
                         f"WITH v(id, sent) AS (VALUES {','.join(['(?, ?)'] * len(chunk))}) "
-                        f"UPDATE outbox SET {settled}, sent = v.sent, sent_batch = NULL "
+                        f"UPDATE outbox SET {DELIVERED_SET}, sent = v.sent, sent_batch = NULL "
                         f"FROM v WHERE outbox.id = v.id {only_owner}",
                         (*params, *answer, *lease),
                     )
