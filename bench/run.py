@@ -9,6 +9,9 @@ What it measures, all on 127.0.0.1 (docs/benchmarks.md explains each figure):
   the table shows medians over the rounds. The bridge's cost per body size (1, 10, 100, 500 events)
   is measured in the same rounds, and so is the CPU a request of each server's processes, by role
   (from /proc; PostgreSQL's backends for the bridge's database count as the bridge's own).
+- R1 by concurrency: single-event posts with more connections than R1's 8 (16, 32, 64), the bridge
+  (SQLite) against the no-op, alternating: the no-op is bound by its CPU at any concurrency, while the
+  bridge's writer shares each fsync among more waiting requests as more are in flight.
 - R3, forwarder throughput: a backlog put straight into SQLite through the store, drained by
   ``mailjet-bridge worker`` into the sink (bench/sink.py, a fast stand-in for Segment), against one
   Python loop posting the same calls, already encoded as full /v1/batch bodies, to the same sink.
@@ -21,7 +24,8 @@ Environment (defaults for the full run; BENCH_QUICK=1 is a smoke run of about 2 
 BENCH_ROUNDS (3), BENCH_SECONDS (wrk seconds, 8), BENCH_CONNS (8), BENCH_BODIES ("1,10,100,500"),
 BENCH_BACKLOG_R3 (200000), BENCH_BACKLOG (R5, 1000000), BENCH_R4_SECONDS (20), BENCH_SWEEP
 ("250,500,1000,2000,4000,8000,16000" events/s), BENCH_SWEEP_SECONDS (10), BENCH_PEER (1; 0 skips the peer),
-BENCH_R5_TIMEOUT (600 s), BENCH_PG_URL, BENCH_ONLY (a comma list of http,r3,r4,r5), BENCH_PLOT_DIR
+BENCH_R5_TIMEOUT (600 s), BENCH_CONC (R1 by concurrency, "16,32,64"), BENCH_CONC_ROUNDS (2),
+BENCH_PG_URL, BENCH_ONLY (a comma list of http,conns,r3,r4,r5), BENCH_PLOT_DIR
 (bench/out; `make bench-docs` sets docs/img). Results: bench/out/results.md and results.json (not tracked).
 """
 
@@ -84,6 +88,8 @@ QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 ROUNDS = int(_env("BENCH_ROUNDS", "3", "1"))
 SECONDS = float(_env("BENCH_SECONDS", "8", "2"))
 CONNS = int(_env("BENCH_CONNS", "8", "8"))
+CONC = [int(n) for n in _env("BENCH_CONC", "16,32,64", "32").split(",") if n]
+CONC_ROUNDS = int(_env("BENCH_CONC_ROUNDS", "2", "1"))
 BODIES = [int(n) for n in _env("BENCH_BODIES", "1,10,100,500", "1,10,100,500").split(",") if n]
 BACKLOG_R3 = int(_env("BENCH_BACKLOG_R3", "200000", "20000"))
 BACKLOG = int(_env("BENCH_BACKLOG", "1000000", "50000"))
@@ -93,7 +99,7 @@ SWEEP_TEXT = _env("BENCH_SWEEP", "250,500,1000,2000,4000,8000,16000", "250,500,2
 SWEEP = sorted({float(n) for n in SWEEP_TEXT.split(",") if n} | {R4_RATE})
 SWEEP_SECONDS = float(_env("BENCH_SWEEP_SECONDS", "10", "3"))
 PEER = os.environ.get("BENCH_PEER", "1") != "0"
-ONLY = {p for p in os.environ.get("BENCH_ONLY", "http,r3,r4,r5").split(",") if p}
+ONLY = {p for p in os.environ.get("BENCH_ONLY", "http,conns,r3,r4,r5").split(",") if p}
 OUT = HERE / "out"
 PLOT_DIR = Path(os.environ.get("BENCH_PLOT_DIR") or OUT)
 PEER_VENV = HERE / ".peer-venv"
@@ -240,11 +246,11 @@ def _bridge(database: str) -> Callable[[Path, str], contextlib.AbstractContextMa
     return start
 
 
-def measured(running: Running, body: int) -> dict[str, Any]:
+def measured(running: Running, body: int, conns: int = CONNS) -> dict[str, Any]:
     """wrk against a running server, with the CPU µs a request that each role of its processes used
     meanwhile (``common.roles``; wrk's own CPU is not counted) under ``cpu_us``."""
     before = {pid: cpu_seconds(pid) or 0.0 for pid in roles(running.pid, running.database)}
-    result: dict[str, Any] = wrk(running.url, body, conns=CONNS, seconds=SECONDS)
+    result: dict[str, Any] = wrk(running.url, body, conns=conns, seconds=SECONDS)
     requests_done = result["rps"] * SECONDS
     used: dict[str, float] = {}
     for pid, role in roles(running.pid, running.database).items():
@@ -316,9 +322,36 @@ def accept_path(tmp: Path, the_sink: Sink, results: dict[str, Any]) -> None:
                     + (f", {errors:.0f} errors" if errors else "") + extra)
 
 
+def concurrency(tmp: Path, the_sink: Sink, results: dict[str, Any]) -> None:
+    """R1 with more connections in flight: the no-op and the bridge (SQLite), alternating, on fresh
+    servers and databases, CONC_ROUNDS times for each level of CONC."""
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = results["conns"]
+    chosen = [t for t in targets(the_sink, False, None) if t.name in ("noop-gunicorn", "bridge-sqlite")]
+    for round_no in range(1, CONC_ROUNDS + 1):
+        for conns in CONC:
+            for target in chosen:
+                with target.start(tmp, f"c{conns}r{round_no}") as running:
+                    result = measured(running, 1, conns)
+                runs.setdefault(target.name, {}).setdefault(str(conns), []).append(result)
+                errors = result["errors"] + result["socket_errors"]
+                say(f"R1 by concurrency, round {round_no}/{CONC_ROUNDS}, {conns:>3} connections: "
+                    f"{target.label:<30} {fmt(result['rps']):>7} req/s, p99 "
+                    f"{fmt(result['p99_ms'], 1)} ms, CPU {fmt(sum(result['cpu_us'].values()))} µs a "
+                    f"request" + (f", {errors:.0f} errors" if errors else ""))
+
+
 def median_rps(results: dict[str, Any], target: str, body: int) -> float:
     runs = results["http"].get(target, {}).get(str(body), [])
     return statistics.median(r["rps"] for r in runs) if runs else float("nan")
+
+
+def by_concurrency(results: dict[str, Any]) -> list[tuple[int, float, float]]:
+    """(connections, the bridge's median req/s, the no-op's) for each level measured by both."""
+    runs = results.get("conns", {})
+    bridge, noop = runs.get("bridge-sqlite", {}), runs.get("noop-gunicorn", {})
+    return [(int(conns), statistics.median(r["rps"] for r in bridge[conns]),
+             statistics.median(r["rps"] for r in noop[conns]))
+            for conns in sorted(bridge.keys() & noop.keys(), key=int)]
 
 
 # -- backlogs -------------------------------------------------------------------------------------
@@ -585,6 +618,9 @@ def table(results: dict[str, Any]) -> list[str]:
             rows.append((f"R2 100-event posts, bridge ({store}) events/s ÷ (no-op req/s x 100)",
                          f"{b100 / n100:.2f}x ({fmt(b100 * 100)} / {fmt(n100 * 100)})", "≥ 0.3x",
                          b100 / n100 >= 0.3))
+    for conns, bridge, noop in by_concurrency(results):
+        rows.append((f"R1 at {conns} connections (reference: R1 is measured at {CONNS}), bridge (SQLite) "
+                     "÷ no-op, req/s", f"{bridge / noop:.2f}x ({fmt(bridge)} / {fmt(noop)})", "—", None))
     if "r3" in results:
         r3 = results["r3"]
         rows.append((f"R3 forwarder, worker ÷ bare requests loop, events/s ({r3['events']:,} backlog)",
@@ -675,6 +711,22 @@ def detail_tables(results: dict[str, Any]) -> list[str]:
                 r = median_rps(results, "bridge-sqlite", size)
                 lines.append(f"| {size} | {fmt(r)} | {fmt(r * size)} | {fmt(1e6 / (r * size), 1)} | "
                              f"{r * size / one:.1f}x |")
+    if results.get("conns"):
+        lines += ["", f"R1 by concurrency: single-event posts, wrk -t1 -c<connections> -d{SECONDS:g}s, "
+                  f"medians of {CONC_ROUNDS} round(s):", "",
+                  "| connections | server | req/s | p99 ms | CPU µs a request | bridge ÷ no-op |",
+                  "|---|---|---|---|---|---|"]
+        ratios = {conns: bridge / noop for conns, bridge, noop in by_concurrency(results)}
+        for conns in sorted({int(c) for runs in results["conns"].values() for c in runs}):
+            for target, label in (("noop-gunicorn", "no-op, gunicorn -w 2"),
+                                  ("bridge-sqlite", "bridge (serve, SQLite)")):
+                runs = results["conns"].get(target, {}).get(str(conns), [])
+                if not runs:
+                    continue
+                ratio = f"{ratios[conns]:.2f}x" if target == "bridge-sqlite" and conns in ratios else ""
+                lines.append(f"| {conns} | {label} | {fmt(statistics.median(r['rps'] for r in runs))} | "
+                             f"{fmt(statistics.median(r['p99_ms'] for r in runs), 1)} | "
+                             f"{fmt(statistics.median(sum(r['cpu_us'].values()) for r in runs))} | {ratio} |")
     if "r4" in results:
         lines += ["", "Offered load against serve, forwarding to the sink (plot 1):", "",
                   "| offered events/s | events a body | accepted events/s | delivered events/s | "
@@ -774,9 +826,9 @@ def main() -> None:
     say(f"make bench{' (BENCH_QUICK)' if QUICK else ''}: {ROUNDS} round(s) of {SECONDS:g} s wrk runs, "
         f"R3 backlog {BACKLOG_R3:,}, R5 backlog {BACKLOG:,}, "
         f"sweep {', '.join(f'{r:g}' for r in SWEEP)} events/s")
-    results: dict[str, Any] = {"http": {}, "skipped": [], "quick": QUICK,
+    results: dict[str, Any] = {"http": {}, "conns": {}, "skipped": [], "quick": QUICK,
                                "date": time.strftime("%Y-%m-%d %H:%M"), "cores": os.cpu_count()}
-    phases = {"http": accept_path, "r3": forwarder, "r4": latency, "r5": memory}
+    phases = {"http": accept_path, "conns": concurrency, "r3": forwarder, "r4": latency, "r5": memory}
     timings: dict[str, float] = {}
     failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as name:
