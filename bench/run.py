@@ -10,8 +10,8 @@ What it measures, all on 127.0.0.1 (docs/benchmarks.md explains each figure):
   is measured in the same rounds, and so is the CPU a request of each server's processes, by role
   (from /proc; PostgreSQL's backends for the bridge's database count as the bridge's own).
 - R1 by concurrency: single-event posts with more connections than R1's 8 (16, 32, 64), the bridge
-  (SQLite) against the no-op, alternating: the no-op is bound by its CPU at any concurrency, while the
-  bridge's writer shares each fsync among more waiting requests as more are in flight.
+  (SQLite, then PostgreSQL) against the no-op, alternating: the no-op is bound by its CPU at any
+  concurrency, while the bridge's writer shares each commit among more requests as more are in flight.
 - R3, forwarder throughput: a backlog put straight into SQLite through the store, drained by
   ``mailjet-bridge worker`` into the sink (bench/sink.py, a fast stand-in for Segment), against one
   Python loop posting the same calls, already encoded as full /v1/batch bodies, to the same sink.
@@ -323,10 +323,11 @@ def accept_path(tmp: Path, the_sink: Sink, results: dict[str, Any]) -> None:
 
 
 def concurrency(tmp: Path, the_sink: Sink, results: dict[str, Any]) -> None:
-    """R1 with more connections in flight: the no-op and the bridge (SQLite), alternating, on fresh
-    servers and databases, CONC_ROUNDS times for each level of CONC."""
+    """R1 with more connections in flight: the no-op and the bridge (SQLite, and PostgreSQL if it
+    answers), alternating, on fresh servers and databases, CONC_ROUNDS times for each level of CONC."""
     runs: dict[str, dict[str, list[dict[str, Any]]]] = results["conns"]
-    chosen = [t for t in targets(the_sink, False, None) if t.name in ("noop-gunicorn", "bridge-sqlite")]
+    chosen = [t for t in targets(the_sink, pg_problem() is None, None)
+              if t.name in ("noop-gunicorn", "bridge-sqlite", "bridge-pg")]
     for round_no in range(1, CONC_ROUNDS + 1):
         for conns in CONC:
             for target in chosen:
@@ -335,7 +336,7 @@ def concurrency(tmp: Path, the_sink: Sink, results: dict[str, Any]) -> None:
                 runs.setdefault(target.name, {}).setdefault(str(conns), []).append(result)
                 errors = result["errors"] + result["socket_errors"]
                 say(f"R1 by concurrency, round {round_no}/{CONC_ROUNDS}, {conns:>3} connections: "
-                    f"{target.label:<30} {fmt(result['rps']):>7} req/s, p99 "
+                    f"{target.label:<34} {fmt(result['rps']):>7} req/s, p99 "
                     f"{fmt(result['p99_ms'], 1)} ms, CPU {fmt(sum(result['cpu_us'].values()))} µs a "
                     f"request" + (f", {errors:.0f} errors" if errors else ""))
 
@@ -345,10 +346,10 @@ def median_rps(results: dict[str, Any], target: str, body: int) -> float:
     return statistics.median(r["rps"] for r in runs) if runs else float("nan")
 
 
-def by_concurrency(results: dict[str, Any]) -> list[tuple[int, float, float]]:
+def by_concurrency(results: dict[str, Any], target: str = "bridge-sqlite") -> list[tuple[int, float, float]]:
     """(connections, the bridge's median req/s, the no-op's) for each level measured by both."""
     runs = results.get("conns", {})
-    bridge, noop = runs.get("bridge-sqlite", {}), runs.get("noop-gunicorn", {})
+    bridge, noop = runs.get(target, {}), runs.get("noop-gunicorn", {})
     return [(int(conns), statistics.median(r["rps"] for r in bridge[conns]),
              statistics.median(r["rps"] for r in noop[conns]))
             for conns in sorted(bridge.keys() & noop.keys(), key=int)]
@@ -618,9 +619,10 @@ def table(results: dict[str, Any]) -> list[str]:
             rows.append((f"R2 100-event posts, bridge ({store}) events/s ÷ (no-op req/s x 100)",
                          f"{b100 / n100:.2f}x ({fmt(b100 * 100)} / {fmt(n100 * 100)})", "≥ 0.3x",
                          b100 / n100 >= 0.3))
-    for conns, bridge, noop in by_concurrency(results):
-        rows.append((f"R1 at {conns} connections (reference: R1 is measured at {CONNS}), bridge (SQLite) "
-                     "÷ no-op, req/s", f"{bridge / noop:.2f}x ({fmt(bridge)} / {fmt(noop)})", "—", None))
+    for target, store in (("bridge-sqlite", "SQLite"), ("bridge-pg", "PostgreSQL")):
+        for conns, bridge, noop in by_concurrency(results, target):
+            rows.append((f"reference: R1 at {conns} connections (R1 itself: {CONNS}), bridge ({store}) "
+                         "÷ no-op, req/s", f"{bridge / noop:.2f}x ({fmt(bridge)} / {fmt(noop)})", "—", None))
     if "r3" in results:
         r3 = results["r3"]
         rows.append((f"R3 forwarder, worker ÷ bare requests loop, events/s ({r3['events']:,} backlog)",
@@ -716,14 +718,16 @@ def detail_tables(results: dict[str, Any]) -> list[str]:
                   f"medians of {CONC_ROUNDS} round(s):", "",
                   "| connections | server | req/s | p99 ms | CPU µs a request | bridge ÷ no-op |",
                   "|---|---|---|---|---|---|"]
-        ratios = {conns: bridge / noop for conns, bridge, noop in by_concurrency(results)}
+        ratios = {(target, conns): bridge / noop for target in ("bridge-sqlite", "bridge-pg")
+                  for conns, bridge, noop in by_concurrency(results, target)}
         for conns in sorted({int(c) for runs in results["conns"].values() for c in runs}):
             for target, label in (("noop-gunicorn", "no-op, gunicorn -w 2"),
-                                  ("bridge-sqlite", "bridge (serve, SQLite)")):
+                                  ("bridge-sqlite", "bridge (serve, SQLite)"),
+                                  ("bridge-pg", "bridge (serve, PostgreSQL)")):
                 runs = results["conns"].get(target, {}).get(str(conns), [])
                 if not runs:
                     continue
-                ratio = f"{ratios[conns]:.2f}x" if target == "bridge-sqlite" and conns in ratios else ""
+                ratio = f"{ratios[target, conns]:.2f}x" if (target, conns) in ratios else ""
                 lines.append(f"| {conns} | {label} | {fmt(statistics.median(r['rps'] for r in runs))} | "
                              f"{fmt(statistics.median(r['p99_ms'] for r in runs), 1)} | "
                              f"{fmt(statistics.median(sum(r['cpu_us'].values()) for r in runs))} | {ratio} |")
