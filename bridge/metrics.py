@@ -54,8 +54,8 @@ class Metrics:
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, kept: a webhook request counts on two or three of them, and
-        ``labels`` takes a lock and builds its key each time (#11: a fifth of the web processes'
-        CPU a single-event post went to its access line and these counters)."""
+        ``labels`` takes a lock and builds its key each time (#11: about a sixth of the web
+        processes' CPU a single-event post went to its access line and these counters)."""
         key = (id(metric), labels)
         child = self._children.get(key)
         if child is None:
