@@ -26,7 +26,7 @@ BENCH_BACKLOG_R3 (200000), BENCH_BACKLOG (R5, 1000000), BENCH_R4_SECONDS (20), B
 ("250,500,1000,2000,4000,8000,16000" events/s), BENCH_SWEEP_SECONDS (10), BENCH_PEER (1; 0 skips the peer),
 BENCH_R5_TIMEOUT (600 s), BENCH_CONC (R1 by concurrency, "16,32,64"), BENCH_CONC_ROUNDS (2),
 BENCH_PG_URL, BENCH_ONLY (a comma list of http,conns,r3,r4,r5), BENCH_PLOT_DIR
-(bench/out; `make bench-docs` sets docs/img). Results: bench/out/results.md and results.json (not tracked).
+(bench/out; `make bench-docs` sets a temporary folder and copies the plots into docs/img). Results: bench/out/results.md and results.json (not tracked).
 """
 
 from __future__ import annotations
@@ -749,7 +749,7 @@ def detail_tables(results: dict[str, Any]) -> list[str]:
 
 
 def plots(results: dict[str, Any]) -> list[Path]:
-    """bench-throughput.png and bench-rss.png in PLOT_DIR (bench/out, or docs/img for make bench-docs)."""
+    """bench-throughput.png and bench-rss.png in PLOT_DIR (bench/out; make bench-docs: its own folder)."""
     try:
         import matplotlib
 
