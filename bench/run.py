@@ -26,7 +26,8 @@ BENCH_BACKLOG_R3 (200000), BENCH_BACKLOG (R5, 1000000), BENCH_R4_SECONDS (20), B
 ("250,500,1000,2000,4000,8000,16000" events/s), BENCH_SWEEP_SECONDS (10), BENCH_PEER (1; 0 skips the peer),
 BENCH_R5_TIMEOUT (600 s), BENCH_CONC (R1 by concurrency, "16,32,64"), BENCH_CONC_ROUNDS (2),
 BENCH_PG_URL, BENCH_ONLY (a comma list of http,conns,r3,r4,r5), BENCH_PLOT_DIR
-(bench/out; `make bench-docs` sets a temporary folder and copies the plots into docs/img). Results: bench/out/results.md and results.json (not tracked).
+(bench/out; `make bench-docs` sets a temporary folder and copies the plots into docs/img).
+Results: bench/out/results.md and results.json (not tracked).
 """
 
 from __future__ import annotations
