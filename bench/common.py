@@ -253,13 +253,15 @@ def cpu_seconds(pid: int) -> float | None:
 
 def roles(root: int, database: str | None = None) -> dict[int, str]:
     """The processes one measured server runs on, by role: ``writer`` and ``delivery`` (the bridge's
-    processes of those names), ``server`` (everything else under ``root``: the supervisor, the
-    HTTP server and its web processes) and, for ``database``, ``PostgreSQL``'s backends serving it."""
+    processes of those names, drain helpers with the delivery), ``server`` (everything else under
+    ``root``: the supervisor, the HTTP server and its web processes) and, for ``database``,
+    ``PostgreSQL``'s backends serving it."""
     found: dict[int, str] = {}
     for pid in [root, *children(root)]:
         command = cmdline(pid)
         found[pid] = ("writer" if "bridge writer" in command else
-                      "delivery" if "bridge worker" in command else "server")
+                      "delivery" if "bridge worker" in command or "bridge drain-helper" in command
+                      else "server")
     if database:
         for pid in _pids():
             command = cmdline(pid)

@@ -511,6 +511,8 @@ class Tree:
             label = "serve (supervisor)"
         elif "bridge worker" in cmdline(pid):
             label = "delivery" if "delivery" not in self.labels.values() else f"delivery (pid {pid})"
+        elif "bridge drain-helper" in cmdline(pid):
+            label = f"drain helper (pid {pid})"
         elif "bridge writer" in cmdline(pid):
             label = "writer" if "writer" not in self.labels.values() else f"writer (pid {pid})"
         elif parent(pid) == self.root:
@@ -640,8 +642,9 @@ def table(results: dict[str, Any]) -> list[str]:
         webs = {k: v for k, v in procs.items() if k.startswith("web ")}
         delivery = {k: v for k, v in procs.items() if k.startswith("delivery")}
         writer = {k: v for k, v in procs.items() if k.startswith("writer")}
+        helpers = {k: v for k, v in procs.items() if k.startswith("drain helper")}
         for name, group in (("web process", webs), ("delivery process", delivery),
-                            ("writer process", writer)):
+                            ("drain helper", helpers), ("writer process", writer)):
             if not group:
                 continue
             top = max(group.values(), key=lambda p: p["max"])

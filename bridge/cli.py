@@ -172,20 +172,44 @@ def serve(workers: int | None, web_only: bool) -> None:
                    "processes such as `gunicorn wsgi:app`.")
 def worker() -> None:
     from bridge.delivery.loop import start_loops
+    from bridge.server import DrainHelpers
 
-    bridge = _build(_settings(), create=True)
+    settings = _settings()
+    bridge = _build(settings, create=True)
     _warn_at_start(bridge)
     stop = threading.Event()
 
     stopped_by_first(lambda _signum: stop.set())
-    threads = start_loops(bridge.loops(), stop)
+    loops = bridge.loops()
+    helpers = DrainHelpers(settings.drain_helpers, loops[0].drain_delivering)  # the forwarder's
+    threads = start_loops(loops, stop)
     while not stop.wait(1.0):  # a timeout: a signal that another thread took runs its
-        pass  # handler only once this thread is back in Python
+        helpers.check()  # handler only once this thread is back in Python
     # Graceful: each loop finishes its round or gives its leases back; all within the 10 s budget.
     deadline = time.monotonic() + SHUTDOWN_SECONDS
+    helpers.terminate()
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
+    helpers.wait(deadline)
     bridge.close()
+
+
+@main.command("drain-helper", hidden=True, short_help="A forwarder that joins a backlog's drain.",
+              help="Deliver queued Mailjet events beside the worker's forwarder while it drains a "
+                   "backlog, then exit (started by the worker).")
+def drain_helper() -> None:
+    from bridge.server import HELPER_NICENESS
+
+    parent = os.getppid()
+    bridge = _build(_settings())
+    os.nice(HELPER_NICENESS)
+    stop = threading.Event()
+    stopped_by_first(lambda _signum: stop.set(), [signal.SIGTERM])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the worker stops it
+    try:
+        bridge.forwarder().help_drain(stop, parent)
+    finally:
+        bridge.close()
 
 
 @main.command(hidden=True, short_help="The writer process that serve starts.",

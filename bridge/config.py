@@ -92,6 +92,9 @@ class Settings:
     #: ``full``: a 200 survives power loss. ``normal``: survives a crash of the bridge, and is faster.
     sqlite_synchronous: str = "full"
     workers: int = 2
+    #: Processes ``mailjet-bridge worker`` adds to its forwarder while it drains a backlog
+    #: (``BRIDGE_DRAIN_HELPERS``; by default one a core beyond the first, three at most).
+    drain_helpers: int = 0
     #: Reverse proxies in front that set X-Forwarded-For/-Proto (client addresses for logs and the
     #: login limit); 0 trusts no such header.
     proxy_count: int = 0
@@ -151,6 +154,12 @@ class _Reader:
         return value
 
 
+def default_drain_helpers() -> int:
+    """A drain helper for each core this process may run on beyond the first, three at most: one
+    interpreter maps and posts at most a core's worth of events (docs/benchmarks.md, R3)."""
+    return max(0, min(len(os.sched_getaffinity(0)) - 1, 3))
+
+
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Build validated settings from environment variables; raise ConfigError listing every problem."""
     r = _Reader(environ)
@@ -203,6 +212,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         retry_max_seconds=r.integer("BRIDGE_RETRY_MAX_SECONDS", 60, 1, 3600),
         sqlite_synchronous=r.choice("BRIDGE_SQLITE_SYNCHRONOUS", ("full", "normal"), "full"),
         workers=r.integer("BRIDGE_WORKERS", 2, 1, 64),
+        drain_helpers=r.integer("BRIDGE_DRAIN_HELPERS", default_drain_helpers(), 0, 16),
         proxy_count=r.integer("BRIDGE_PROXY_COUNT", 0, 0, 5),
         schema_dir=Path(r.text("BRIDGE_SCHEMA_DIR") or DEFAULT_SCHEMA_DIR),
     )

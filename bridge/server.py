@@ -12,7 +12,8 @@ processes of its own. ``serve`` supervises:
 - the web server: granian's main process and its ``workers`` web processes, which it restarts if one
   dies;
 - the delivery process (forwarder, contact sync, janitor, ``mailjet-bridge worker``), restarted here
-  if it dies, with a growing pause if it keeps dying;
+  if it dies, with a growing pause if it keeps dying; while it drains a backlog, it starts drain
+  helpers of its own (``DrainHelpers``);
 - SIGTERM or Ctrl-C stops them all: requests in flight get their answer (the writer is stopped
   last, once the web processes have ended), the loops give their leases back, and everything has
   exited within about 10 s.
@@ -70,6 +71,10 @@ READ_AHEAD_BYTES = 256 * 1024
 RESTART_PAUSE_SECONDS = (1.0, 30.0)
 RESTART_RESET_SECONDS = 60.0
 POLL_SECONDS = 0.2
+#: How much less CPU priority a drain helper takes (``nice``): the webhook's processes come first.
+HELPER_NICENESS = 10
+#: A drain helper that ended by itself (no backlog left for it) is not started again sooner.
+HELPER_REST_SECONDS = 10.0
 #: Where ``serve`` tells its processes the writer's socket is (in a folder of its own, mode 0700).
 WRITER_SOCKET_ENV = "BRIDGE_WRITER_SOCKET"
 #: How long the writer process may take to listen before ``serve`` gives up.
@@ -313,6 +318,57 @@ class ChildProcess:
             self.proc.kill()
             self.proc.wait()
         mark_process_dead(self.proc.pid)
+
+
+class DrainHelpers:
+    """Forwarder processes (``mailjet-bridge drain-helper``) that join the worker's while it drains
+    a backlog.
+
+    One interpreter maps and posts about a core's worth of events (docs/benchmarks.md, R3): while
+    the worker's forwarder claims full rounds, each helper claims ranges of the same backlog beside
+    it, at a lower priority than the webhook's processes (``HELPER_NICENESS``), so that a drain only
+    takes cores the intake leaves idle. Ranges and leases keep their work apart, as between workers
+    of a scale-out. A helper ends by itself once it has delivered no backlog for a few seconds (none
+    left, or Segment not taking it) or once the worker is gone; one that dies is started again,
+    while the drain lasts, after a growing pause (its rounds come back when their lease ends).
+    """
+
+    def __init__(self, count: int, draining: Callable[[], bool]) -> None:
+        #: Whether the worker's forwarder is delivering a backlog now (``drain_delivering``).
+        self.draining = draining
+        self.helpers = [ChildProcess(f"drain helper {n}", "drain-helper") for n in range(1, count + 1)]
+        #: When each may be started next (after it ended by itself, or died).
+        self.not_before = [0.0] * count
+
+    def check(self) -> None:
+        """Note the helpers that ended; start those missing if the forwarder is draining."""
+        now = time.monotonic()
+        for n, helper in enumerate(self.helpers):
+            if helper.alive():
+                continue
+            if helper.proc is not None:  # it ended since the last check
+                code, pid = helper.proc.returncode, helper.proc.pid
+                mark_process_dead(pid)
+                helper.proc = None
+                if code == 0:
+                    self.not_before[n] = now + HELPER_REST_SECONDS
+                    helper.pause = RESTART_PAUSE_SECONDS[0]
+                else:
+                    log.warning("%s process exited with code %s; another joins the drain in %.0f s "
+                                "if it still lasts", helper.name, code, helper.pause,
+                                extra={"pid": pid})
+                    self.not_before[n] = now + helper.pause
+                    helper.pause = min(helper.pause * 2, RESTART_PAUSE_SECONDS[1])
+            if now >= self.not_before[n] and self.draining():
+                helper.start()
+
+    def terminate(self) -> None:
+        for helper in self.helpers:
+            helper.terminate()
+
+    def wait(self, deadline: float) -> None:
+        for helper in self.helpers:
+            helper.wait(deadline)
 
 
 def _writer_listens(writer: ChildProcess, path: str, stop: threading.Event) -> bool:

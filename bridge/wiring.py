@@ -70,25 +70,32 @@ class Bridge:
     #: What /metrics and the detail of /healthz require; open when its value is None.
     metrics_token: BearerToken
 
-    def loops(self) -> list[Loop]:
-        """The forwarder, the contact sync and the janitor, each new, to run in a thread each."""
+    def forwarder(self) -> Forwarder:
+        """A new forwarder (Mailjet events to Segment): the worker's, or a drain helper's."""
         settings, current = self.settings, self.current
-        pacing = PacingPolicy(backoff_cap=settings.retry_max_seconds)
         verifier = KeyVerifier(self.store, lambda: settings.segment_cdn_url)
 
         def gate(key: str) -> tuple[str, str] | None:
             return hold_for(verifier.check(key), current.segment_region(),
                             current.explicit_api_url() is not None)
 
-        forwarder = Forwarder(
+        return Forwarder(
             self.store,
             SegmentClient(current.segment_api_url, timeout=(5.0, settings.http_timeout)),
             write_key=current.write_key,
             event_names=current.event_names,
             gate=gate,
-            policy=ForwarderPolicy(lease_seconds=settings.lease_seconds, pacing=pacing),
+            policy=ForwarderPolicy(lease_seconds=settings.lease_seconds,
+                                   pacing=PacingPolicy(backoff_cap=settings.retry_max_seconds)),
             metrics=self.metrics,
         )
+
+    def loops(self) -> list[Loop]:
+        """The forwarder, the contact sync and the janitor, each new, to run in a thread each
+        (the forwarder first: the worker watches it for a backlog)."""
+        settings, current = self.settings, self.current
+        pacing = PacingPolicy(backoff_cap=settings.retry_max_seconds)
+        forwarder = self.forwarder()
         contact_sync = ContactSync(
             self.store,
             MailjetClient(current.mailjet_api_url, timeout=(5.0, max(settings.http_timeout, 30.0))),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -18,10 +19,14 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from bridge.inbound.intake import new_item
+from bridge.server import descendants
+from bridge.storage import open_store
 from tests.fakes.segment import FakeSegment
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+TEMPLATES = json.loads((ROOT / "tests" / "fixtures" / "mailjet" / "events.json").read_text())
 
 
 def missing(reason: str) -> NoReturn:
@@ -86,6 +91,36 @@ def spawn(args: list[str], env: dict[str, str]) -> Process:
     process = Process(proc)
     process.start_reader()
     return process
+
+
+def fill_backlog(url: str, count: int) -> None:
+    """Queue ``count`` distinct events of every type through the store, in bodies of 5,000."""
+    store = open_store(url)
+    store.migrate()
+    kinds = list(TEMPLATES.values())
+    try:
+        for first in range(0, count, 5000):
+            items = []
+            for n in range(first, min(count, first + 5000)):
+                event = {**kinds[n % len(kinds)], "MessageID": 10**16 + n,
+                         "time": 1_700_000_000 + n // 50, "email": f"user{n % 7919}@example.com"}
+                items.append(new_item(event, json.dumps(event)))
+            store.accept(items, [], time.time())
+    finally:
+        store.close()
+
+
+def drain_helpers(pid: int) -> list[int]:
+    """The ``mailjet-bridge drain-helper`` processes below ``pid`` (a worker) now."""
+    found = []
+    for child in descendants(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:  # ended meanwhile
+            continue
+        if b"bridge drain-helper" in command:
+            found.append(child)
+    return found
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from bridge.config import load_settings
@@ -21,6 +23,9 @@ def test_defaults() -> None:
     assert (s.host, s.port) == ("127.0.0.1", 8000)
     assert s.public_url == "http://127.0.0.1:8000"
     assert s.max_body_bytes == 5 * 1024 * 1024
+    # a drain helper a core beyond the first, three at most
+    assert s.drain_helpers == max(0, min(len(os.sched_getaffinity(0)) - 1, 3))
+    assert load_settings({"BRIDGE_DRAIN_HELPERS": "0"}).drain_helpers == 0
 
 
 def test_region_is_read_and_an_api_url_is_kept_as_given() -> None:
@@ -53,6 +58,8 @@ def test_secrets_stay_out_of_repr() -> None:
          "mailjet, segment-spec, raw"),
         ("BRIDGE_DATABASE_URL", "mysql://x", "BRIDGE_DATABASE_URL='mysql://x' is not valid"),
         ("BRIDGE_PORT", "99999", "BRIDGE_PORT='99999' is not valid"),
+        ("BRIDGE_DRAIN_HELPERS", "-1", "BRIDGE_DRAIN_HELPERS='-1' is not valid: use a whole number "
+         "between 0 and 16"),
         ("BRIDGE_WEBHOOK_USERNAME", "only-user", "must be set together"),
     ],
 )

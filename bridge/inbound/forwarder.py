@@ -14,6 +14,7 @@ prepared, sent and marked in turn.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -23,7 +24,7 @@ from typing import Any
 
 from bridge.delivery import fastjson
 from bridge.delivery.behind import Behind
-from bridge.delivery.loop import DeliveryLoop, Held, Round, read_stored, run_until_stopped
+from bridge.delivery.loop import DeliveryLoop, Held, Round, read_stored, run_until_stopped, start_loops
 from bridge.delivery.pacing import PacingPolicy
 from bridge.delivery.prefetch import Prefetch
 from bridge.delivery.upstream import UpstreamError
@@ -34,6 +35,10 @@ from bridge.inbound.track import labels, message_ref, recipient_of, track_call
 from bridge.metrics import Metrics
 from bridge.payloads.identity import normalize_email
 from bridge.storage.base import ClaimedItem, Outcome, Store
+
+#: A drain helper ends once it has delivered no batch of a backlog for this long (none is left, or
+#: Segment does not take it now); the worker starts helpers only within this long of its own.
+DRAIN_OVER_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,8 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         self._current: list[ClaimedItem] = []
         #: The round being sent came from a full claim: its batches are marked behind.
         self._draining = False
+        #: When (``time.monotonic()``) a batch of such a round was last delivered.
+        self._drain_delivered_at: float | None = None
         #: Every lease the loop holds runs at least ``lease_seconds`` past this time.
         self._leases_fresh_at = 0.0
         #: The range the round being sent was claimed as, while its items are not leased one by one.
@@ -123,6 +130,12 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
     def draining(self) -> bool:
         """Whether the round being sent came from a full claim: a backlog is being drained."""
         return self._draining
+
+    def drain_delivering(self, within: float = DRAIN_OVER_SECONDS) -> bool:
+        """Whether a batch of a backlog (a round from a full claim) was delivered ``within`` seconds
+        ago: a drain that helpers can speed up, not one held up by Segment or by a missing key."""
+        at = self._drain_delivered_at
+        return at is not None and time.monotonic() - at < within
 
     def credential(self) -> str | Held | None:
         key = self.write_key()
@@ -177,6 +190,21 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
             self._ahead, self._behind, self._current, self._draining = None, None, [], False
             self._range = None
         self.release_leases()
+
+    def help_drain(self, stop: threading.Event, parent: int,
+                   quiet_seconds: float = DRAIN_OVER_SECONDS) -> None:
+        """Run as a drain helper (``mailjet-bridge drain-helper``): rounds as ``run_forever`` makes
+        them, beside the worker's own forwarder, until ``stop`` is set, the worker (``parent``) is
+        gone, or no batch of a backlog has been delivered for ``quiet_seconds`` (the backlog is
+        drained, or Segment does not take it now); then give everything held back."""
+        done = threading.Event()
+        (thread,) = start_loops([self], done)
+        started = time.monotonic()
+        while not stop.wait(0.25) and thread.is_alive() and os.getppid() == parent:
+            if time.monotonic() - started >= quiet_seconds and not self.drain_delivering(quiet_seconds):
+                break
+        done.set()
+        thread.join()
 
     def claim_round(self, now: float) -> Round[list[_Prepared]]:
         work = super().claim_round(now)
@@ -279,6 +307,8 @@ class Forwarder(DeliveryLoop[list[_Prepared]]):
         self._observe(answer.latency_ms)
         # state first: whoever sees the rows delivered also sees the state "ok"
         self.delivered(f"last batch of {len(group)} delivered")
+        if self._draining:
+            self._drain_delivered_at = time.monotonic()
         range_id = self._range
         if self._behind is None or not self._draining:  # a trickle: marked before the next
             self._mark_delivered(group, answer, range_id)
