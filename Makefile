@@ -42,7 +42,7 @@ screenshots: install
 		echo "screenshots copied to docs/img/"
 
 # Every figure of docs/benchmarks.md's table (#11), with its plots in bench/out/ (not tracked); about
-# 11 minutes on 2 cores. BENCH_QUICK=1 is a 1-minute smoke run; bench/run.py lists the settings.
+# 11-14 minutes on 2 cores. BENCH_QUICK=1 is a 1-minute smoke run; bench/run.py lists the settings.
 bench: install $(BENCH_STAMP) wrk
 	$(BIN)/python bench/run.py
 

@@ -351,6 +351,8 @@ class DrainHelpers:
                 mark_process_dead(pid)
                 helper.proc = None
                 if code == 0:
+                    log.info("%s process ended: no backlog it could deliver", helper.name,
+                             extra={"pid": pid})
                     self.not_before[n] = now + HELPER_REST_SECONDS
                     helper.pause = RESTART_PAUSE_SECONDS[0]
                 else:

@@ -70,6 +70,7 @@ def test_a_helper_joins_the_drain_delivers_its_share_once_and_leaves_by_itself(d
         poll(lambda: delivered_ids(fake) >= BACKLOG, 60, "every event to reach Segment")
         # it leaves by itself once the backlog is gone; the worker goes on
         poll(lambda: not drain_helpers(worker.proc.pid), 30, "the drain helper to exit")
+        poll(lambda: "drain helper 1 process ended" in worker.output(), 10, "the worker to log it")
         assert worker.proc.poll() is None, worker.output()[-3000:]
         stats = poll(lambda: settled(database), 30, "the outbox to settle")
     finally:
