@@ -172,7 +172,7 @@ def serve(workers: int | None, web_only: bool) -> None:
                    "processes such as `gunicorn wsgi:app`.")
 def worker() -> None:
     from bridge.delivery.loop import start_loops
-    from bridge.server import DrainHelpers
+    from bridge.server import HELPER_CHECK_SECONDS, DrainHelpers
 
     settings = _settings()
     bridge = _build(settings, create=True)
@@ -183,8 +183,10 @@ def worker() -> None:
     loops = bridge.loops()
     helpers = DrainHelpers(settings.drain_helpers, loops[0].drain_delivering)  # the forwarder's
     threads = start_loops(loops, stop)
-    while not stop.wait(1.0):  # a timeout: a signal that another thread took runs its
-        helpers.check()  # handler only once this thread is back in Python
+    # A timeout: a signal that another thread took runs its handler only once this thread is back
+    # in Python; a short one, so that a drain's helpers start soon after its first batch.
+    while not stop.wait(HELPER_CHECK_SECONDS):
+        helpers.check()
     # Graceful: each loop finishes its round or gives its leases back; all within the 10 s budget.
     deadline = time.monotonic() + SHUTDOWN_SECONDS
     helpers.terminate()

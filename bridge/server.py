@@ -73,6 +73,8 @@ RESTART_RESET_SECONDS = 60.0
 POLL_SECONDS = 0.2
 #: How much less CPU priority a drain helper takes (``nice``): the webhook's processes come first.
 HELPER_NICENESS = 10
+#: How often the worker looks whether its forwarder drains a backlog and its helpers are there.
+HELPER_CHECK_SECONDS = 0.25
 #: A drain helper that ended by itself (no backlog left for it) is not started again sooner.
 HELPER_REST_SECONDS = 10.0
 #: Where ``serve`` tells its processes the writer's socket is (in a folder of its own, mode 0700).

@@ -110,6 +110,20 @@ def fill_backlog(url: str, count: int) -> None:
         store.close()
 
 
+def store_settled(database: str, timeout: float = 15) -> dict[str, Any]:
+    """The store's counts once nothing is pending or leased (an upstream sees a call before the
+    bridge has read the answer and marked it delivered, so this is polled too)."""
+    def settled() -> dict[str, Any] | None:
+        store = open_store(database)
+        try:
+            stats = store.stats(time.time())
+        finally:
+            store.close()
+        return stats if stats["pending"] == 0 and stats["leased"] == 0 else None
+
+    return poll(settled, timeout, "the store to settle (nothing pending or leased)")
+
+
 def drain_helpers(pid: int) -> list[int]:
     """The ``mailjet-bridge drain-helper`` processes below ``pid`` (a worker) now."""
     found = []

@@ -11,16 +11,13 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from bridge.storage import open_store
 from tests.fakes.segment import FakeSegment, Scripted
-from tests.processes import BIN, Process, drain_helpers, fill_backlog, poll, spawn
+from tests.processes import BIN, Process, drain_helpers, fill_backlog, poll, spawn, store_settled
 
 BACKLOG = 20_000
 #: Each answer of the fake Segment comes this late, for this many batches: about 30 batches of 650
@@ -43,16 +40,6 @@ def delivered_ids(fake: FakeSegment) -> int:
         return len(fake.accepted_ids)
 
 
-def settled(database: str) -> dict[str, Any] | None:
-    """The outbox's counts once nothing is pending or leased any more (None before)."""
-    store = open_store(database)
-    try:
-        stats = store.stats(time.time())
-    finally:
-        store.close()
-    return stats if stats["pending"] == 0 and stats["leased"] == 0 else None
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty, migrated database on each backend, filled with the backlog."""
@@ -72,7 +59,7 @@ def test_a_helper_joins_the_drain_delivers_its_share_once_and_leaves_by_itself(d
         poll(lambda: not drain_helpers(worker.proc.pid), 30, "the drain helper to exit")
         poll(lambda: "drain helper 1 process ended" in worker.output(), 10, "the worker to log it")
         assert worker.proc.poll() is None, worker.output()[-3000:]
-        stats = poll(lambda: settled(database), 30, "the outbox to settle")
+        stats = store_settled(database, 30)
     finally:
         worker.stop()
         fake.stop()
@@ -94,7 +81,7 @@ def test_a_helper_killed_mid_drain_loses_nothing(tmp_path: Path) -> None:
         poll(lambda: overlapping(fake), 30, "the helper to post beside the worker")
         os.kill(helper, signal.SIGKILL)  # still draining: it leaves only after 5 s with no backlog
         poll(lambda: delivered_ids(fake) >= BACKLOG, 90, "every event to reach Segment")
-        stats = poll(lambda: settled(database), 30, "the outbox to settle")
+        stats = store_settled(database, 30)
         assert worker.proc.poll() is None, worker.output()[-3000:]
     finally:
         worker.stop()
@@ -118,7 +105,7 @@ def test_stopping_the_worker_mid_drain_stops_its_helper_and_a_new_worker_finishe
         again = start_worker(database, fake, BRIDGE_DRAIN_HELPERS="0")
         try:
             poll(lambda: delivered_ids(fake) >= BACKLOG, 90, "every event to reach Segment")
-            stats = poll(lambda: settled(database), 30, "the outbox to settle")
+            stats = store_settled(database, 30)
         finally:
             again.stop()
     finally:

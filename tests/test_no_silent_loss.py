@@ -37,7 +37,7 @@ from bridge.outbound.intake import CONTACT_KIND
 from bridge.storage import open_store
 from tests.fakes.mailjet import FakeMailjet
 from tests.fakes.segment import FakeSegment, Scripted
-from tests.processes import BIN, Process, callback_auth, poll, spawn
+from tests.processes import BIN, Process, callback_auth, poll, spawn, store_settled
 from tests.test_faults import Bridge, Sender, bridge_env, make_events
 
 pytestmark = pytest.mark.slow  # every test here starts processes
@@ -84,20 +84,6 @@ def wait_settled(base: str, timeout: float = 30) -> dict[str, Any]:
         return queue if queue["pending"] == 0 and queue["leased"] == 0 else None
 
     return poll(settled, timeout, "the queue to settle (nothing pending or leased)")
-
-
-def store_settled(database: str, timeout: float = 15) -> dict[str, Any]:
-    """The store's counts once nothing is pending or leased (an upstream sees a call before the
-    bridge has read the answer and marked it delivered, so this is polled too)."""
-    def settled() -> dict[str, Any] | None:
-        store = open_store(database)
-        try:
-            stats = store.stats(time.time())
-        finally:
-            store.close()
-        return stats if stats["pending"] == 0 and stats["leased"] == 0 else None
-
-    return poll(settled, timeout, "the store to settle (nothing pending or leased)")
 
 
 def calls_by_email(fake: FakeSegment) -> dict[str, list[dict[str, Any]]]:
