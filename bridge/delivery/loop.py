@@ -52,7 +52,7 @@ RECOVER_EVERY_SECONDS = 5.0
 SWITCH_INTERVAL_SECONDS = 0.0005
 #: Allocations between two collections of the youngest generation, in a process that runs the
 #: loops (Python's default: 700). A round maps thousands of events into new dicts at once, so the
-#: default ran the collector every few events, and its older generations walked every object the
+#: default ran the collector every few dozen events, and its older generations walked every object the
 #: process holds. Nearly all of it is freed by reference counting anyway; what the process built at
 #: start-up is frozen out of the collector's walks (``gc.freeze``). R3 of ``make bench``, 6 pairs:
 #: 15,320-19,136 → 17,036-19,770 events/s, each pair in favour (docs/benchmarks.md).
