@@ -339,32 +339,35 @@ class DrainHelpers:
         #: Whether the worker's forwarder is delivering a backlog now (``drain_delivering``).
         self.draining = draining
         self.helpers = [ChildProcess(f"drain helper {n}", "drain-helper") for n in range(1, count + 1)]
-        #: When each may be started next (after it ended by itself, or died).
-        self.not_before = [0.0] * count
 
     def check(self) -> None:
-        """Note the helpers that ended; start those missing if the forwarder is draining."""
+        """Note the helpers that ended; start those missing, if the forwarder is draining and their
+        pause (``restart_at``) is over."""
         now = time.monotonic()
-        for n, helper in enumerate(self.helpers):
+        for helper in self.helpers:
             if helper.alive():
                 continue
             if helper.proc is not None:  # it ended since the last check
-                code, pid = helper.proc.returncode, helper.proc.pid
-                mark_process_dead(pid)
-                helper.proc = None
-                if code == 0:
-                    log.info("%s process ended: no backlog it could deliver", helper.name,
-                             extra={"pid": pid})
-                    self.not_before[n] = now + HELPER_REST_SECONDS
-                    helper.pause = RESTART_PAUSE_SECONDS[0]
-                else:
-                    log.warning("%s process exited with code %s; another joins the drain in %.0f s "
-                                "if it still lasts", helper.name, code, helper.pause,
-                                extra={"pid": pid})
-                    self.not_before[n] = now + helper.pause
-                    helper.pause = min(helper.pause * 2, RESTART_PAUSE_SECONDS[1])
-            if now >= self.not_before[n] and self.draining():
+                self._ended(helper, now)
+            if (helper.restart_at is None or now >= helper.restart_at) and self.draining():
                 helper.start()
+
+    @staticmethod
+    def _ended(helper: ChildProcess, now: float) -> None:
+        """A helper that ended by itself rests; one that died waits a pause that grows."""
+        assert helper.proc is not None
+        code, pid = helper.proc.returncode, helper.proc.pid
+        mark_process_dead(pid)
+        helper.proc = None
+        if code == 0:
+            log.info("%s process ended: no backlog it could deliver", helper.name, extra={"pid": pid})
+            helper.restart_at = now + HELPER_REST_SECONDS
+            helper.pause = RESTART_PAUSE_SECONDS[0]
+            return
+        log.warning("%s process exited with code %s; another joins the drain in %.0f s if it still "
+                    "lasts", helper.name, code, helper.pause, extra={"pid": pid})
+        helper.restart_at = now + helper.pause
+        helper.pause = min(helper.pause * 2, RESTART_PAUSE_SECONDS[1])
 
     def terminate(self) -> None:
         for helper in self.helpers:

@@ -52,8 +52,8 @@ RECOVER_EVERY_SECONDS = 5.0
 SWITCH_INTERVAL_SECONDS = 0.0005
 #: Allocations between two collections of the youngest generation, in a process that runs the
 #: loops (Python's default: 700). A round maps thousands of events into new dicts at once, so the
-#: default ran the collector every few dozen events, and its older generations walked every object the
-#: process holds. Nearly all of it is freed by reference counting anyway; what the process built at
+#: default ran the collector every few dozen events, and its older generations walked every object
+#: the process holds. Nearly all of it is freed by reference counting anyway; what the process built at
 #: start-up is frozen out of the collector's walks (``gc.freeze``). R3 of ``make bench``, 6 pairs:
 #: 15,320-19,136 → 17,036-19,770 events/s, each pair in favour (docs/benchmarks.md).
 GC_THRESHOLD = (20_000, 50, 100)
@@ -152,7 +152,8 @@ def run_until_stopped(
 
 
 def start_loops(loops: Sequence[Loop], stop: threading.Event) -> list[threading.Thread]:
-    """Run each loop in a daemon thread until ``stop`` is set (the process is the loops')."""
+    """Run each loop in a daemon thread until ``stop`` is set. The process is the loops': its
+    switch interval and its garbage collector are set for them."""
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLD)
