@@ -57,14 +57,16 @@ bench-docs: install $(BENCH_STAMP) wrk
 
 # The older single-purpose benchmarks (accept path under gunicorn, in-process steps, the Engage
 # burst, slow clients against each candidate server, what each forwarder design could reach, what
-# PostgreSQL's commit-order barrier of docs/range-delivery.md would cost).
-bench-more: install wrk
+# PostgreSQL's commit-order barrier of docs/range-delivery.md would cost, what another HTTP server
+# in front of the webhook could reach).
+bench-more: install $(BENCH_STAMP) wrk
 	$(BIN)/python bench/accept.py
 	$(BIN)/python bench/components.py
 	$(BIN)/python bench/identify_burst.py
 	$(BIN)/python bench/slow_clients.py
 	$(BIN)/python bench/r3_ceiling.py
 	$(BIN)/python bench/pg_barrier.py
+	$(BIN)/python bench/front_ceiling.py
 
 $(BENCH_STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,postgres,bench]'

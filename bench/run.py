@@ -222,8 +222,9 @@ class Target:
     bodies: tuple[int, ...] = (1, 100)
 
 
-def _wsgi(command: Callable[[int], list[str]], name: str, env: dict[str, str] | None = None
-          ) -> Callable[[Path, str], contextlib.AbstractContextManager[Running]]:
+def listening(command: Callable[[int], list[str]], name: str, env: dict[str, str] | None = None
+              ) -> Callable[[Path, str], contextlib.AbstractContextManager[Running]]:
+    """Starting ``command(port)`` on a free port, ready once ``/healthz`` answers."""
     @contextlib.contextmanager
     def start(tmp: Path, tag: str) -> Iterator[Running]:
         port = free_port()
@@ -234,15 +235,19 @@ def _wsgi(command: Callable[[int], list[str]], name: str, env: dict[str, str] | 
     return start
 
 
-def _bridge(database: str) -> Callable[[Path, str], contextlib.AbstractContextManager[Running]]:
+def bridge_target(database: str, workers: int = 2,
+                  ) -> Callable[[Path, str], contextlib.AbstractContextManager[Running]]:
+    """Starting ``mailjet-bridge serve`` (``workers`` web processes) on a fresh SQLite or
+    PostgreSQL database."""
     @contextlib.contextmanager
     def start(tmp: Path, tag: str) -> Iterator[Running]:
         if database == "sqlite":
             url = f"sqlite:///{tmp}/{tag}.db"
-            with bridge_serve(f"bridge-sqlite-{tag}", url, tmp) as server:
+            with bridge_serve(f"bridge-sqlite-{tag}", url, tmp, workers=workers) as server:
                 yield Running(server.url, server.pid)
         else:
-            with pg_database(tag) as url, bridge_serve(f"bridge-pg-{tag}", url, tmp) as server:
+            with (pg_database(tag) as url,
+                  bridge_serve(f"bridge-pg-{tag}", url, tmp, workers=workers) as server):
                 yield Running(server.url, server.pid, url.rsplit("/", 1)[1])
     return start
 
@@ -268,21 +273,22 @@ def targets(the_sink: Sink, pg: bool, peer_bin: Path | None) -> list[Target]:
     gunicorn = [str(BIN / "gunicorn"), "-w", "2", "--log-level", "warning"]
     found = [
         Target("noop-gunicorn", "no-op Flask, gunicorn -w 2",
-               _wsgi(lambda p: [*gunicorn, "-b", f"127.0.0.1:{p}", "noop_app:app"], "noop-gunicorn")),
-        Target("bridge-sqlite", "bridge (serve, SQLite)", _bridge("sqlite"), tuple(BODIES)),
+               listening(lambda p: [*gunicorn, "-b", f"127.0.0.1:{p}", "noop_app:app"], "noop-gunicorn")),
+        Target("bridge-sqlite", "bridge (serve, SQLite)", bridge_target("sqlite"), tuple(BODIES)),
         Target("noop-granian", "no-op Flask, granian --workers 2",
-               _wsgi(lambda p: [str(BIN / "granian"), "--interface", "wsgi", "--workers", "2", "--host",
-                                "127.0.0.1", "--port", str(p), "--log-level", "warning", "noop_app:app"],
-                     "noop-granian")),
+               listening(lambda p: [str(BIN / "granian"), "--interface", "wsgi", "--workers", "2",
+                                    "--host", "127.0.0.1", "--port", str(p), "--log-level", "warning",
+                                    "noop_app:app"], "noop-granian")),
     ]
     if pg:
-        found.append(Target("bridge-pg", "bridge (serve, PostgreSQL)", _bridge("pg")))
+        found.append(Target("bridge-pg", "bridge (serve, PostgreSQL)", bridge_target("pg")))
     if peer_bin is not None:
         env = {"PEER_SEGMENT_URL": the_sink.url, "PEER_AUTH": f"Basic {AUTH}",
                "PEER_SCHEMA_DIR": str(ROOT / "schemas")}
         found.append(Target("peer", "peer: Flask + jsonschema + analytics-python, gunicorn -w 2",
-                            _wsgi(lambda p: [str(peer_bin / "gunicorn"), "-w", "2", "--log-level", "warning",
-                                             "-b", f"127.0.0.1:{p}", "peer_app:app"], "peer", env)))
+                            listening(lambda p: [str(peer_bin / "gunicorn"), "-w", "2", "--log-level",
+                                                 "warning", "-b", f"127.0.0.1:{p}", "peer_app:app"],
+                                      "peer", env)))
     return found
 
 
