@@ -14,6 +14,8 @@ thread (uvicorn with uvloop and httptools, ASGI):
 - ``bridge, serve --workers 1`` and ``webhook, uvicorn -w 1 + writer``: the same with one web
   process (with two, uvicorn's share of wrk's 8 connections between its processes varies from run
   to run, and so does its rate);
+- ``bridge, serve, PostgreSQL`` and ``webhook, uvicorn -w 1 + writer, PostgreSQL``: the same on a
+  PostgreSQL database of its own (its backends' CPU counted with the server);
 - ``no-op, granian RSGI -w 2`` and ``no-op, uvicorn -w 2``: what each server costs by itself.
 
 CPU a request is read from /proc for every process of each server (the writer included; wrk's own
@@ -32,7 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from common import BRIDGE_ENV, Progress, Server, free_port
+from common import BRIDGE_ENV, Progress, Server, free_port, pg_database
 from run import BIN, CONNS, HERE, ROUNDS, Running, Target, bridge_target, listening, measured
 
 BODIES = (1, 100)
@@ -45,24 +47,36 @@ def _uvicorn(app: str, port: int, workers: int = 2) -> list[str]:
             "--http", "httptools", "--app-dir", str(HERE), app]
 
 
-def _webhook_under_uvicorn(workers: int) -> Callable[[Path, str], contextlib.AbstractContextManager[Running]]:
+def _webhook_under_uvicorn(workers: int, database: str = "sqlite",
+                           ) -> Callable[[Path, str], contextlib.AbstractContextManager[Running]]:
     """uvicorn serving ``front_apps:webhook``, and the bridge's writer process as its child (so
-    that /proc counts it with the server), on a fresh SQLite database."""
+    that /proc counts it with the server), on a fresh SQLite or PostgreSQL database."""
 
     @contextlib.contextmanager
     def start(tmp: Path, tag: str) -> Iterator[Running]:
-        port = free_port()
-        socket_path = tmp / f"{tag}.sock"
-        env = {**BRIDGE_ENV, "BRIDGE_DATABASE_URL": f"sqlite:///{tmp}/{tag}.db",
-               "BRIDGE_WRITER_SOCKET": str(socket_path)}
-        command = " ".join(_uvicorn("front_apps:webhook", port, workers))
-        launcher = ["sh", "-c", f'"{BIN}/python" -m bridge writer & exec {command}']
-        server = Server(f"uvicorn-{tag}", launcher, env, HERE, tmp / f"uvicorn-{tag}.log",
-                        url=f"http://127.0.0.1:{port}")
-        with server.start(f"{server.url}/healthz"):
-            yield Running(server.url, server.pid)
+        with contextlib.ExitStack() as stack:
+            if database == "sqlite":
+                url, name = f"sqlite:///{tmp}/{tag}.db", None
+            else:
+                url = stack.enter_context(pg_database(tag))
+                name = url.rsplit("/", 1)[1]
+            yield stack.enter_context(_uvicorn_and_writer(tmp, tag, url, workers, name))
 
     return start
+
+
+@contextlib.contextmanager
+def _uvicorn_and_writer(tmp: Path, tag: str, url: str, workers: int, database: str | None,
+                        ) -> Iterator[Running]:
+    port = free_port()
+    socket_path = tmp / f"{tag}.sock"
+    env = {**BRIDGE_ENV, "BRIDGE_DATABASE_URL": url, "BRIDGE_WRITER_SOCKET": str(socket_path)}
+    command = " ".join(_uvicorn("front_apps:webhook", port, workers))
+    launcher = ["sh", "-c", f'"{BIN}/python" -m bridge writer & exec {command}']
+    server = Server(f"uvicorn-{tag}", launcher, env, HERE, tmp / f"uvicorn-{tag}.log",
+                    url=f"http://127.0.0.1:{port}")
+    with server.start(f"{server.url}/healthz"):
+        yield Running(server.url, server.pid, database)
 
 
 def targets() -> list[Target]:
@@ -77,6 +91,9 @@ def targets() -> list[Target]:
         Target("webhook-uvicorn", "webhook, uvicorn -w 2 + writer", _webhook_under_uvicorn(2)),
         Target("bridge-serve-1", "bridge, serve --workers 1", bridge_target("sqlite", 1)),
         Target("webhook-uvicorn-1", "webhook, uvicorn -w 1 + writer", _webhook_under_uvicorn(1)),
+        Target("bridge-serve-pg", "bridge, serve, PostgreSQL", bridge_target("pg")),
+        Target("webhook-uvicorn-1-pg", "webhook, uvicorn -w 1 + writer, PostgreSQL",
+               _webhook_under_uvicorn(1, "pg")),
         Target("noop-granian", "no-op, granian RSGI -w 2",
                listening(lambda p: [*granian, "--port", str(p), "front_apps:noop_rsgi"], "noop-granian")),
         Target("noop-uvicorn", "no-op, uvicorn -w 2",
