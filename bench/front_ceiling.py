@@ -1,13 +1,14 @@
-"""What R1 and R2 could reach with another HTTP server in front of the webhook (issue #11).
+"""What R1 and R2 reach with each HTTP server in front of the webhook (issue #11).
 
-``serve``'s web processes run granian's RSGI interface: granian reads requests in Rust threads and
-hands each to the Python event loop and back. This measures, with R1's and R2's method (``wrk
+``serve``'s web processes ran granian's RSGI interface until #11 measured this: granian reads
+requests in Rust threads and hands each to the Python event loop and back. ``serve`` now runs
+uvicorn. This measures, with R1's and R2's method (``wrk
 -t1 -c8``, unique Mailjet events, 1 and 100 a body, servers alternating on fresh databases), how
 much of a request that costs, against a server whose HTTP parsing runs on the event loop's own
 thread (uvicorn with uvloop and httptools, ASGI):
 
 - ``no-op, gunicorn -w 2``: R1's anchor (``bench/noop_app.py``);
-- ``bridge, serve``: the bridge as users run it (granian RSGI, the writer, the delivery process);
+- ``bridge, serve``: the bridge as users run it (uvicorn, the writer, the delivery process);
 - ``webhook, uvicorn -w 2 + writer``: the bridge's own steps for the webhook under uvicorn
   (``bench/front_apps.py``: the caller check, parsing and sorting, the writer process's commit,
   the answer, the access line; not a whole front), with the same writer process as ``serve``;
@@ -87,7 +88,7 @@ def targets() -> list[Target]:
     return [
         Target("noop-gunicorn", "no-op, gunicorn -w 2 (R1's anchor)",
                listening(lambda p: [*gunicorn, "-b", f"127.0.0.1:{p}", "noop_app:app"], "noop-gunicorn")),
-        Target("bridge-serve", "bridge, serve (granian RSGI + writer)", bridge_target("sqlite")),
+        Target("bridge-serve", "bridge, serve (uvicorn, 2 web processes)", bridge_target("sqlite")),
         Target("webhook-uvicorn", "webhook, uvicorn -w 2 + writer", _webhook_under_uvicorn(2)),
         Target("bridge-serve-1", "bridge, serve --workers 1", bridge_target("sqlite", 1)),
         Target("webhook-uvicorn-1", "webhook, uvicorn -w 1 + writer", _webhook_under_uvicorn(1)),

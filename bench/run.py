@@ -521,8 +521,10 @@ class Tree:
             label = f"drain helper (pid {pid})"
         elif "bridge writer" in cmdline(pid):
             label = "writer" if "writer" not in self.labels.values() else f"writer (pid {pid})"
+        elif "resource_tracker" in cmdline(pid):
+            label = "resource tracker"  # multiprocessing's, beside uvicorn's spawned web processes
         elif parent(pid) == self.root:
-            label = "granian main"
+            label = "web server main"
         else:
             self.webs += 1
             label = f"web {self.webs}"

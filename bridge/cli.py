@@ -127,7 +127,7 @@ def _warn_at_start(bridge: Bridge) -> None:
 
 
 @main.command(short_help="Serve the webhooks and forward events.",
-              help="Serve the webhooks and forward events: granian web processes and one delivery "
+              help="Serve the webhooks and forward events: uvicorn web processes and one delivery "
                    "process, on BRIDGE_HOST:BRIDGE_PORT (what `make run` runs).")
 @click.option("--workers", type=click.IntRange(1, 64), help="Web processes [BRIDGE_WORKERS].")
 @click.option("--web-only", is_flag=True,

@@ -1,16 +1,18 @@
-"""``mailjet-bridge serve``: granian serving the web app, a writer process and a delivery process.
+"""``mailjet-bridge serve``: uvicorn serving the web app, a writer process and a delivery process.
 
-Granian reads every request's headers in Rust, so a client that trickles its headers holds nothing
-of Python's; gunicorn's sync workers were each held by one such client (docs/benchmarks.md). The web
-processes run granian's RSGI interface (``bridge.web.rsgi``): the Mailjet webhook on the event
-loop, the Flask app on threads. Granian has no per-worker hooks, so the other work runs in
-processes of its own. ``serve`` supervises:
+uvicorn reads every request on its event loop, so a client that trickles its headers or its body
+holds no thread; gunicorn's sync workers were each held by one such client (docs/benchmarks.md).
+The web processes run ``bridge.web.rsgi``'s front through ASGI (``bridge.web.asgi``): the Mailjet
+webhook on the event loop, the Flask app on threads. They parse HTTP on the loop's own thread:
+under granian, whose Rust threads handed each request to the loop and back, a single-event post
+cost about half again as much CPU (#11). The other work runs in processes of its own. ``serve``
+supervises:
 
 - the writer process (``mailjet-bridge writer``, ``bridge.storage.writer``): it commits the Mailjet
   webhook's writes of every web process together. Started first; restarted here if it dies (the
   requests it had not answered get a 503, and the sender retries);
-- the web server: granian's main process and its ``workers`` web processes, which it restarts if one
-  dies;
+- the web server: uvicorn's main process and its ``workers`` web processes, which it restarts if
+  one dies (with one, the main process serves itself);
 - the delivery process (forwarder, contact sync, janitor, ``mailjet-bridge worker``), restarted here
   if it dies, with a growing pause if it keeps dying; while it drains a backlog, it starts drain
   helpers of its own (``DrainHelpers``);
@@ -48,13 +50,13 @@ from bridge.signals import stopped_by_first
 from bridge.storage.group_commit import turn_lent
 
 if TYPE_CHECKING:
-    from bridge.web.rsgi import LoopFront
+    from bridge.web.asgi import AsgiFront
 
 log = logging.getLogger(__name__)
 
 #: SIGTERM to exit: everything is stopped by then (what is still running after it is killed).
 SHUTDOWN_SECONDS = 10.0
-#: Granian kills a web process still busy this long after SIGTERM (a request stuck that long).
+#: A web process answers the requests in flight for at most this long after SIGTERM, then ends.
 WEB_KILL_SECONDS = 8
 #: Requests for the Flask app (every route but the Mailjet webhook) one web process runs at once,
 #: on threads of its own (see TakingTurns); their bodies have been read on the event loop first.
@@ -83,7 +85,7 @@ WRITER_SOCKET_ENV = "BRIDGE_WRITER_SOCKET"
 WRITER_START_SECONDS = 30.0
 
 
-#: granian's own lines as JSON too, through the root handler (where the secrets filter sits).
+#: uvicorn's own lines as JSON too, through the root handler (where the secrets filter sits).
 LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -91,7 +93,8 @@ LOGGING: dict[str, Any] = {
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
                             "stream": "ext://sys.stderr"}},
     "root": {"handlers": ["stderr"], "level": "INFO"},
-    "loggers": {"_granian": {"level": "INFO", "propagate": True}},
+    "loggers": {"uvicorn": {"level": "INFO", "propagate": True, "handlers": []},
+                "uvicorn.error": {"level": "INFO", "propagate": True, "handlers": []}},
 }
 
 
@@ -185,48 +188,50 @@ class _RestWithoutTurn:
             yield line
 
 
-def web_app() -> LoopFront:
-    """What each web process serves, built from the environment as ``serve`` left it: the Mailjet
-    webhook on granian's event loop, its writes committed by the writer process, and the Flask app
-    on REQUEST_THREADS threads (``bridge.web.rsgi``)."""
+def asgi_app() -> AsgiFront:
+    """What each web process serves: the Flask app (``create_app``, every route but the Mailjet
+    webhook) on REQUEST_THREADS threads, APP_TURNS at a time, and the webhook on the event loop,
+    its writes committed by the writer process (``bridge.web.rsgi.LoopFront``), through ASGI."""
     from bridge.app import create_app
     from bridge.storage.writer import WriterClient
+    from bridge.web.asgi import AsgiFront
     from bridge.web.rsgi import LoopFront
-    from bridge.web.stopping import in_web_process, loop_listens
 
-    in_web_process()
     app = create_app()
     path = os.environ.get(WRITER_SOCKET_ENV)
-    return LoopFront(TakingTurns(app, APP_TURNS), app.extensions["bridge"], REQUEST_THREADS,
-                     WriterClient(path) if path else None, on_init=loop_listens)
+    return AsgiFront(LoopFront(TakingTurns(app, APP_TURNS), app.extensions["bridge"], REQUEST_THREADS,
+                               WriterClient(path) if path else None))
 
 
 def _serve_web(host: str, port: int, workers: int) -> None:
-    """The web server's main process: granian, with ``workers`` web processes that it restarts."""
-    # Until granian sets its own handlers: SIGTERM ends this process at once (nothing is served yet),
-    # and Ctrl-C is left to the supervisor, which sends SIGTERM; after, bridge.web.stopping's rules.
+    """The web server's main process: uvicorn, with ``workers`` web processes that it restarts (or,
+    with one, this process serving). Until uvicorn sets its own handlers, SIGTERM ends this process
+    at once (nothing is served yet) and Ctrl-C is left to the supervisor, which sends SIGTERM. A
+    web process ignores SIGINT (``AsgiFront``): its main process stops it in order."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from granian.constants import Interfaces, Loops
-    from granian.log import LogLevels
-    from granian.server import Server
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
-    from bridge.web.stopping import hear_stop_signals
-
-    server = Server(
-        "bridge.server:web_app", address=host, port=port, interface=Interfaces.RSGI,
-        workers=workers, loop=Loops.uvloop,
-        websockets=False, log_level=LogLevels.info, log_dictconfig=LOGGING,
-        respawn_failed_workers=True, workers_kill_timeout=WEB_KILL_SECONDS,
+    config = uvicorn.Config(
+        "bridge.server:asgi_app", factory=True, host=host, port=port, workers=workers,
+        loop="uvloop", http="httptools", ws="none", lifespan="on", interface="asgi3",
+        proxy_headers=False, server_header=False, access_log=False, log_config=LOGGING,
+        timeout_graceful_shutdown=WEB_KILL_SECONDS,
     )
-    hear_stop_signals(server)
-    server.serve(target_loader=web_app, wrap_loader=False)
+    if workers > 1:
+        sys.stdin = None  # type: ignore[assignment]  # multiprocessing's devnull: no fd a spawned worker has
+        sock = config.bind_socket()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        Multiprocess(config, sockets=[sock]).run()
+    else:
+        uvicorn.Server(config).run()
 
 
 def address_problem(host: str, port: int) -> str | None:
     """Why the web server could not listen on host:port (taken, not this machine's), or None.
 
-    To ask before anything starts: granian would end its process with a Rust panic and its trace.
+    To ask before anything starts: the web server would end its process with an error of its own.
     """
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -473,7 +478,7 @@ class BridgeServer:
                 web_processes = descendants(web.pid) if web.pid is not None else []
                 web.kill()
                 web.join()
-                for pid in web_processes:  # granian's web processes outlive its main process
+                for pid in web_processes:  # the web processes outlive their main process
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
             writer.terminate()  # last: the web processes' requests in flight were its to commit

@@ -1,8 +1,10 @@
-"""What ``serve``'s web processes run: granian's RSGI interface, with the Mailjet webhook on its loop.
+"""What ``serve``'s web processes run: the Mailjet webhook on the event loop, the rest on threads.
 
-Under WSGI every request was handed from granian's runtime to a Python thread, and each web process
-committed its own requests, taking turns with the others at SQLite's one write lock: two web
-processes served fewer single-event posts than one (docs/benchmarks.md, #11). Here
+The front reads its requests through RSGI's scope and protocol (uvicorn hands them over as ASGI,
+``bridge.web.asgi``; granian served this front through RSGI until #11 measured it). Under WSGI
+every request was handed to a Python thread, and each web process committed its own requests,
+taking turns with the others at SQLite's one write lock: two web processes served fewer
+single-event posts than one (docs/benchmarks.md, #11). Here
 ``POST /webhooks/mailjet`` runs on the worker's event loop: its body is read as it arrives (a slow
 client holds nothing), its events are checked and sorted on the loop, and the sorted events go to
 the host's writer process (``bridge.storage.writer``), which commits the requests of every web
@@ -117,7 +119,7 @@ def _call(app: WSGIApp, environ: dict[str, Any]) -> tuple[int, Headers, bytes]:
 
 
 async def read_whole(protocol: Any, length: int | None, limit: int) -> bytes:
-    """The request's body. With a declared length within the limit, in one await: granian reads
+    """The request's body. With a declared length within the limit, in one await: the server reads
     exactly that many bytes and wakes the loop once, not once a chunk (single-event posts: 279-289
     against 323-324 µs of the web processes' CPU a request, #11). Else chunk by chunk, within the
     limit (``read_chunks``)."""
@@ -136,11 +138,8 @@ class LoopFront:
     """An RSGI app: the Mailjet webhook on the event loop, everything else to ``app`` on threads."""
 
     def __init__(self, app: WSGIApp, bridge: Bridge, threads: int,
-                 writer: WriterClient | None = None,
-                 on_init: Callable[[asyncio.AbstractEventLoop], None] | None = None) -> None:
+                 writer: WriterClient | None = None) -> None:
         self.app = app
-        #: Called with the loop once the worker has set it up (``serve``: how it hears signals).
-        self.on_init = on_init
         self.bridge = bridge
         self.writer = writer
         self.threads = threads
@@ -152,15 +151,13 @@ class LoopFront:
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="web")
-        if self.on_init is not None:
-            self.on_init(loop)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True)
 
     async def __rsgi__(self, scope: Any, protocol: Any) -> None:
-        if scope.proto != "http":  # no websockets here (granian is started without them)
+        if scope.proto != "http":  # no websockets here (the server is started without them)
             return
         started = time.perf_counter()
         if scope.method == "POST" and scope.path == PATH:
