@@ -12,7 +12,7 @@ supervises:
   webhook's writes of every web process together. Started first; restarted here if it dies (the
   requests it had not answered get a 503, and the sender retries);
 - the web server: uvicorn's main process and its ``workers`` web processes, which it restarts if
-  one dies (with one, the main process serves itself);
+  one dies;
 - the delivery process (forwarder, contact sync, janitor, ``mailjet-bridge worker``), restarted here
   if it dies, with a growing pause if it keeps dying; while it drains a backlog, it starts drain
   helpers of its own (``DrainHelpers``);
@@ -204,8 +204,8 @@ def asgi_app() -> AsgiFront:
 
 
 def _serve_web(host: str, port: int, workers: int) -> None:
-    """The web server's main process: uvicorn, with ``workers`` web processes that it restarts (or,
-    with one, this process serving). Until uvicorn sets its own handlers, SIGTERM ends this process
+    """The web server's main process: uvicorn's, with ``workers`` web processes that it starts again
+    if one dies (one included). Until uvicorn sets its own handlers, SIGTERM ends this process
     at once (nothing is served yet) and Ctrl-C is left to the supervisor, which sends SIGTERM. A
     web process ignores SIGINT (``AsgiFront``): its main process stops it in order."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -219,13 +219,10 @@ def _serve_web(host: str, port: int, workers: int) -> None:
         proxy_headers=False, server_header=False, access_log=False, log_config=LOGGING,
         timeout_graceful_shutdown=WEB_KILL_SECONDS,
     )
-    if workers > 1:
-        sys.stdin = None  # type: ignore[assignment]  # multiprocessing's devnull: no fd a spawned worker has
-        sock = config.bind_socket()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        Multiprocess(config, sockets=[sock]).run()
-    else:
-        uvicorn.Server(config).run()
+    sys.stdin = None  # type: ignore[assignment]  # multiprocessing's devnull: no fd a spawned worker has
+    sock = config.bind_socket()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # uvicorn's main process sets its own next
+    Multiprocess(config, sockets=[sock]).run()
 
 
 def address_problem(host: str, port: int) -> str | None:

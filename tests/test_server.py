@@ -270,6 +270,24 @@ def test_a_web_server_that_hangs_is_killed_with_its_web_processes(serve: Callabl
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_web_process_that_dies_is_started_again(serve: Callable[..., Served], workers: str) -> None:
+    """uvicorn's main process starts a web process again when one dies (SIGKILL here), with one
+    web process as with two; meanwhile serve goes on, and the new one answers."""
+    served = serve(BRIDGE_WORKERS=workers)
+
+    def web_pids() -> list[int]:  # uvicorn logs "Started server process [123]" for each
+        return [int(e["msg"].rsplit("[", 1)[-1].rstrip("]")) for e in served.log()
+                if e.get("msg", "").startswith("Started server process")]
+
+    first = poll(lambda: len(web_pids()) == int(workers) and web_pids(), 20, "the web processes")
+    os.kill(first[0], signal.SIGKILL)
+    poll(lambda: len(web_pids()) > int(workers), 30, "a new web process")
+    poll(served.answers, 30, "serve to answer /healthz again")
+    assert served.post(event(1)).status_code == 200
+    assert served.process.proc.poll() is None, served.process.output()
+
+
 def test_the_delivery_process_forwards_and_comes_back_when_it_dies(
         serve: Callable[..., Served], fake_segment: FakeSegment) -> None:
     served = serve()
