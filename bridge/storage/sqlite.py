@@ -85,7 +85,7 @@ class SQLiteStore(SqlStore):
         """A connection (and write-lock handle) of the pool for the length of one use.
 
         A pool, not one connection per thread: a server that ends idle threads and starts new ones
-        (granian does) would otherwise leave every ended thread's connection open for good. The
+        (granian did) would otherwise leave every ended thread's connection open for good. The
         pool holds as many connections as were ever in use at once, and no more.
         """
         with self._lock:
