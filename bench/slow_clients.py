@@ -72,7 +72,7 @@ SERVERS: dict[str, Callable[[str, int], list[str]]] = {
     "granian wsgi 1 blocking thread": granian("--blocking-threads", "1"),
     "granian wsgi 4 blocking threads": granian("--blocking-threads", "4"),
     "granian wsgi 8 blocking threads": granian("--blocking-threads", "8"),
-    # what `make run` runs: granian, 64 request threads per web process, and one delivery process
+    # what `make run` runs: uvicorn web processes, the writer and one delivery process
     "mailjet-bridge serve": lambda app, port: [str(BIN / "mailjet-bridge"), "serve"],
 }
 #: Servers that serve the bridge only.
