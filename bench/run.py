@@ -524,7 +524,7 @@ class Tree:
         elif "resource_tracker" in cmdline(pid):
             label = "resource tracker"  # multiprocessing's, beside uvicorn's spawned web processes
         elif parent(pid) == self.root:
-            label = "web server main"
+            label = "uvicorn main"
         else:
             self.webs += 1
             label = f"web {self.webs}"

@@ -205,9 +205,9 @@ def asgi_app() -> AsgiFront:
 
 def _serve_web(host: str, port: int, workers: int) -> None:
     """The web server's main process: uvicorn's, with ``workers`` web processes that it starts again
-    if one dies (one included). Until uvicorn sets its own handlers, SIGTERM ends this process
-    at once (nothing is served yet) and Ctrl-C is left to the supervisor, which sends SIGTERM. A
-    web process ignores SIGINT (``AsgiFront``): its main process stops it in order."""
+    if one dies (one included). Until uvicorn sets its own handlers, SIGTERM ends this process at
+    once (nothing is served yet). Ctrl-C is left to serve, which sends SIGTERM; a web process
+    ignores SIGINT too (``AsgiFront``): its main process stops it in order."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import uvicorn
@@ -220,9 +220,11 @@ def _serve_web(host: str, port: int, workers: int) -> None:
         timeout_graceful_shutdown=WEB_KILL_SECONDS,
     )
     sys.stdin = None  # type: ignore[assignment]  # multiprocessing's devnull: no fd a spawned worker has
-    sock = config.bind_socket()
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # uvicorn's main process sets its own next
-    Multiprocess(config, sockets=[sock]).run()
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    # Ctrl-C stays serve's to act on (it stops this process with SIGTERM, in order); the web
+    # processes start with it ignored too, until uvicorn's handlers and then AsgiFront's rule.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    supervisor.run()
 
 
 def address_problem(host: str, port: int) -> str | None:
