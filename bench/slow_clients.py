@@ -61,8 +61,8 @@ def waitress(*extra: str) -> Callable[[str, int], list[str]]:
     return lambda app, port: [str(BIN / "waitress-serve"), f"--listen=127.0.0.1:{port}", *extra, app]
 
 
-#: name -> command line for (app, port). Installed with the bridge: gunicorn and granian; waitress is
-#: measured when present (pip install waitress).
+#: name -> command line for (app, port). gunicorn comes with the bridge, granian with the bench
+#: extra; waitress is measured when present (pip install waitress).
 SERVERS: dict[str, Callable[[str, int], list[str]]] = {
     "gunicorn sync": gunicorn(),
     "gunicorn gthread 8 threads": gunicorn("-k", "gthread", "--threads", "8"),

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from granian.rsgi import ProtocolClosed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
@@ -34,7 +33,7 @@ from bridge.app import create_app
 from bridge.server import APP_TURNS, TakingTurns
 from bridge.storage.sqlite import SQLiteStore
 from bridge.web.body import DRAIN_LIMIT, TooLarge, read_chunks
-from bridge.web.rsgi import LoopFront, client_address, read_whole, wsgi_environ
+from bridge.web.rsgi import LoopFront, ProtocolClosed, client_address, read_whole, wsgi_environ
 from tests.conftest import basic
 
 #: Hypothesis keeps caches in ``.hypothesis/`` of the working directory (the checkout): they go to a

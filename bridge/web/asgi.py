@@ -16,9 +16,7 @@ import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
-from granian.rsgi import ProtocolClosed
-
-from bridge.web.rsgi import Headers, LoopFront
+from bridge.web.rsgi import Headers, LoopFront, ProtocolClosed
 
 
 def _address(pair: Any) -> str:

@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from granian.rsgi import ProtocolClosed
 from werkzeug.http import parse_list_header
 
 from bridge.errors import StorageUnavailable
@@ -51,6 +50,11 @@ from bridge.wiring import Bridge
 log = logging.getLogger(__name__)
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class ProtocolClosed(Exception):
+    """The client left before its body ended (what granian's RSGI raised; ``bridge.web.asgi``
+    raises it for uvicorn's ``http.disconnect``)."""
 Headers = list[tuple[str, str]]
 
 
