@@ -93,8 +93,7 @@ LOGGING: dict[str, Any] = {
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
                             "stream": "ext://sys.stderr"}},
     "root": {"handlers": ["stderr"], "level": "INFO"},
-    "loggers": {"uvicorn": {"level": "INFO", "propagate": True, "handlers": []},
-                "uvicorn.error": {"level": "INFO", "propagate": True, "handlers": []}},
+    "loggers": {"uvicorn": {"level": "INFO", "propagate": True, "handlers": []}},
 }
 
 

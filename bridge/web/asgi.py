@@ -72,25 +72,21 @@ class _Protocol:
 
     async def __call__(self) -> bytes:
         """The whole body; ProtocolClosed if the client leaves before it ends (as granian)."""
-        parts = []
-        while self._more:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                self._more = False
-                raise ProtocolClosed("the client left")
-            self._more = message.get("more_body", False)
-            parts.append(message.get("body", b""))
-        return b"".join(parts)
+        return b"".join([chunk async for chunk in self._read(raise_if_left=True)])
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._chunks()
-
-    async def _chunks(self) -> AsyncIterator[bytes]:
         """The body's chunks as they come; a client that leaves ends them (as granian's)."""
+        return self._read(raise_if_left=False)
+
+    async def _read(self, raise_if_left: bool) -> AsyncIterator[bytes]:
+        """The body's chunks until its end, or until the client leaves (then ProtocolClosed, if
+        ``raise_if_left``)."""
         while self._more:
             message = await self._receive()
             if message["type"] == "http.disconnect":
                 self._more = False
+                if raise_if_left:
+                    raise ProtocolClosed("the client left")
                 return
             self._more = message.get("more_body", False)
             if body := message.get("body", b""):
