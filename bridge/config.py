@@ -92,6 +92,8 @@ class Settings:
     #: ``full``: a 200 survives power loss. ``normal``: survives a crash of the bridge, and is faster.
     sqlite_synchronous: str = "full"
     workers: int = 2
+    #: Seconds a client has to send a request's headers under ``serve`` (then a 408 and closed).
+    header_timeout: float = 30.0
     #: Processes ``mailjet-bridge worker`` adds to its forwarder while it drains a backlog
     #: (``BRIDGE_DRAIN_HELPERS``; by default one a core beyond the first, three at most).
     drain_helpers: int = 0
@@ -212,6 +214,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         retry_max_seconds=r.integer("BRIDGE_RETRY_MAX_SECONDS", 60, 1, 3600),
         sqlite_synchronous=r.choice("BRIDGE_SQLITE_SYNCHRONOUS", ("full", "normal"), "full"),
         workers=r.integer("BRIDGE_WORKERS", 2, 1, 64),
+        header_timeout=r.integer("BRIDGE_HEADER_TIMEOUT", 30, 1, 600),
         drain_helpers=r.integer("BRIDGE_DRAIN_HELPERS", default_drain_helpers(), 0, 16),
         proxy_count=r.integer("BRIDGE_PROXY_COUNT", 0, 0, 5),
         schema_dir=Path(r.text("BRIDGE_SCHEMA_DIR") or DEFAULT_SCHEMA_DIR),

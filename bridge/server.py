@@ -29,6 +29,7 @@ process commits its own requests.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import multiprocessing
@@ -202,9 +203,10 @@ def asgi_app() -> AsgiFront:
                                WriterClient(path) if path else None))
 
 
-def _serve_web(host: str, port: int, workers: int) -> None:
+def _serve_web(host: str, port: int, workers: int, header_timeout: float) -> None:
     """The web server's main process: uvicorn's, with ``workers`` web processes that it starts again
-    if one dies (one included). Until uvicorn sets its own handlers, SIGTERM ends this process at
+    if one dies (one included), and ``header_timeout`` seconds for each request's headers
+    (``bridge.web.deadline``). Until uvicorn sets its own handlers, SIGTERM ends this process at
     once (nothing is served yet). Ctrl-C is left to serve, which sends SIGTERM; a web process
     ignores SIGINT too (``AsgiFront``): its main process stops it in order."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -212,9 +214,12 @@ def _serve_web(host: str, port: int, workers: int) -> None:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from bridge.web.deadline import HeaderDeadline
+
     config = uvicorn.Config(
         "bridge.server:asgi_app", factory=True, host=host, port=port, workers=workers,
-        loop="uvloop", http="httptools", ws="none", lifespan="on", interface="asgi3",
+        loop="uvloop", http=functools.partial(HeaderDeadline, header_timeout=header_timeout),  # type: ignore[arg-type]
+        ws="none", lifespan="on", interface="asgi3",
         proxy_headers=False, server_header=False, access_log=False, log_config=LOGGING,
         timeout_graceful_shutdown=WEB_KILL_SECONDS,
     )
@@ -441,7 +446,8 @@ class BridgeServer:
             log.error("the writer process did not start; stopping")
             return 1
         web = multiprocessing.get_context("fork").Process(
-            target=_serve_web, args=(self.settings.host, self.settings.port, self.workers),
+            target=_serve_web, args=(self.settings.host, self.settings.port, self.workers,
+                                       self.settings.header_timeout),
             name="mailjet-bridge web")
         web.start()
         delivery = ChildProcess("delivery", "worker")

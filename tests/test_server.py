@@ -155,6 +155,47 @@ def test_healthz_answers_while_150_clients_trickle_their_headers(serve: Callable
         slow.close()
 
 
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (at most 10 s)."""
+    sock.settimeout(10)
+    received = b""
+    while chunk := sock.recv(4096):
+        received += chunk
+    return received
+
+
+def test_headers_must_end_within_the_header_timeout_but_a_slow_body_is_not_cut(
+        serve: Callable[..., Served]) -> None:
+    """BRIDGE_HEADER_TIMEOUT: a client that never ends its headers, or sends nothing at all, gets a
+    JSON 408 and is closed; one that ended them in time may take longer for its body."""
+    served = serve(BRIDGE_HEADER_TIMEOUT="1")
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", served.port)) as silent, \
+            socket.create_connection(("127.0.0.1", served.port)) as unfinished:
+        unfinished.sendall(b"POST /webhooks/mailjet HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        for answer in (_answer(silent), _answer(unfinished)):
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408 "), answer
+            assert json.loads(body)["error"] == "request_timeout"
+    assert 1 <= time.monotonic() - started < 8
+    basic = base64.b64encode(":".join(AUTH).encode()).decode()
+    text = json.dumps(event(7)).encode()
+    with socket.create_connection(("127.0.0.1", served.port)) as slow:
+        slow.sendall(f"POST /webhooks/mailjet HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {basic}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(text)}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        pace = threading.Event()
+        for n in range(0, len(text), len(text) // 4 + 1):  # the body over about 2 s: twice the limit
+            pace.wait(0.5)
+            slow.sendall(text[n:n + len(text) // 4 + 1])
+        answer = _answer(slow)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["accepted"] == 1
+    poll(lambda: sum("did not send its headers within 1 s" in str(r.get("msg")) for r in served.log()) >= 2,
+         10, "the two closed connections to be logged")
+    assert "Traceback" not in served.process.output()
+
+
 def _flock_holders(path: Path) -> set[int]:
     """The pids holding a flock on ``path`` (from /proc/locks)."""
     inode = os.stat(path).st_ino

@@ -19,7 +19,7 @@ from typing import Any
 from bridge.web.rsgi import Headers, LoopFront, ProtocolClosed
 
 
-def _address(pair: Any) -> str:
+def host_port(pair: Any) -> str:
     """An ASGI (host, port) as RSGI writes it: ``host:port``, an IPv6 host in brackets."""
     if not pair:
         return ":0"
@@ -55,8 +55,8 @@ class _Scope:
         self.path: str = scope["path"]
         self.query_string = scope["query_string"].decode("latin-1")
         self.headers = _Headers(scope["headers"])
-        self.client = _address(scope.get("client"))
-        self.server = _address(scope.get("server"))
+        self.client = host_port(scope.get("client"))
+        self.server = host_port(scope.get("server"))
         self.scheme: str = scope.get("scheme", "http")
         self.http_version: str = scope.get("http_version", "1.1")
 
