@@ -185,14 +185,15 @@ def wait_http(url: str, timeout: float, server: Server | None = None) -> None:
 
 
 def bridge_serve(name: str, database_url: str, tmp: Path, extra: Mapping[str, str] | None = None,
-                 workers: int = 2) -> Server:
-    """``mailjet-bridge serve`` as users run it, on a port of its own; started and answering."""
+                 workers: int | None = None) -> Server:
+    """``mailjet-bridge serve`` as users run it, on a port of its own; started and answering. With
+    ``workers``, that many web processes; else serve's default (one a core beyond the first)."""
     port = free_port()
     metrics = tmp / f"metrics-{port}"  # serve would make one in /tmp and leave it there
     metrics.mkdir()
     env = {**BRIDGE_ENV, "BRIDGE_DATABASE_URL": database_url, "BRIDGE_HOST": "127.0.0.1",
-           "BRIDGE_PORT": str(port), "BRIDGE_WORKERS": str(workers),
-           "PROMETHEUS_MULTIPROC_DIR": str(metrics), **(extra or {})}
+           "BRIDGE_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+           **({"BRIDGE_WORKERS": str(workers)} if workers else {}), **(extra or {})}
     server = Server(name, [str(BIN / "mailjet-bridge"), "serve"], env, ROOT, tmp / f"{name}-{port}.log",
                     url=f"http://127.0.0.1:{port}")
     return server.start(f"{server.url}/healthz?scope=accept")

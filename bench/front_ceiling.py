@@ -8,7 +8,8 @@ much of a request that costs, against a server whose HTTP parsing runs on the ev
 thread (uvicorn with uvloop and httptools, ASGI):
 
 - ``no-op, gunicorn -w 2``: R1's anchor (``bench/noop_app.py``);
-- ``bridge, serve``: the bridge as users run it (uvicorn, the writer, the delivery process);
+- ``bridge, serve --workers 2``: the bridge as users ran it until #11 made one web process the
+  default on 2 cores (uvicorn, the writer, the delivery process);
 - ``webhook, uvicorn -w 2 + writer``: the bridge's own steps for the webhook under uvicorn
   (``bench/front_apps.py``: the caller check, parsing and sorting, the writer process's commit,
   the answer, the access line; not a whole front), with the same writer process as ``serve``;
@@ -88,11 +89,11 @@ def targets() -> list[Target]:
     return [
         Target("noop-gunicorn", "no-op, gunicorn -w 2 (R1's anchor)",
                listening(lambda p: [*gunicorn, "-b", f"127.0.0.1:{p}", "noop_app:app"], "noop-gunicorn")),
-        Target("bridge-serve", "bridge, serve (uvicorn, 2 web processes)", bridge_target("sqlite")),
+        Target("bridge-serve", "bridge, serve --workers 2", bridge_target("sqlite", 2)),
         Target("webhook-uvicorn", "webhook, uvicorn -w 2 + writer", _webhook_under_uvicorn(2)),
         Target("bridge-serve-1", "bridge, serve --workers 1", bridge_target("sqlite", 1)),
         Target("webhook-uvicorn-1", "webhook, uvicorn -w 1 + writer", _webhook_under_uvicorn(1)),
-        Target("bridge-serve-pg", "bridge, serve, PostgreSQL", bridge_target("pg")),
+        Target("bridge-serve-pg", "bridge, serve --workers 2, PostgreSQL", bridge_target("pg", 2)),
         Target("webhook-uvicorn-1-pg", "webhook, uvicorn -w 1 + writer, PostgreSQL",
                _webhook_under_uvicorn(1, "pg")),
         Target("noop-granian", "no-op, granian RSGI -w 2",

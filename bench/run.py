@@ -235,10 +235,10 @@ def listening(command: Callable[[int], list[str]], name: str, env: dict[str, str
     return start
 
 
-def bridge_target(database: str, workers: int = 2,
+def bridge_target(database: str, workers: int | None = None,
                   ) -> Callable[[Path, str], contextlib.AbstractContextManager[Running]]:
-    """Starting ``mailjet-bridge serve`` (``workers`` web processes) on a fresh SQLite or
-    PostgreSQL database."""
+    """Starting ``mailjet-bridge serve`` (``workers`` web processes, else its default) on a fresh
+    SQLite or PostgreSQL database."""
     @contextlib.contextmanager
     def start(tmp: Path, tag: str) -> Iterator[Running]:
         if database == "sqlite":

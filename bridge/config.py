@@ -91,7 +91,8 @@ class Settings:
     retry_max_seconds: float = 60.0
     #: ``full``: a 200 survives power loss. ``normal``: survives a crash of the bridge, and is faster.
     sqlite_synchronous: str = "full"
-    workers: int = 2
+    #: Web processes of ``serve`` (``BRIDGE_WORKERS``; by default one a core beyond the first).
+    workers: int = 1
     #: Seconds a client has to send a request's headers under ``serve`` (then a 408 and closed).
     header_timeout: float = 30.0
     #: Processes ``mailjet-bridge worker`` adds to its forwarder while it drains a backlog
@@ -156,6 +157,14 @@ class _Reader:
         return value
 
 
+def default_web_processes() -> int:
+    """A web process for each core this process may run on beyond the first (which the writer, the
+    delivery process and the sender share), one at least, eight at most. On 2 cores one web
+    process served 1.33x the anchor's single-event posts against 1.20x for two, whose event loops
+    each batch fewer requests a wake-up (docs/benchmarks.md, #11)."""
+    return max(1, min(len(os.sched_getaffinity(0)) - 1, 8))
+
+
 def default_drain_helpers() -> int:
     """A drain helper for each core this process may run on beyond the first, three at most: one
     interpreter maps and posts at most a core's worth of events (docs/benchmarks.md, R3)."""
@@ -213,7 +222,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         http_timeout=r.integer("BRIDGE_HTTP_TIMEOUT", 15, 1, 300),
         retry_max_seconds=r.integer("BRIDGE_RETRY_MAX_SECONDS", 60, 1, 3600),
         sqlite_synchronous=r.choice("BRIDGE_SQLITE_SYNCHRONOUS", ("full", "normal"), "full"),
-        workers=r.integer("BRIDGE_WORKERS", 2, 1, 64),
+        workers=r.integer("BRIDGE_WORKERS", default_web_processes(), 1, 64),
         header_timeout=r.integer("BRIDGE_HEADER_TIMEOUT", 30, 1, 600),
         drain_helpers=r.integer("BRIDGE_DRAIN_HELPERS", default_drain_helpers(), 0, 16),
         proxy_count=r.integer("BRIDGE_PROXY_COUNT", 0, 0, 5),

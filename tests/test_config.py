@@ -27,6 +27,9 @@ def test_defaults() -> None:
     assert s.drain_helpers == max(0, min(len(os.sched_getaffinity(0)) - 1, 3))
     assert load_settings({"BRIDGE_DRAIN_HELPERS": "0"}).drain_helpers == 0
     assert s.header_timeout == 30
+    # a web process a core beyond the first, one at least, eight at most
+    assert s.workers == max(1, min(len(os.sched_getaffinity(0)) - 1, 8))
+    assert load_settings({"BRIDGE_WORKERS": "3"}).workers == 3
 
 
 def test_region_is_read_and_an_api_url_is_kept_as_given() -> None:

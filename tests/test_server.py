@@ -279,7 +279,7 @@ def test_a_web_server_that_hangs_is_killed_with_its_web_processes(serve: Callabl
     """serve kills the web server's main process (uvicorn's supervisor of its web processes) if it
     has not stopped 10 s after SIGTERM (here it is stopped with SIGSTOP); its web processes, which
     would outlive it and keep the port, go too."""
-    served = serve()
+    served = serve(BRIDGE_WORKERS="2")
 
     def pids(start: str) -> list[int]:  # uvicorn logs "Started parent process [123]"
         return [int(e["msg"].rsplit("[", 1)[-1].rstrip("]")) for e in served.log()
@@ -347,7 +347,7 @@ def test_metrics_add_up_the_counters_of_every_process(
         serve: Callable[..., Served], fake_segment: FakeSegment) -> None:
     """Events accepted by both web processes and delivered by the delivery process: every scrape,
     whichever web process answers it, counts them all."""
-    served = serve()
+    served = serve(BRIDGE_WORKERS="2")
     (delivery,) = served.delivery_pids()
 
     def web_pids_counting() -> set[int]:
