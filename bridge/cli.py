@@ -129,7 +129,8 @@ def _warn_at_start(bridge: Bridge) -> None:
 @main.command(short_help="Serve the webhooks and forward events.",
               help="Serve the webhooks and forward events: uvicorn web processes and one delivery "
                    "process, on BRIDGE_HOST:BRIDGE_PORT (what `make run` runs).")
-@click.option("--workers", type=click.IntRange(1, 64), help="Web processes [BRIDGE_WORKERS].")
+@click.option("--workers", type=click.IntRange(1, 64),
+              help="Web processes [BRIDGE_WORKERS; default: one a CPU core beyond the first].")
 @click.option("--web-only", is_flag=True,
               help="No delivery process: run the loops with `mailjet-bridge worker` (deploy/).")
 def serve(workers: int | None, web_only: bool) -> None:
@@ -158,9 +159,11 @@ def serve(workers: int | None, web_only: bool) -> None:
         recorder.record_serving(settings.host, settings.port, time.time())
         recorder.close()
         click.echo(f"mailjet-segment-bridge serving on http://{settings.host}:{settings.port} "
-                   f"(public URL {settings.public_url}, admin at {settings.public_url}/admin)")
+                   f"(public URL {settings.public_url}, admin at {settings.public_url}/admin; "
+                   f"{processes} web process{'es' if processes > 1 else ''})")
 
-    server = BridgeServer(settings, workers or settings.workers, delivery=not web_only)
+    processes = workers or settings.workers
+    server = BridgeServer(settings, processes, delivery=not web_only)
     code = server.run(on_listening=listening)
     if code == BridgeServer.NEVER_LISTENED:
         _cannot_listen(settings, "the web server could not bind it (is another server there?)")
