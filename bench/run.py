@@ -75,6 +75,7 @@ from common import (
 )
 from loadgen import latencies, paced_load, percentile
 
+from bridge.config import default_web_processes
 from bridge.inbound.fields import EVENT_NAME_PRESETS
 from bridge.inbound.intake import new_item
 from bridge.inbound.track import track_call
@@ -797,7 +798,9 @@ def plots(results: dict[str, Any]) -> list[Path]:
         right.set_ylim(bottom=0)
         handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
         left.legend(handles, [str(h.get_label()) for h in handles], loc="upper left", fontsize="small")
-        left.set_title("mailjet-bridge serve (SQLite, 2 web processes) forwarding to a local sink")
+        web = default_web_processes()  # what serve starts here (bridge_serve sets no BRIDGE_WORKERS)
+        left.set_title(f"mailjet-bridge serve (SQLite, {web} web process{'es' if web > 1 else ''}) "
+                       "forwarding to a local sink")
         fig.tight_layout()
         path = PLOT_DIR / "bench-throughput.png"
         fig.savefig(path, dpi=110)
