@@ -93,8 +93,8 @@ class Settings:
     sqlite_synchronous: str = "full"
     #: Web processes of ``serve`` (``BRIDGE_WORKERS``; by default one a core beyond the first).
     workers: int = 1
-    #: Seconds a client has to send a request's headers under ``serve`` (then a 408 and closed).
-    header_timeout: float = 30.0
+    #: Seconds a client of ``serve`` has to send a request's headers, and may go silent in a body.
+    client_timeout: float = 30.0
     #: Processes ``mailjet-bridge worker`` adds to its forwarder while it drains a backlog
     #: (``BRIDGE_DRAIN_HELPERS``; by default one a core beyond the first, three at most).
     drain_helpers: int = 0
@@ -223,7 +223,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         retry_max_seconds=r.integer("BRIDGE_RETRY_MAX_SECONDS", 60, 1, 3600),
         sqlite_synchronous=r.choice("BRIDGE_SQLITE_SYNCHRONOUS", ("full", "normal"), "full"),
         workers=r.integer("BRIDGE_WORKERS", default_web_processes(), 1, 64),
-        header_timeout=r.integer("BRIDGE_HEADER_TIMEOUT", 30, 1, 600),
+        client_timeout=r.integer("BRIDGE_CLIENT_TIMEOUT", 30, 1, 600),
         drain_helpers=r.integer("BRIDGE_DRAIN_HELPERS", default_drain_helpers(), 0, 16),
         proxy_count=r.integer("BRIDGE_PROXY_COUNT", 0, 0, 5),
         schema_dir=Path(r.text("BRIDGE_SCHEMA_DIR") or DEFAULT_SCHEMA_DIR),

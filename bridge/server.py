@@ -203,22 +203,22 @@ def asgi_app() -> AsgiFront:
                                WriterClient(path) if path else None))
 
 
-def _serve_web(host: str, port: int, workers: int, header_timeout: float) -> None:
+def _serve_web(host: str, port: int, workers: int, client_timeout: float) -> None:
     """The web server's main process: uvicorn's, with ``workers`` web processes that it starts again
-    if one dies (one included), and ``header_timeout`` seconds for each request's headers
-    (``bridge.web.deadline``). Until uvicorn sets its own handlers, SIGTERM ends this process at
-    once (nothing is served yet). Ctrl-C is left to serve, which sends SIGTERM; a web process
-    ignores SIGINT too (``AsgiFront``): its main process stops it in order."""
+    if one dies (one included), and ``client_timeout`` seconds for each request's headers and for
+    a silent body (``bridge.web.deadline``). Until uvicorn sets its own handlers, SIGTERM ends this
+    process at once (nothing is served yet). Ctrl-C is left to serve, which sends SIGTERM; a web
+    process ignores SIGINT too (``AsgiFront``): its main process stops it in order."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    from bridge.web.deadline import HeaderDeadline
+    from bridge.web.deadline import ReadDeadline
 
     config = uvicorn.Config(
         "bridge.server:asgi_app", factory=True, host=host, port=port, workers=workers,
-        loop="uvloop", http=functools.partial(HeaderDeadline, header_timeout=header_timeout),  # type: ignore[arg-type]
+        loop="uvloop", http=functools.partial(ReadDeadline, timeout=client_timeout),  # type: ignore[arg-type]
         ws="none", lifespan="on", interface="asgi3",
         proxy_headers=False, server_header=False, access_log=False, log_config=LOGGING,
         timeout_graceful_shutdown=WEB_KILL_SECONDS,
@@ -447,7 +447,7 @@ class BridgeServer:
             return 1
         web = multiprocessing.get_context("fork").Process(
             target=_serve_web, args=(self.settings.host, self.settings.port, self.workers,
-                                       self.settings.header_timeout),
+                                       self.settings.client_timeout),
             name="mailjet-bridge web")
         web.start()
         delivery = ChildProcess("delivery", "worker")

@@ -26,7 +26,7 @@ def test_defaults() -> None:
     # a drain helper a core beyond the first, three at most
     assert s.drain_helpers == max(0, min(len(os.sched_getaffinity(0)) - 1, 3))
     assert load_settings({"BRIDGE_DRAIN_HELPERS": "0"}).drain_helpers == 0
-    assert s.header_timeout == 30
+    assert s.client_timeout == 30
     # a web process a core beyond the first, one at least, eight at most
     assert s.workers == max(1, min(len(os.sched_getaffinity(0)) - 1, 8))
     assert load_settings({"BRIDGE_WORKERS": "3"}).workers == 3
@@ -64,7 +64,7 @@ def test_secrets_stay_out_of_repr() -> None:
         ("BRIDGE_PORT", "99999", "BRIDGE_PORT='99999' is not valid"),
         ("BRIDGE_DRAIN_HELPERS", "-1", "BRIDGE_DRAIN_HELPERS='-1' is not valid: use a whole number "
          "between 0 and 16"),
-        ("BRIDGE_HEADER_TIMEOUT", "0", "BRIDGE_HEADER_TIMEOUT='0' is not valid: use a whole number "
+        ("BRIDGE_CLIENT_TIMEOUT", "0", "BRIDGE_CLIENT_TIMEOUT='0' is not valid: use a whole number "
          "between 1 and 600"),
         ("BRIDGE_WEBHOOK_USERNAME", "only-user", "must be set together"),
     ],

@@ -164,21 +164,27 @@ def _answer(sock: socket.socket) -> bytes:
     return received
 
 
-def test_headers_must_end_within_the_header_timeout_but_a_slow_body_is_not_cut(
+def test_a_client_past_the_client_timeout_gets_408_but_a_slow_body_is_not_cut(
         serve: Callable[..., Served]) -> None:
-    """BRIDGE_HEADER_TIMEOUT: a client that never ends its headers, or sends nothing at all, gets a
-    JSON 408 and is closed; one that ended them in time may take longer for its body."""
-    served = serve(BRIDGE_HEADER_TIMEOUT="1")
+    """BRIDGE_CLIENT_TIMEOUT: a client that never ends its headers, sends nothing at all, or goes
+    silent in the middle of its body (the webhook's or a Flask route's) gets a JSON 408 and is
+    closed, and nothing of it is stored; one whose body keeps coming may take longer for it."""
+    served = serve(BRIDGE_CLIENT_TIMEOUT="1")
+    basic = base64.b64encode(":".join(AUTH).encode()).decode()
     started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", served.port)) as silent, \
-            socket.create_connection(("127.0.0.1", served.port)) as unfinished:
+    with contextlib.ExitStack() as stack:
+        silent, unfinished, webhook_cut, flask_cut = (
+            stack.enter_context(socket.create_connection(("127.0.0.1", served.port))) for _ in range(4))
         unfinished.sendall(b"POST /webhooks/mailjet HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        for answer in (_answer(silent), _answer(unfinished)):
+        for sock, path in ((webhook_cut, "/webhooks/mailjet"), (flask_cut, "/admin/login")):
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {basic}\r\n"
+                         "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                         '[{"event": "open", '.encode())
+        for answer in (_answer(silent), _answer(unfinished), _answer(webhook_cut), _answer(flask_cut)):
             head, _, body = answer.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 408 "), answer
             assert json.loads(body)["error"] == "request_timeout"
     assert 1 <= time.monotonic() - started < 8
-    basic = base64.b64encode(":".join(AUTH).encode()).decode()
     text = json.dumps(event(7)).encode()
     with socket.create_connection(("127.0.0.1", served.port)) as slow:
         slow.sendall(f"POST /webhooks/mailjet HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {basic}\r\n"
@@ -191,9 +197,12 @@ def test_headers_must_end_within_the_header_timeout_but_a_slow_body_is_not_cut(
         answer = _answer(slow)
     assert answer.startswith(b"HTTP/1.1 200 "), answer
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["accepted"] == 1
-    poll(lambda: sum("did not send its headers within 1 s" in str(r.get("msg")) for r in served.log()) >= 2,
-         10, "the two closed connections to be logged")
+    poll(lambda: sum("did not send its headers within 1 s" in str(r.get("msg")) for r in served.log()) == 2
+         and sum("sent nothing of its body for 1 s" in str(r.get("msg")) for r in served.log()) == 2,
+         10, "the four closed connections to be logged")
     assert "Traceback" not in served.process.output()
+    with sqlite3.connect(served.database) as db:  # the slow body's event alone
+        assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 1
 
 
 def _flock_holders(path: Path) -> set[int]:
