@@ -33,8 +33,8 @@ def loads(text: str) -> tuple[Any, bool]:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:  # json decides: it may read what orjson refuses, or refuse it too
         return json.loads(text), False
-    if type(value) in _CONTAINERS and _has_float(value):
-        return json.loads(text), True
+    if type(value) is float or (type(value) in _CONTAINERS and _has_float(value)):
+        return json.loads(text), True  # a bare number too: "-9223372036854775809" is an int
     return value, True
 
 
