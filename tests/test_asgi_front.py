@@ -93,15 +93,16 @@ def serve(front: Front, *requests: tuple[Message, list[Message]]) -> list[list[M
 
     async def main() -> list[list[Message]]:
         to_app: asyncio.Queue[Message] = asyncio.Queue()
+        started = asyncio.Event()
 
         async def send(message: Message) -> None:
             lifespan.append(message)
+            started.set()
 
         running = asyncio.ensure_future(app({"type": "lifespan", "asgi": {"version": "3.0"}},
                                             to_app.get, send))
         await to_app.put({"type": "lifespan.startup"})
-        while not lifespan:
-            await asyncio.sleep(0)
+        await asyncio.wait_for(started.wait(), 30)
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         try:
             return list(await asyncio.gather(*(_request(app, scope, messages)

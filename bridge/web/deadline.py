@@ -63,7 +63,7 @@ class ReadDeadline(HttpToolsProtocol):
         state = self.server_state
         if not getattr(state, "deadline_sweep", False):  # one sweep for the process's connections
             state.deadline_sweep = True  # type: ignore[attr-defined]
-            self.loop.call_later(SWEEP_SECONDS, _sweep, self.loop, self.connections, self.timeout)
+            self.loop.call_later(SWEEP_SECONDS, _sweep, self.loop, self.connections)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -78,8 +78,9 @@ class ReadDeadline(HttpToolsProtocol):
         self.body_at = self.loop.time()
         super().on_body(body)
 
-    def late(self, oldest: float) -> str | None:
-        """Why this connection is past a deadline (its clock's ``oldest`` allowed start), or None."""
+    def late(self, now: float) -> str | None:
+        """Why this connection is past a deadline at ``now`` (the loop's clock), or None."""
+        oldest = now - self.timeout
         if self.began is not None:
             return None if self.began > oldest else f"did not send its headers within {self.timeout:g} s"
         cycle = self.cycle
@@ -100,10 +101,10 @@ class ReadDeadline(HttpToolsProtocol):
         self.transport.close()
 
 
-def _sweep(loop: asyncio.AbstractEventLoop, connections: set[Any], timeout: float) -> None:
+def _sweep(loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
     """Close the connections past a deadline; then again in SWEEP_SECONDS."""
-    oldest = loop.time() - timeout
-    for connection, why in [(c, c.late(oldest)) for c in list(connections) if isinstance(c, ReadDeadline)]:
+    now = loop.time()
+    for connection, why in [(c, c.late(now)) for c in list(connections) if isinstance(c, ReadDeadline)]:
         if why:
             connection.expire(why)
-    loop.call_later(SWEEP_SECONDS, _sweep, loop, connections, timeout)
+    loop.call_later(SWEEP_SECONDS, _sweep, loop, connections)

@@ -52,10 +52,12 @@ log = logging.getLogger(__name__)
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
+Headers = list[tuple[str, str]]
+
+
 class ProtocolClosed(Exception):
     """The client left before its body ended (what granian's RSGI raised; ``bridge.web.asgi``
     raises it for uvicorn's ``http.disconnect``)."""
-Headers = list[tuple[str, str]]
 
 
 def _host(address: str) -> tuple[str, str]:
